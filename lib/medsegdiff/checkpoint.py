@@ -1,0 +1,82 @@
+"""One checkpoint file = weights + network config + diffusion config + package version.
+
+Files are written atomically (temporary file in the same folder, fsync, ``os.replace``) so a reader never sees
+a half-written model, and read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .diffusion import DiffusionConfig
+from .network import MedSegDiffUNet
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
+
+CHECKPOINT_FORMAT = "medsegdiff-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """The file is not a MedSegDiff checkpoint (or is damaged)."""
+
+
+def save_checkpoint(
+    path: str | Path,
+    network: MedSegDiffUNet,
+    diffusion: DiffusionConfig,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Atomically write ``network`` (weights + config), ``diffusion`` and ``metadata`` to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "medsegdiff_version": __version__,
+        "network_config": dict(network.config),
+        "diffusion_config": diffusion.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate the raw checkpoint dict (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for foreign or truncated files
+        raise CheckpointError(f"{path} is not a readable MedSegDiff checkpoint: {e.__class__.__name__}: {e}") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a MedSegDiff checkpoint (format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+    return payload
+
+
+def load_checkpoint(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[MedSegDiffUNet, DiffusionConfig, dict[str, Any]]:
+    """Rebuild the network (in eval mode, on ``device``), its diffusion config and the metadata."""
+    payload = read_checkpoint(path)
+    network = MedSegDiffUNet(**payload["network_config"])
+    network.load_state_dict(payload["state_dict"])
+    diffusion = DiffusionConfig(**payload["diffusion_config"])
+    return network.to(device).eval(), diffusion, payload.get("metadata", {})

@@ -1,0 +1,156 @@
+"""The diffusion side of MedSegDiff: noise schedule, mask encoding and the training objective.
+
+Schedulers are MONAI's (``monai.networks.schedulers``); they never hold the network. Masks with C foreground
+classes are diffused as C channels of a one-hot encoding scaled to [-1, 1] (binary: C = 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.engines.utils import DiffusionPrepareBatch
+from monai.inferers import DiffusionInferer
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler, Scheduler
+
+__all__ = [
+    "DiffusionConfig",
+    "SAMPLERS",
+    "make_scheduler",
+    "set_sampling_steps",
+    "labels_to_diffusion_target",
+    "diffusion_to_probabilities",
+    "SegDiffusionPrepareBatch",
+    "diffusion_loss",
+]
+
+SAMPLERS = ("ddim", "ddpm")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+@dataclass
+class DiffusionConfig:
+    """How the network was trained to denoise (stored in every checkpoint).
+
+    Args:
+        num_train_timesteps: T, the length of the forward process.
+        schedule: a MONAI beta schedule (``linear_beta``, ``scaled_linear_beta``, ``sigmoid_beta``, ``cosine``).
+        prediction_type: what the network predicts: ``epsilon`` (the seed's objective), ``sample`` (x0) or
+            ``v_prediction``.
+    """
+
+    num_train_timesteps: int = 1000
+    schedule: str = "linear_beta"
+    prediction_type: str = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.num_train_timesteps < 1:
+            raise ValueError(f"num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def make_scheduler(config: DiffusionConfig, sampler: str = "ddim") -> Scheduler:
+    """A MONAI scheduler for ``sampler`` (``"ddim"`` or ``"ddpm"``) matching the training ``config``."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    cls = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    return cls(
+        num_train_timesteps=config.num_train_timesteps,
+        schedule=config.schedule,
+        prediction_type=config.prediction_type,
+        clip_sample=True,
+    )
+
+
+def set_sampling_steps(scheduler: Scheduler, num_inference_steps: int, device: torch.device | str | None = None) -> None:
+    """Prepare ``scheduler`` for ``num_inference_steps`` steps.
+
+    For DDIM the steps are spaced "trailing" (T-1, T-1-s, …, with stride s = T // k): MONAI's ``DDIMScheduler.step``
+    moves from t to t - T // k, so this spacing keeps the visited steps and the steps the update assumes equal
+    (its own linspace spacing does not), and the first step always starts from pure noise (t = T-1), which
+    matters for 1-2 step sampling.
+    """
+    num_train = scheduler.num_train_timesteps
+    if not 1 <= num_inference_steps <= num_train:
+        raise ValueError(f"num_inference_steps must be in [1, {num_train}], got {num_inference_steps}")
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    if isinstance(scheduler, DDIMScheduler):
+        stride = num_train // num_inference_steps
+        steps = num_train - 1 - stride * torch.arange(num_inference_steps, device=device)
+        scheduler.timesteps = steps.long()
+
+
+def labels_to_diffusion_target(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Integer labels (B, 1, *spatial) with values 0..C → one-hot foreground channels (B, C, *spatial) in [-1, 1]."""
+    if labels.shape[1] != 1:
+        raise ValueError(f"labels must have one channel of class indices, got shape {tuple(labels.shape)}")
+    idx = labels[:, 0].long()
+    if idx.min() < 0 or idx.max() > num_classes:
+        raise ValueError(f"label values must lie in 0..{num_classes}, found {int(idx.min())}..{int(idx.max())}")
+    onehot = F.one_hot(idx, num_classes + 1).movedim(-1, 1)[:, 1:]
+    return onehot.float() * 2.0 - 1.0
+
+
+def diffusion_to_probabilities(x0: torch.Tensor) -> torch.Tensor:
+    """Map a denoised mask estimate in [-1, 1] to per-class foreground probabilities in [0, 1]."""
+    return ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
+    """``prepare_batch`` for MONAI engines: diffuses the *label* conditioned on the *image*.
+
+    Turns ``{"image", "label"}`` batches into ``(x0 = one-hot label in [-1, 1], target, (), {noise, timesteps,
+    condition=image})`` for :class:`monai.inferers.DiffusionInferer`; the target follows ``prediction_type``
+    (ε, x0 or v).
+
+    Args:
+        scheduler: the training scheduler (for v-prediction targets).
+        num_classes: foreground classes C.
+        prediction_type: ``epsilon``, ``sample`` or ``v_prediction``.
+    """
+
+    def __init__(self, scheduler: Scheduler, num_classes: int, prediction_type: str = "epsilon") -> None:
+        super().__init__(num_train_timesteps=scheduler.num_train_timesteps, condition_name="image")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        self.scheduler = scheduler
+        self.num_classes = num_classes
+        self.prediction_type = prediction_type
+
+    def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.prediction_type == "sample":
+            return images
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(images, noise, timesteps)
+        return noise
+
+    def __call__(
+        self, batchdata: Mapping[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        x0 = labels_to_diffusion_target(torch.as_tensor(batchdata["label"]), self.num_classes)
+        x0 = x0.to(device=device, non_blocking=non_blocking)
+        noise = self.get_noise(x0)
+        timesteps = self.get_timesteps(x0)
+        target = self.get_target(x0, noise, timesteps)
+        condition = torch.as_tensor(batchdata["image"]).float().to(device=device, non_blocking=non_blocking)
+        return x0, target, (), {"noise": noise, "timesteps": timesteps, "condition": condition}
+
+
+def diffusion_loss(
+    network: torch.nn.Module,
+    scheduler: Scheduler,
+    prepare_batch: SegDiffusionPrepareBatch,
+    batch: Mapping[str, torch.Tensor],
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """One evaluation of the training objective L = ‖target − net(√ᾱ_t·x0 + √(1−ᾱ_t)·ε, I, t)‖²."""
+    x0, target, _, kwargs = prepare_batch(batch, device)
+    prediction = DiffusionInferer(scheduler)(x0, network, **kwargs)
+    return F.mse_loss(prediction.float(), target)

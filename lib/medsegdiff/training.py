@@ -1,0 +1,106 @@
+"""A compact training loop on in-memory arrays (tests, benchmarks and the sample model).
+
+The MONAI Label app trains inside MONAI Label's ignite engine with the same pieces
+(:class:`~medsegdiff.diffusion.SegDiffusionPrepareBatch` + ``DiffusionInferer`` + MSE); this loop exists for
+code that has arrays rather than a datastore.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
+from monai.utils import set_determinism
+
+from .diffusion import DiffusionConfig, SegDiffusionPrepareBatch, diffusion_loss, make_scheduler
+from .network import MedSegDiffUNet
+
+__all__ = ["segmentation_augmentations", "train_on_arrays"]
+
+logger = logging.getLogger(__name__)
+
+
+def segmentation_augmentations(spatial_dims: int) -> Compose:
+    """Flips, small affine changes and intensity jitter on ``{"image", "label"}`` dicts (channel-first)."""
+    rotate = (0.25,) if spatial_dims == 2 else (0.15, 0.15, 0.15)
+    return Compose(
+        [
+            RandFlipd(keys=["image", "label"], prob=0.5, spatial_axis=0),
+            RandAffined(
+                keys=["image", "label"],
+                prob=0.7,
+                rotate_range=rotate,
+                scale_range=(0.15,) * spatial_dims,
+                translate_range=(4,) * spatial_dims,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandScaleIntensityd(keys="image", factors=0.15, prob=0.5),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
+            RandGaussianNoised(keys="image", std=0.02, prob=0.3),
+        ]
+    )
+
+
+def train_on_arrays(
+    network: MedSegDiffUNet,
+    diffusion: DiffusionConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    iterations: int,
+    batch_size: int = 8,
+    learning_rate: float = 2e-4,
+    augment: bool = True,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    log_every: int = 50,
+    callback: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``network`` on images (N, in_channels, *spatial) and integer labels (N, 1, *spatial).
+
+    Returns the loss of every iteration. ``callback(iteration, loss)`` is called after each one.
+    """
+    if images.shape[0] != labels.shape[0] or images.shape[2:] != labels.shape[2:]:
+        raise ValueError(f"images {images.shape} and labels {labels.shape} do not pair up")
+    if iterations < 1 or batch_size < 1:
+        raise ValueError(f"iterations and batch_size must be >= 1, got {iterations} and {batch_size}")
+    set_determinism(seed)
+    rng = np.random.default_rng(seed)
+    transform = segmentation_augmentations(network.spatial_dims) if augment else None
+    scheduler = make_scheduler(diffusion, "ddpm")
+    prepare = SegDiffusionPrepareBatch(scheduler, network.num_classes, diffusion.prediction_type)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    network.to(device).train()
+    losses: list[float] = []
+    start = time.perf_counter()
+    for iteration in range(1, iterations + 1):
+        idx = rng.integers(0, images.shape[0], size=batch_size)
+        items = [{"image": torch.as_tensor(images[i]).float(), "label": torch.as_tensor(labels[i]).float()} for i in idx]
+        if transform is not None:
+            items = [transform(item) for item in items]
+        batch = {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in ("image", "label")}
+        batch["label"] = batch["label"].round()
+        loss = diffusion_loss(network, scheduler, prepare, batch, device)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        if callback is not None:
+            callback(iteration, losses[-1])
+        if log_every and iteration % log_every == 0:
+            recent = float(np.mean(losses[-log_every:]))
+            logger.info("iteration %d/%d loss %.4f (%.1f s)", iteration, iterations, recent, time.perf_counter() - start)
+    network.eval()
+    set_determinism(None)
+    return losses

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Creates .venv with everything the project needs; returns in seconds when it is already complete.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+STAMP=.venv/.setup-complete
+HASH=$(cat requirements.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
+  exit 0
+fi
+echo "[setup] creating .venv (first run takes a few minutes)"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -r requirements.txt
+# stardist carries one real 2D nuclei image; its own dependencies (tensorflow) are not needed.
+.venv/bin/python -m pip install --quiet --no-deps stardist==0.9.2
+.venv/bin/python -m pip install --quiet --no-deps -e .
+# Colin27 (mricron-data) is optional: added to the sample datastore when apt can install it.
+if [ ! -f /usr/share/mricron/templates/ch2.nii.gz ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq mricron-data) >/dev/null 2>&1 \
+    || echo "[setup] mricron-data not installed (optional: Colin27 head)"
+fi
+echo "$HASH" > "$STAMP"
+echo "[setup] done"

@@ -1,0 +1,55 @@
+"""Everything of the MedSegDiff Slicer module that does not need Slicer.
+
+No module of this package imports ``slicer``, ``qt``, ``vtk`` or ``ctk``: it is tested with plain pytest
+against a real MONAI Label server (tests/test_slicer_*.py).
+"""
+
+from .client import InferResult, MedSegDiffClient, ServerError, parse_multipart
+from .conversions import (
+    DEFAULT_PALETTE,
+    label_colors,
+    label_items,
+    most_uncertain_slice,
+    read_image,
+    read_seg_nrrd,
+    remap_labels,
+    uncertainty_display_range,
+    write_image,
+    write_label_as_seg_nrrd,
+    write_seg_nrrd,
+)
+from .jobs import BackgroundJob
+from .params import KNOWN_RANGES, ParameterSpec, declared_parameters, default_values, validate_params
+from .serverinfo import DEFAULT_MODEL, DEFAULT_STRATEGY, ServerInfo
+from .training import FINISHED_STATES, TrainingPoller, TrainingProgress, training_progress
+
+__all__ = [
+    "BackgroundJob",
+    "DEFAULT_MODEL",
+    "DEFAULT_PALETTE",
+    "DEFAULT_STRATEGY",
+    "FINISHED_STATES",
+    "InferResult",
+    "KNOWN_RANGES",
+    "MedSegDiffClient",
+    "ParameterSpec",
+    "ServerError",
+    "ServerInfo",
+    "TrainingPoller",
+    "TrainingProgress",
+    "declared_parameters",
+    "default_values",
+    "label_colors",
+    "label_items",
+    "most_uncertain_slice",
+    "parse_multipart",
+    "read_image",
+    "read_seg_nrrd",
+    "remap_labels",
+    "training_progress",
+    "uncertainty_display_range",
+    "validate_params",
+    "write_image",
+    "write_label_as_seg_nrrd",
+    "write_seg_nrrd",
+]
