@@ -13,7 +13,10 @@ def select_device(preference: str | torch.device | None = "auto") -> torch.devic
     """``"auto"``/``None`` → CUDA if available else CPU; ``"cuda"`` without a GPU raises ``ValueError``."""
     if preference in (None, "auto", ""):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except RuntimeError as e:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {str(preference)!r}") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(preference)!r} was requested but CUDA is not available on this server")
     if device.type not in ("cpu", "cuda"):

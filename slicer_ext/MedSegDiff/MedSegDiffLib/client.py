@@ -49,6 +49,10 @@ class InferResult:
     label_path: str
     result: dict = field(default_factory=dict)
 
+    def __iter__(self):
+        """Unpacks like the stock client's answer: ``label_path, result = client.infer(...)``."""
+        return iter((self.label_path, self.result))
+
 
 def _detail_text(response):
     """The human-readable error text of a response: FastAPI ``detail`` or the start of the body."""
@@ -85,6 +89,19 @@ def _filename_from_disposition(disposition, fallback):
         if match:
             return os.path.basename(match.group(1).strip())
     return fallback
+
+
+def _extension(filename):
+    """``.nii.gz`` for ``x.nii.gz``, ``.nrrd`` for ``x.nrrd``, ``""`` without one."""
+    name = os.path.basename(filename)
+    for double in (".nii.gz", ".seg.nrrd"):
+        if name.lower().endswith(double):
+            return name[-len(double):]
+    return os.path.splitext(name)[1]
+
+
+def _safe_name(text):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text))
 
 
 def parse_multipart(body, content_type):
@@ -227,10 +244,13 @@ class MedSegDiffClient:
             "Check the URL: it should look like http://127.0.0.1:8000, without a path."
         )
 
-    def _save(self, response, dest_dir, fallback_name):
+    def _save(self, response, dest_dir, fallback_name, stem=None):
+        """Write the body to ``dest_dir``; the server's file name, or ``stem`` + its extension when given."""
         dest_dir = dest_dir or tempfile.mkdtemp(prefix="medsegdiff-")
         os.makedirs(dest_dir, exist_ok=True)
         name = _filename_from_disposition(response.headers.get("content-disposition"), fallback_name)
+        if stem is not None:
+            name = stem + _extension(name)
         path = os.path.join(dest_dir, name)
         with open(path, "wb") as f:
             f.write(response.content)
@@ -273,6 +293,10 @@ class MedSegDiffClient:
             result = self._request("PUT", "/datastore/image", params=query, files=files, read_timeout=600)
         return result["image"]
 
+    def remove_image(self, image_id):
+        """``DELETE /datastore/image?id=<id>``: remove an image and its labels from the datastore."""
+        return self._request("DELETE", "/datastore/image", params={"id": image_id})
+
     def download_image(self, image_id, dest_dir=None):
         """``GET /datastore/image``: download an image of the datastore; returns the local file path."""
         response = self._request(
@@ -311,6 +335,7 @@ class MedSegDiffClient:
             )
         result, label_path = {}, None
         dest_dir = dest_dir or tempfile.mkdtemp(prefix="medsegdiff-")
+        os.makedirs(dest_dir, exist_ok=True)
         for part in parse_multipart(response.content, content_type):
             if part["filename"]:
                 label_path = os.path.join(dest_dir, os.path.basename(part["filename"]))
@@ -337,7 +362,8 @@ class MedSegDiffClient:
                     url=e.url,
                 ) from e
             raise
-        return self._save(response, dest_dir, f"{image_id}_{tag}.nii.gz")
+        # The server names a label file like its image: give it the tag so it never overwrites the image.
+        return self._save(response, dest_dir, f"{image_id}.nii.gz", stem=f"{_safe_name(image_id)}_{_safe_name(tag)}")
 
     def save_label(self, image_id, label_path, tag="final", params=None):
         """``PUT /datastore/label?image=<id>&tag=<tag>``: store a label (``final`` = reviewed ground truth)."""

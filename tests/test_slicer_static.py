@@ -1,0 +1,498 @@
+"""Checks of the 3D Slicer extension (slicer_ext/) that need neither Slicer nor a server.
+
+3D Slicer cannot be installed on dev/CI machines: the Slicer-side files are checked statically (they
+compile for Slicer's Python, the .ui declares every widget the module uses, CMake lists every file), and
+MedSegDiffLib - which must not import slicer/qt/vtk/ctk - is tested for real.
+"""
+
+import ast
+import http.server
+import json
+import py_compile
+import re
+import socket
+import subprocess
+import sys
+import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import urllib3
+
+EXT_DIR = Path(__file__).resolve().parents[1] / "slicer_ext"
+MODULE_DIR = EXT_DIR / "MedSegDiff"
+LIB_DIR = MODULE_DIR / "MedSegDiffLib"
+MODULE_FILE = MODULE_DIR / "MedSegDiff.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSegDiff.ui"
+SLICER_ONLY_MODULES = {"slicer", "qt", "vtk", "ctk"}
+
+sys.path.insert(0, str(MODULE_DIR))
+import MedSegDiffLib as lib  # noqa: E402
+
+PY_FILES = sorted(EXT_DIR.rglob("*.py"))
+LIB_FILES = sorted(LIB_DIR.rglob("*.py"))
+
+MEDSEGDIFF_INFO = {
+    "name": "MedSegDiff Label",
+    "version": "0.1.0",
+    "labels": ["brain"],
+    "models": {
+        "medsegdiff": {
+            "type": "segmentation",
+            "labels": {"brain": 1},
+            "dimension": 3,
+            "description": "MedSegDiff",
+            "config": {
+                "num_inference_steps": 10,
+                "num_ensemble": 5,
+                "sampler": ["ddim", "ddpm"],
+                "seed": 0,
+                "device": ["cpu", "cuda"],
+            },
+        }
+    },
+    "trainers": {"medsegdiff": {"config": {"max_epochs": 10}}},
+    "strategies": {"uncertainty": {}, "random": {}},
+    "scoring": {"medsegdiff_uncertainty": {}},
+}
+
+
+# -- files --------------------------------------------------------------------------------------------
+
+
+def test_extension_has_the_expected_files():
+    for path in (
+        EXT_DIR / "CMakeLists.txt",
+        EXT_DIR / "README.md",
+        MODULE_DIR / "CMakeLists.txt",
+        MODULE_FILE,
+        UI_FILE,
+        MODULE_DIR / "Resources" / "Icons" / "MedSegDiff.png",
+        LIB_DIR / "__init__.py",
+    ):
+        assert path.is_file(), f"missing {path.relative_to(EXT_DIR)}"
+
+
+@pytest.mark.parametrize("path", PY_FILES, ids=lambda p: str(p.relative_to(EXT_DIR)))
+def test_python_file_compiles(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
+    # Slicer 5.0-5.6 embed Python 3.9: no newer syntax.
+    ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+
+
+def _imported_top_modules(path):
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "__import__" and node.args:
+            if isinstance(node.args[0], ast.Constant):
+                names.add(str(node.args[0].value).split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", LIB_FILES, ids=lambda p: p.name)
+def test_lib_does_not_import_slicer_qt_vtk_ctk(path):
+    forbidden = _imported_top_modules(path) & SLICER_ONLY_MODULES
+    assert not forbidden, f"{path.name} imports {sorted(forbidden)}; MedSegDiffLib must run outside Slicer"
+
+
+def test_importing_lib_loads_no_slicer_module():
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import MedSegDiffLib; "
+        f"print(sorted(set(m.split('.')[0] for m in sys.modules) & set({sorted(SLICER_ONLY_MODULES)!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_module_defines_the_four_slicer_classes():
+    tree = ast.parse(MODULE_FILE.read_text())
+    bases = {
+        node.name: [getattr(b, "id", getattr(b, "attr", None)) for b in node.bases]
+        for node in tree.body
+        if isinstance(node, ast.ClassDef)
+    }
+    assert "ScriptedLoadableModule" in bases["MedSegDiff"]
+    assert "ScriptedLoadableModuleWidget" in bases["MedSegDiffWidget"]
+    assert "ScriptedLoadableModuleLogic" in bases["MedSegDiffLogic"]
+    assert "ScriptedLoadableModuleTest" in bases["MedSegDiffTest"]
+    process = next(
+        f
+        for c in tree.body
+        if isinstance(c, ast.ClassDef) and c.name == "MedSegDiffLogic"
+        for f in c.body
+        if isinstance(f, ast.FunctionDef) and f.name == "process"
+    )
+    assert [a.arg for a in process.args.args] == ["self", "volumeNode", "params", "progress"]
+
+
+def test_logic_opens_no_dialog():
+    tree = ast.parse(MODULE_FILE.read_text())
+    logic = next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "MedSegDiffLogic")
+    source = ast.get_source_segment(MODULE_FILE.read_text(), logic)
+    for dialog in ("Display(", "messageBox", "QMessageBox", "QFileDialog", "QInputDialog", "tryWithErrorDisplay"):
+        assert dialog not in source, f"MedSegDiffLogic uses {dialog}: the logic must never open dialogs"
+
+
+# -- .ui -------------------------------------------------------------------------------------------
+
+
+def _ui_widgets():
+    root = ET.parse(UI_FILE).getroot()
+    return {w.get("name"): w for w in root.iter("widget")}, root
+
+
+def test_ui_is_a_designer_file_with_a_mrml_widget_root():
+    widgets, root = _ui_widgets()
+    assert root.tag == "ui"
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget"
+    assert len(widgets) == len(list(root.iter("widget"))), "widget names in the .ui must be unique"
+
+
+def test_every_self_ui_name_exists_in_the_ui_file():
+    used = {
+        node.attr
+        for node in ast.walk(ast.parse(MODULE_FILE.read_text()))
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "ui"
+        and isinstance(node.value.value, ast.Name)
+        and node.value.value.id == "self"
+    }
+    assert len(used) > 20, "the widget should use its .ui controls through self.ui"
+    widgets, _ = _ui_widgets()
+    missing = sorted(used - set(widgets))
+    assert not missing, f"MedSegDiff.py uses self.ui.{missing} that MedSegDiff.ui does not declare"
+
+
+def test_ui_parameter_bindings_name_parameter_node_fields():
+    tree = ast.parse(MODULE_FILE.read_text())
+    wrapper = next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "MedSegDiffParameterNode")
+    fields = {n.target.id for n in wrapper.body if isinstance(n, ast.AnnAssign)}
+    _, root = _ui_widgets()
+    bound = {
+        p.find("string").text for p in root.iter("property") if p.get("name") == "SlicerParameterName"
+    }
+    assert bound, "the .ui binds no control to the parameter node"
+    assert bound <= fields, f"SlicerParameterName values {sorted(bound - fields)} are not parameter node fields"
+
+
+def test_custom_widgets_of_the_ui_are_declared():
+    widgets, root = _ui_widgets()
+    declared = {cw.find("class").text for cw in root.iter("customwidget")}
+    used = {w.get("class") for w in widgets.values() if not w.get("class").startswith("Q")}
+    assert used <= declared, f"custom widget classes {sorted(used - declared)} lack a <customwidget> entry"
+
+
+# -- CMake -------------------------------------------------------------------------------------------
+
+
+def test_module_cmakelists_lists_every_python_file_and_resource():
+    text = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "MedSegDiff")
+    listed = set(re.findall(r"^\s+([\w/.]+\.\w+)\s*$", text, flags=re.MULTILINE))
+    python = {str(p.relative_to(MODULE_DIR)) for p in MODULE_DIR.rglob("*.py")}
+    assert python - listed == set(), f"CMakeLists.txt does not list {sorted(python - listed)}"
+    resources = {str(p.relative_to(MODULE_DIR)) for p in (MODULE_DIR / "Resources").rglob("*") if p.is_file()}
+    assert resources - listed == set(), f"CMakeLists.txt does not list {sorted(resources - listed)}"
+    assert all((MODULE_DIR / name).is_file() for name in listed), "CMakeLists.txt lists a file that does not exist"
+    assert "slicerMacroBuildScriptedModule" in text
+
+
+def test_extension_cmakelists_has_the_extension_metadata():
+    text = (EXT_DIR / "CMakeLists.txt").read_text()
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL"):
+        assert re.search(rf"set\({key}\s+\"[^\"]+\"\)", text), f"{key} is not set"
+    assert re.search(r'set\(EXTENSION_CATEGORY\s+"Segmentation"\)', text)
+    assert re.search(r"EXTENSION_HOMEPAGE\s+\"[^\"]*README\.md\"", text)
+    assert "find_package(Slicer REQUIRED)" in text
+    assert "add_subdirectory(MedSegDiff)" in text
+
+
+# -- parameters --------------------------------------------------------------------------------------
+
+
+SPECS = lib.declared_parameters(MEDSEGDIFF_INFO["models"]["medsegdiff"])
+
+
+def test_declared_parameters_read_defaults_choices_and_ranges():
+    assert lib.default_values(SPECS) == {
+        "num_inference_steps": 10,
+        "num_ensemble": 5,
+        "sampler": "ddim",
+        "seed": 0,
+        "device": "cpu",
+    }
+    assert (SPECS["num_inference_steps"].minimum, SPECS["num_inference_steps"].maximum) == (1, 1000)
+    assert (SPECS["num_ensemble"].minimum, SPECS["num_ensemble"].maximum) == (1, 32)
+    assert SPECS["sampler"].choices == ("ddim", "ddpm")
+
+
+def test_server_declared_range_wins_over_known_range():
+    specs = lib.declared_parameters({"config": {"num_ensemble": {"default": 4, "min": 2, "max": 8}}})
+    assert lib.validate_params({"num_ensemble": 8}, specs) == {"num_ensemble": 8}
+    with pytest.raises(ValueError, match="num_ensemble=9"):
+        lib.validate_params({"num_ensemble": 9}, specs)
+
+
+def test_valid_params_pass_and_are_normalised():
+    params = {"num_inference_steps": 2.0, "num_ensemble": 2, "seed": 0, "sampler": "ddpm", "device": "cpu"}
+    assert lib.validate_params(params, SPECS) == {
+        "num_inference_steps": 2,
+        "num_ensemble": 2,
+        "seed": 0,
+        "sampler": "ddpm",
+        "device": "cpu",
+    }
+
+
+@pytest.mark.parametrize(
+    "params, expected",
+    [
+        ({"num_inference_steps": 0}, r"num_inference_steps=0 is too small.*\[1, 1000\]"),
+        ({"num_inference_steps": 1001}, r"num_inference_steps=1001 is too large"),
+        ({"num_ensemble": 33}, r"num_ensemble=33 is too large.*\[1, 32\]"),
+        ({"num_ensemble": 2.5}, r"num_ensemble=2.5 must be a whole number"),
+        ({"num_ensemble": "5"}, r"num_ensemble='5' must be a whole number"),
+        ({"seed": True}, r"seed=True must be a whole number"),
+        ({"seed": -1}, r"seed=-1 is too small"),
+        ({"sampler": "euler"}, r"sampler='euler' is not allowed.*ddim.*ddpm"),
+        ({"device": "tpu"}, r"device='tpu' is not allowed"),
+        ({"steps": 3}, r"unknown parameter steps=3"),
+    ],
+)
+def test_invalid_params_raise_value_error_naming_the_value(params, expected):
+    with pytest.raises(ValueError, match=expected):
+        lib.validate_params(params, SPECS)
+
+
+# -- server info ---------------------------------------------------------------------------------------
+
+
+def test_server_info_summary_and_label_colors_fallback():
+    info = lib.ServerInfo.from_json(MEDSEGDIFF_INFO)
+    assert info.default_model() == "medsegdiff"
+    assert info.default_strategy() == "uncertainty"
+    assert info.labels("medsegdiff") == {"brain": 1}
+    assert info.colors("medsegdiff") == {"brain": lib.DEFAULT_PALETTE[0]}  # no label_colors declared
+    assert "medsegdiff" in info.summary() and "uncertainty" in info.summary()
+    with pytest.raises(ValueError, match="'unet'"):
+        info.model("unet")
+
+
+def test_label_colors_from_server_in_0_1_or_0_255():
+    assert lib.label_colors({"brain": 1, "csf": 2}, {"brain": [1.0, 0.5, 0.0], "csf": [0, 128, 255]}) == {
+        "brain": (1.0, 0.5, 0.0),
+        "csf": (0.0, 128 / 255, 1.0),
+    }
+
+
+# -- files: NIfTI, seg.nrrd ------------------------------------------------------------------------------
+
+# An oblique, anisotropic grid: catches axis-order and direction mistakes.
+IJK_TO_LPS = np.array(
+    [[0.0, 0.0, -2.0, 10.0], [0.0, 1.5, 0.0, -20.0], [1.2, 0.0, 0.0, 30.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
+def _label_array():
+    array = np.zeros((6, 7, 8), np.uint8)  # [k, j, i]
+    array[1:4, 2:5, 3:7] = 1
+    array[4, 0, 0:2] = 2
+    return array
+
+
+def test_nifti_round_trip_keeps_voxels_and_geometry(tmp_path):
+    path = lib.write_image(_label_array(), IJK_TO_LPS, tmp_path / "label.nii.gz")
+    array, ijk_to_lps = lib.read_image(path)
+    np.testing.assert_array_equal(array, _label_array())
+    np.testing.assert_allclose(ijk_to_lps, IJK_TO_LPS, atol=1e-5)
+    # Independent reader: nibabel's RAS affine, voxel order [i, j, k].
+    nifti = nib.load(str(path))
+    np.testing.assert_allclose(np.diag([-1, -1, 1, 1]) @ nifti.affine, IJK_TO_LPS, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(nifti.dataobj).transpose(2, 1, 0), _label_array())
+
+
+def test_seg_nrrd_keeps_segment_names_colors_voxels_and_geometry(tmp_path):
+    labels = {"brain": 1, "lesion": 2}
+    colors = {"brain": (0.9, 0.7, 0.2), "lesion": (0.1, 0.2, 1.0)}
+    nifti = lib.write_image(_label_array(), IJK_TO_LPS, tmp_path / "label.nii.gz")
+    seg = lib.write_label_as_seg_nrrd(nifti, tmp_path / "result.seg.nrrd", labels, colors)
+    array, ijk_to_lps, segments = lib.read_seg_nrrd(seg)
+    np.testing.assert_array_equal(array, _label_array())
+    np.testing.assert_allclose(ijk_to_lps, IJK_TO_LPS, atol=1e-5)
+    assert [(s["id"], s["name"], s["labelValue"]) for s in segments] == [("brain", "brain", 1), ("lesion", "lesion", 2)]
+    for segment in segments:
+        np.testing.assert_allclose(segment["color"], colors[segment["name"]], atol=1e-6)
+    header = (tmp_path / "result.seg.nrrd").read_bytes().split(b"\n\n")[0].decode()
+    assert "space: left-posterior-superior" in header and "Segment1_Name:=lesion" in header
+
+
+def test_seg_nrrd_keeps_empty_segments_and_rejects_undeclared_values(tmp_path):
+    array = np.zeros((3, 4, 5), np.uint8)
+    lib.write_seg_nrrd(tmp_path / "empty.seg.nrrd", array, np.eye(4), {"brain": 1})
+    _, _, segments = lib.read_seg_nrrd(tmp_path / "empty.seg.nrrd")
+    assert [s["name"] for s in segments] == ["brain"]
+    array[0, 0, 0] = 7
+    with pytest.raises(ValueError, match=r"values \[7\]"):
+        lib.write_seg_nrrd(tmp_path / "bad.seg.nrrd", array, np.eye(4), {"brain": 1})
+
+
+def test_remap_labels_maps_export_values_to_server_values():
+    exported = np.array([[0, 1, 2, 3]])
+    np.testing.assert_array_equal(lib.remap_labels(exported, {1: 5, 2: 1}), [[0, 5, 1, 0]])
+
+
+def test_uncertainty_helpers():
+    u = np.zeros((5, 4, 4))
+    u[3, 1:3, 1:3] = 0.8
+    u[1, 0, 0] = 1.0  # single hot voxel: less total uncertainty than slice 3
+    assert lib.most_uncertain_slice(u) == 3
+    assert lib.most_uncertain_slice(u, axis=2) in (1, 2)
+    low, high = lib.uncertainty_display_range(u)
+    assert low == 0.0 and 0.0 < high <= 1.0
+    assert lib.uncertainty_display_range(np.zeros((2, 2, 2))) == (0.0, 1.0)
+
+
+# -- client: errors and wire format ------------------------------------------------------------------------
+
+
+def _closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_down_gives_a_clear_message():
+    url = f"http://127.0.0.1:{_closed_port()}"
+    client = lib.MedSegDiffClient(url)
+    with pytest.raises(lib.ServerError) as error:
+        client.info()
+    message = str(error.value)
+    assert "Cannot connect" in message and url in message and "Is the server running" in message
+    assert error.value.status is None
+
+
+@pytest.mark.parametrize("url", ["", "127.0.0.1:8000", "ftp://host/x", "http://"])
+def test_malformed_url_is_rejected(url):
+    with pytest.raises(lib.ServerError, match="not a valid server URL"):
+        lib.MedSegDiffClient(url)
+
+
+class _NotMonaiLabel(http.server.BaseHTTPRequestHandler):
+    """Some other web server: HTML 404 everywhere, and a FastAPI-style 422 on /infer/."""
+
+    def do_GET(self):
+        body = b"<html><body>404 here</body></html>"
+        self.send_response(404)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"detail": [{"loc": ["body", "params"], "msg": "num_ensemble must be >= 1"}]}).encode()
+        self.send_response(422)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def other_web_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotMonaiLabel)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_of_another_web_server_is_reported_as_wrong(other_web_server):
+    with pytest.raises(lib.ServerError, match="not the root of a MONAI Label server") as error:
+        lib.MedSegDiffClient(other_web_server).info()
+    assert error.value.status == 404
+
+
+def test_4xx_message_carries_the_server_detail(other_web_server):
+    with pytest.raises(lib.ServerError) as error:
+        lib.MedSegDiffClient(other_web_server).infer("medsegdiff", "img", {"num_ensemble": 0})
+    assert error.value.status == 422
+    assert "HTTP 422" in str(error.value) and "body.params: num_ensemble must be >= 1" in str(error.value)
+
+
+def test_parse_multipart_reads_a_body_from_another_encoder():
+    payload = bytes(range(256)) * 3 + b"\r\n--\r\n\r\n"  # binary with CRLFs and dashes
+    body, content_type = urllib3.encode_multipart_formdata(
+        {"params": json.dumps({"latencies": {"total": 1.5}}), "image": ("label.nii.gz", payload, "application/gzip")}
+    )
+    parts = {p["name"]: p for p in lib.parse_multipart(body, content_type)}
+    assert json.loads(parts["params"]["data"]) == {"latencies": {"total": 1.5}}
+    assert parts["params"]["filename"] is None
+    assert parts["image"]["filename"] == "label.nii.gz"
+    assert parts["image"]["data"] == payload
+
+
+# -- background jobs and training progress --------------------------------------------------------------
+
+
+def test_background_job_reports_progress_and_result():
+    release = threading.Event()
+
+    def work(report, x):
+        report(0.5, "half way")
+        release.wait(5)
+        return x * 2
+
+    job = lib.BackgroundJob(work, 21).start()
+    for _ in range(100):
+        if job.progress == (0.5, "half way"):
+            break
+        threading.Event().wait(0.01)
+    assert job.progress == (0.5, "half way") and not job.done
+    with pytest.raises(RuntimeError, match="before the job finished"):
+        job.result()
+    release.set()
+    assert job.wait(5) and job.result() == 42
+
+
+def test_background_job_hands_the_exception_to_the_caller():
+    def fail(report):
+        raise lib.ServerError("server down")
+
+    job = lib.BackgroundJob(fail).start()
+    assert job.wait(5)
+    assert isinstance(job.error, lib.ServerError)
+    with pytest.raises(lib.ServerError, match="server down"):
+        job.result()
+
+
+def test_training_progress_from_task_and_stats():
+    task = {"id": "t", "status": "RUNNING", "request": {"max_epochs": 4}, "details": ["Epoch: 2/4"]}
+    stats = {
+        "start_ts": 200,
+        "epoch": 2,
+        "total_epochs": 4,
+        "best_metric": 0.7,
+        "eval": {"key_metric_name": "val_mean_dice", "metrics": {"val_mean_dice": 0.65}, "best_metric": 0.7},
+    }
+    progress = lib.training_progress(task, stats)
+    assert (progress.epoch, progress.total_epochs, progress.fraction) == (2, 4, 0.5)
+    assert (progress.dice, progress.best_dice, progress.message) == (0.65, 0.7, "Epoch: 2/4")
+    assert not progress.finished
+    stale = lib.training_progress(task, stats, baseline_start_ts=200)  # stats of the previous run
+    assert (stale.epoch, stale.dice, stale.total_epochs) == (0, None, 4)
+    done = lib.training_progress(dict(task, status="DONE"), stats)
+    assert done.finished and done.fraction == 1.0
+    assert lib.training_progress(None, {}).finished
