@@ -241,6 +241,21 @@ def test_server_declared_range_wins_over_known_range():
         lib.validate_params({"num_ensemble": 9}, specs)
 
 
+def test_parameter_descriptions_of_the_server_give_ranges_choices_and_help():
+    model = {
+        "config": {"num_inference_steps": 10, "fusion": ["mean", "vote"]},
+        "parameters": {
+            "num_inference_steps": {"default": 10, "min": 1, "max": 50, "help": "reverse-diffusion steps"},
+            "fusion": {"default": "mean", "choices": ["mean", "vote"], "help": "how members are fused"},
+        },
+    }
+    specs = lib.declared_parameters(model)
+    assert (specs["num_inference_steps"].maximum, specs["num_inference_steps"].help) == (50, "reverse-diffusion steps")
+    assert specs["fusion"].choices == ("mean", "vote") and specs["fusion"].default == "mean"
+    with pytest.raises(ValueError, match=r"num_inference_steps=51 is too large: allowed range is \[1, 50\]"):
+        lib.validate_params({"num_inference_steps": 51}, specs)
+
+
 def test_valid_params_pass_and_are_normalised():
     params = {"num_inference_steps": 2.0, "num_ensemble": 2, "seed": 0, "sampler": "ddpm", "device": "cpu"}
     assert lib.validate_params(params, SPECS) == {

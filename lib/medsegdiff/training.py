@@ -95,7 +95,7 @@ def train_on_arrays(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
         if callback is not None:
             callback(iteration, losses[-1])
         if log_every and iteration % log_every == 0:

@@ -6,9 +6,11 @@ outside Slicer. The Logic works without the widget and never opens dialogs; the 
 call in a background thread and polls it with a ``qt.QTimer``, so the user interface never freezes.
 """
 
+import importlib
 import logging
 import os
 import re
+import sys
 
 import qt
 import slicer
@@ -165,6 +167,16 @@ class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
         self._updateGui()
 
+    def onReload(self):
+        """Developer mode "Reload": Slicer reloads MedSegDiff.py only, so reload MedSegDiffLib first."""
+        for name in ("client", "params", "conversions", "jobs", "serverinfo", "training"):
+            module = sys.modules.get(f"MedSegDiffLib.{name}")
+            if module is not None:
+                importlib.reload(module)
+        if "MedSegDiffLib" in sys.modules:
+            importlib.reload(sys.modules["MedSegDiffLib"])
+        super().onReload()
+
     def cleanup(self):
         """Called when the application closes and the module widget is destroyed."""
         self._stopTrainingMonitor()
@@ -256,20 +268,30 @@ class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             spinBox.enabled = spec is not None
             if spec is None:
                 continue
+            if spec.help:
+                spinBox.toolTip = f"{name}: {spec.help}"
             if spec.minimum is not None:
                 spinBox.minimum = int(spec.minimum)
             if spec.maximum is not None:
                 spinBox.maximum = int(spec.maximum)
-        for name, comboBox in (("sampler", self.ui.samplerComboBox), ("device", self.ui.deviceComboBox)):
+        for name, comboBox in self._choiceComboBoxes().items():
             spec = specs.get(name)
             current = comboBox.currentText
             comboBox.clear()
             comboBox.enabled = spec is not None and spec.kind == "choice"
             if comboBox.enabled:
+                if spec.help:
+                    comboBox.toolTip = f"{name}: {spec.help}"
                 for choice in spec.choices:
                     comboBox.addItem(str(choice))
                 index = comboBox.findText(current)
-                comboBox.currentIndex = index if index >= 0 else 0
+                if index < 0:
+                    index = comboBox.findText(str(spec.default))
+                comboBox.currentIndex = max(index, 0)
+
+    def _choiceComboBoxes(self):
+        """Server parameters with a list of choices and the combo box that shows them."""
+        return {"sampler": self.ui.samplerComboBox, "device": self.ui.deviceComboBox, "fusion": self.ui.fusionComboBox}
 
     def _resetParametersToServerDefaults(self):
         specs = self.logic.serverInfo.parameters(self.logic.model)
@@ -284,7 +306,7 @@ class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for field, name in UI_PARAMETERS.items():
             if name in specs:
                 params[name] = int(getattr(self._parameterNode, field))
-        for name, comboBox in (("sampler", self.ui.samplerComboBox), ("device", self.ui.deviceComboBox)):
+        for name, comboBox in self._choiceComboBoxes().items():
             if name in specs and comboBox.currentText:
                 params[name] = comboBox.currentText
         return params

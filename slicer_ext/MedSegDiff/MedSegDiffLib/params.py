@@ -2,8 +2,9 @@
 
 A MONAI Label model declares its parameters in ``/info/`` under ``models[<name>]["config"]`` with the
 usual MONAI Label convention: a scalar is the default value, a list is a choice whose first item is the
-default. A dict ``{"default": .., "min": .., "max": ..}`` is also accepted, so a server may declare a range.
-The ranges of the MedSegDiff parameters that the server does not declare come from ``KNOWN_RANGES``.
+default. The MedSegDiff app also describes them under ``models[<name>]["parameters"]`` as
+``{"default", "min", "max", "help"}`` or ``{"default", "choices", "help"}``; those descriptions win.
+Ranges the server does not declare come from ``KNOWN_RANGES``.
 """
 
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class ParameterSpec:
         minimum: inclusive lower bound for numbers, or None.
         maximum: inclusive upper bound for numbers, or None.
         choices: allowed values for ``choice``.
+        help: the server's description, for tooltips.
     """
 
     name: str
@@ -40,6 +42,7 @@ class ParameterSpec:
     minimum: Optional[float] = None
     maximum: Optional[float] = None
     choices: Sequence[Any] = ()
+    help: str = ""
 
 
 def _kind_of(value):
@@ -59,9 +62,13 @@ def _spec(name, declared):
         minimum = declared.get("min", minimum)
         maximum = declared.get("max", maximum)
         choices = declared.get("choices")
+        text = str(declared.get("help", ""))
         if choices:
-            return ParameterSpec(name, "choice", default, choices=tuple(choices))
-        return ParameterSpec(name, _kind_of(default), default, minimum, maximum)
+            return ParameterSpec(name, "choice", default, choices=tuple(choices), help=text)
+        kind = _kind_of(default)
+        if kind not in ("int", "float"):
+            minimum = maximum = None
+        return ParameterSpec(name, kind, default, minimum, maximum, help=text)
     if isinstance(declared, (list, tuple)):
         if not declared:
             raise ValueError(f"server declares parameter '{name}' with an empty list of choices")
@@ -76,13 +83,16 @@ def declared_parameters(model_info):
     """Parameter specs of one model entry of ``/info/`` (``info["models"][name]``).
 
     Args:
-        model_info: the model dict; its ``config`` holds the declared parameters.
+        model_info: the model dict; its ``config`` holds the declared parameters and its optional
+            ``parameters`` their descriptions (default, range or choices, help).
 
     Returns:
         ``{name: ParameterSpec}`` in declaration order.
     """
-    config = (model_info or {}).get("config") or {}
-    return {name: _spec(name, value) for name, value in config.items()}
+    declared = dict((model_info or {}).get("config") or {})
+    described = (model_info or {}).get("parameters") or {}
+    declared.update({n: d for n, d in described.items() if isinstance(d, dict) and "default" in d})
+    return {name: _spec(name, value) for name, value in declared.items()}
 
 
 def default_values(specs):

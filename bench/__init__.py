@@ -1,0 +1,8 @@
+"""Benchmarks of MedSegDiff Label on real heads carried by registry packages (``make bench``).
+
+One module per measurement; each has ``run(ctx) -> Section`` and runs alone with ``python -m bench.<module>``.
+``python -m bench.run_all`` runs them all and writes ``bench/results/latest.{json,md}`` and the figures.
+
+Environment: ``BENCH_QUICK=1`` runs a ~5 minute subset, ``BENCH_OUT=<dir>`` writes somewhere other than
+``bench/results``, ``BENCH_ONLY=sampling_cost,volume`` runs some sections only.
+"""

@@ -1,0 +1,134 @@
+"""``make bench``: every measurement in one process run, written to ``latest.json`` / ``latest.md`` + figures.
+
+    .venv/bin/python -m bench.run_all                       # full run (< 40 min on 2 CPU cores)
+    BENCH_QUICK=1 .venv/bin/python -m bench.run_all         # ~5 min subset
+    BENCH_OUT=/tmp/b BENCH_ONLY=volume .venv/bin/python -m bench.run_all
+
+The JSON is rewritten after every section, so an interrupted run keeps what it measured. A section that fails
+is recorded with its error and the run goes on; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .common import CAVEAT, Context, environment, md_table
+
+__all__ = ["SECTIONS", "CONTRACT", "main"]
+
+SECTIONS = ("training_speed", "sampling_cost", "volume", "uncertainty_quality", "cross_subject", "active_learning")
+
+CONTRACT: dict[str, str] = {
+    "nfe_ratio": "sampling_cost",
+    "dice_gap_vs_ddpm1000": "sampling_cost",
+    "slice_seconds": "sampling_cost",
+    "volume_seconds": "volume",
+    "volume_peak_mb": "volume",
+    "dice": "cross_subject",
+    "hd95": "cross_subject",
+    "uncertainty_auroc": "uncertainty_quality",
+    "active_learning": "active_learning",
+    "train_iters_per_second": "training_speed",
+}
+"""Top-level keys of ``latest.json`` → the section whose results carry them."""
+
+
+def _write(report: dict[str, Any], out_dir: Path) -> None:
+    tmp = out_dir / ".latest.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, out_dir / "latest.json")
+
+
+def _summary(report: dict[str, Any]) -> str:
+    rows = []
+    for key in CONTRACT:
+        value = report.get(key)
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)[:120] + ("…" if len(json.dumps(value)) > 120 else "")
+        rows.append([key, value])
+    return md_table(["key", "value"], rows)
+
+
+def _markdown(report: dict[str, Any], tables: dict[str, str]) -> str:
+    env = report["environment"]
+    lines = [
+        "# MedSegDiff Label benchmark",
+        "",
+        f"- mode: **{env['mode']}**, device: {env['device']} ({env['device_name']}), {env['cpu_count']} CPU(s) "
+        f"({env['cpu_model']}), torch {env['torch']}, monai {env['monai']}",
+        f"- model: {report.get('model', '?')}",
+        f"- wall time: {report.get('wall_seconds', 0):.0f} s; load average at start {env.get('load_average_at_start')}",
+        f"- {CAVEAT}",
+        "",
+        "## Contract numbers",
+        "",
+        _summary(report),
+    ]
+    for name, section in report["sections"].items():
+        lines += ["", f"## {name} ({section.get('seconds', 0):.0f} s)", ""]
+        if "error" in section:
+            lines += ["**failed**:", "", "```", section["error"][-2000:], "```"]
+            continue
+        lines.append(tables.get(name, ""))
+        if section.get("figures"):
+            lines += ["", "Figures: " + ", ".join(f"`{f}`" for f in section["figures"])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sections named in ``argv`` (or ``BENCH_ONLY``, or all) and write the results."""
+    names = list(argv or [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n] or SECTIONS)
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise SystemExit(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    ctx = Context()
+    start = time.perf_counter()
+    report: dict[str, Any] = {
+        "environment": environment(ctx.device),
+        "settings": asdict(ctx.settings),
+        "sections": {},
+    }
+    report.update({k: report["environment"][k] for k in ("device", "torch", "cpu_count", "cpu_model", "mode")})
+    tables: dict[str, str] = {}
+    failed = False
+    print(f"[bench] {report['mode']} run on {ctx.device} ({report['cpu_count']} CPUs), writing to {ctx.out_dir}", flush=True)
+    try:
+        for name in names:
+            t0 = time.perf_counter()
+            print(f"\n[bench] {name} …", flush=True)
+            try:
+                section = importlib.import_module(f"bench.{name}").run(ctx)
+            except Exception:  # recorded; the other measurements still run
+                failed = True
+                error = traceback.format_exc()
+                print(error, file=sys.stderr, flush=True)
+                report["sections"][name] = {"error": error, "seconds": round(time.perf_counter() - t0, 1)}
+            else:
+                section.seconds = round(time.perf_counter() - t0, 1)
+                report["sections"][name] = {"results": section.results, "figures": section.figures, "seconds": section.seconds}
+                tables[name] = section.table
+                for key, owner in CONTRACT.items():
+                    if owner == name and key in section.results:
+                        report[key] = section.results[key]
+                print(section.table, flush=True)
+                print(f"[bench] {name}: {section.seconds:.0f} s", flush=True)
+            report["model"] = ctx.model_source or report.get("model")
+            report["wall_seconds"] = round(time.perf_counter() - start, 1)
+            _write(report, ctx.out_dir)
+            (ctx.out_dir / "latest.md").write_text(_markdown(report, tables))
+    finally:
+        ctx.close()
+    print(f"\n[bench] done in {report['wall_seconds']:.0f} s: {ctx.out_dir / 'latest.json'}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

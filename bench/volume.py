@@ -1,0 +1,185 @@
+"""2. A whole real T1 head through the infer task at default settings: wall seconds and peak memory.
+
+The app's infer task (``monailabel_app/lib/infers/medsegdiff.py``: RAS, 3 mm, normalisation, 10-step DDIM x 5
+members, label and uncertainty back on the image's grid) runs in a fresh subprocess on a temporary copy of the
+sample datastore's ``colin27_head`` (1 mm, 181x217x181, a head the sample model never saw), so the peak resident
+memory of that process is the cost of one request (plus the imports, reported separately). When the task cannot
+be imported or run, ``MedSegDiffInferer`` with the same pre-processing runs instead and ``volume_path`` says so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from .common import REPO, Context, Section, current_rss_mb, finite, md_table, peak_rss_mb, run_worker, worker_main
+
+__all__ = ["run"]
+
+VOLUME_ID = "colin27_head"
+
+
+def _write_input(ctx: Context) -> tuple[Path, Path, str]:
+    """Copy the head (quick mode: a central axial slab) and its reference mask into the temp folder."""
+    root = ctx.sample_datastore()
+    image_path = root / f"{VOLUME_ID}.nii.gz"
+    reference_path = (root / f"../sample_reference/{VOLUME_ID}_mask.nii.gz").resolve()
+    folder = ctx.tmp / "volume_datastore"
+    folder.mkdir(exist_ok=True)
+    target, target_ref = folder / image_path.name, folder / "reference_mask.nii.gz"
+    slab = ctx.settings.volume_slab_mm
+    if slab is None:
+        shutil.copy(image_path, target)
+        shutil.copy(reference_path, target_ref)
+        return target, target_ref, f"{VOLUME_ID} (whole head)"
+    image, reference = nib.load(str(image_path)), nib.load(str(reference_path))
+    canonical = nib.as_closest_canonical(image)
+    canonical_ref = nib.as_closest_canonical(reference)
+    depth = int(round(slab / canonical.header.get_zooms()[2]))
+    centre = canonical.shape[2] // 2
+    z = slice(centre - depth // 2, centre - depth // 2 + depth)
+    nib.save(canonical.slicer[:, :, z], str(target))
+    nib.save(canonical_ref.slicer[:, :, z], str(target_ref))
+    return target, target_ref, f"{VOLUME_ID}, QUICK MODE: central {slab:g} mm axial slab"
+
+
+def run(ctx: Context) -> Section:
+    ctx.model  # make sure a model file exists (stand-in when the sample model is missing)
+    image, reference, description = _write_input(ctx)
+    payload = {
+        "model": str(ctx.model_path),
+        "image": str(image),
+        "reference": str(reference),
+        "device": ctx.device.type,
+        "app_dir": str(REPO / "monailabel_app"),
+        "tmp": str(ctx.tmp / "volume_worker"),
+    }
+    try:
+        out = run_worker("bench.volume", {**payload, "path": "infer_task"})
+    except Exception as e:  # noqa: BLE001 - the app is being written; fall back and say why
+        reason = str(e).strip().splitlines()[-1][:300] if str(e).strip() else e.__class__.__name__
+        out = run_worker("bench.volume", {**payload, "path": "inferer"})
+        out["volume_path"] += f" (the infer task failed: {reason})"
+    results = {
+        "volume_seconds": out["seconds"],
+        "volume_peak_mb": out["peak_rss_mb"],
+        "volume_path": out["volume_path"],
+        "image": description,
+        "shape": out["shape"],
+        "rss_before_request_mb": out["rss_before_mb"],
+        "peak_increase_mb": out["peak_rss_mb"] - out["rss_before_mb"],
+        "cuda_peak_mb": out.get("cuda_peak_mb"),
+        "nfe": out.get("nfe"),
+        "settings": out.get("settings"),
+        "dice_vs_reference": out.get("dice"),
+        "uncertainty_auroc_native": out.get("auroc"),
+        "model": ctx.model_source,
+    }
+    table = md_table(
+        ["volume", "path", "seconds", "peak RSS MB", "peak over pre-request MB", "Dice", "entropy AUROC"],
+        [[description, out["volume_path"].split(" (")[0], out["seconds"], out["peak_rss_mb"],
+          results["peak_increase_mb"], out.get("dice"), out.get("auroc")]],
+    )
+    return Section("volume", finite(results), table)
+
+
+# --------------------------------------------------------------------------------------------
+# Worker (a fresh process)
+# --------------------------------------------------------------------------------------------
+def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    sys.path.insert(0, payload["app_dir"])
+    from lib.infers.medsegdiff import UNCERTAINTY_FILE_KEY, MedSegDiffInfer  # the app's package is "lib"
+    from lib.model_files import ModelFiles, ModelInfo
+
+    model = Path(payload["model"])
+    files = ModelFiles("medsegdiff", model, Path(payload["tmp"]) / "model")
+    files.output_dir.mkdir(parents=True, exist_ok=True)
+    task = MedSegDiffInfer(files, ModelInfo.read(model), "bench", progress=False)
+    before = current_rss_mb()
+    start = time.perf_counter()
+    label_file, result = task({"image": payload["image"]})
+    seconds = time.perf_counter() - start
+    label = np.asanyarray(nib.load(label_file).dataobj)
+    uncertainty = np.asanyarray(nib.load(result[UNCERTAINTY_FILE_KEY]).dataobj)
+    for path in (label_file, result[UNCERTAINTY_FILE_KEY]):
+        Path(path).unlink(missing_ok=True)
+    info = {
+        "seconds": seconds,
+        "rss_before_mb": before,
+        "nfe": result.get("nfe"),
+        "settings": result.get("params"),
+        "volume_path": "monailabel infer task lib.infers.medsegdiff.MedSegDiffInfer, in-process in a subprocess, default parameters",
+    }
+    return label, uncertainty, info
+
+
+def _inferer(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    from medsegdiff.checkpoint import load_checkpoint
+    from medsegdiff.sample_data import Scan
+
+    from .common import segment_diffusion, to_model_grid
+
+    network, diffusion, _ = load_checkpoint(payload["model"], payload["device"])
+    before = current_rss_mb()
+    start = time.perf_counter()
+    image = nib.as_closest_canonical(nib.load(payload["image"]))
+    data = np.asanyarray(image.dataobj).astype(np.float32)
+    scan = Scan("volume", data, np.zeros(data.shape, np.uint8), image.affine, {"brain": 1})
+    volume = to_model_grid(scan)
+    out = segment_diffusion(network, diffusion, volume, steps=10, members=5)
+    label = volume.labels_to_native(out["distribution"])
+    uncertainty = volume.to_native(out["entropy"])[0]
+    seconds = time.perf_counter() - start
+    info = {
+        "seconds": seconds,
+        "rss_before_mb": before,
+        "nfe": out["nfe"],
+        "settings": {"sampler": "ddim", "num_inference_steps": 10, "num_ensemble": 5, "fusion": "mean"},
+        "volume_path": "medsegdiff.inferer.MedSegDiffInferer with the bench's pre-processing (RAS, normalise, 3 mm, 80x80)",
+    }
+    return label, uncertainty, info
+
+
+def _work(payload: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from medsegdiff.metrics import dice_per_class
+
+    from .common import auroc
+
+    if payload["device"] == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        label, uncertainty, info = (_infer_task if payload["path"] == "infer_task" else _inferer)(payload)
+    except Exception:
+        traceback.print_exc()
+        raise
+    peak = peak_rss_mb()
+    reference = np.asanyarray(nib.as_closest_canonical(nib.load(payload["reference"])).dataobj) > 0
+    image = nib.load(payload["image"])
+    if label.shape != reference.shape:  # the infer task answers on the grid of the file as stored
+        label = np.asanyarray(nib.as_closest_canonical(nib.Nifti1Image(label, image.affine)).dataobj)
+        uncertainty = np.asanyarray(nib.as_closest_canonical(nib.Nifti1Image(uncertainty, image.affine)).dataobj)
+    label = label > 0
+    return {
+        **info,
+        "peak_rss_mb": peak,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if payload["device"] == "cuda" else None,
+        "shape": list(label.shape),
+        "dice": dice_per_class(label.astype(np.uint8), reference.astype(np.uint8))[0],
+        "auroc": auroc(uncertainty, label != reference),
+    }
+
+
+if __name__ == "__main__":
+    if not worker_main(_work):
+        from .run_all import main
+
+        raise SystemExit(main(["volume"]))

@@ -1,0 +1,1 @@
+"""MedSegDiff MONAI Label app: task configs, infer / train tasks, scoring, strategies and shared helpers."""

@@ -1,0 +1,3 @@
+from .medsegdiff import MedSegDiff2D, MedSegDiff3D
+
+__all__ = ["MedSegDiff2D", "MedSegDiff3D"]

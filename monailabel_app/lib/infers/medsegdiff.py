@@ -1,0 +1,197 @@
+"""Inference task: a diffusion ensemble segments a volume and reports its own uncertainty.
+
+Pipeline (``BasicInferTask``): pre-transforms (RAS, model spacing, ``normalize_intensity``, padding) →
+``MedSegDiffInferer`` (2D network slice by slice, 3D network by sliding window) → fused probabilities and
+predictive entropy resampled onto the grid of the image that was sent → label (uint8) and uncertainty
+(float32) NIfTI files. Bad request parameters are answered with HTTP 422 naming the parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from fastapi import HTTPException
+from monai.inferers import Inferer
+from monai.transforms import DeleteItemsd, SpatialPadd
+
+from medsegdiff.device import select_device
+from medsegdiff.fusion import probabilities_to_labels
+from medsegdiff.inferer import MedSegDiffInferer
+from medsegdiff.sampling import EnsembleSampler
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from ..model_files import CheckpointCache, LoadedModel, ModelFiles, ModelInfo
+from ..params import INFER_PARAMS, ChoiceParam, IntParam, InvalidParameter, declare, parse
+from ..transforms import ToOriginalGridd, min_volume_size, volume_transforms
+from ..uncertainty import summarize
+
+__all__ = ["MedSegDiffInfer", "UNCERTAINTY_FILE_KEY"]
+
+logger = logging.getLogger(__name__)
+
+UNCERTAINTY_FILE_KEY = "_uncertainty_file"
+"""Result-JSON key of the temporary uncertainty NIfTI; the app moves the file into the datastore and drops the key."""
+
+
+def _save_nifti(array: np.ndarray, affine: np.ndarray, dtype: type) -> str:
+    path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
+    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(affine, dtype=np.float64))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, path)
+    return path
+
+
+def _split_outputs(data: dict) -> dict:
+    """The inferer's dict → ``pred`` (fused probabilities, C channels) and ``uncertainty`` (entropy, 1 channel)."""
+    d = dict(data)
+    outputs = d["pred"]
+    d["pred"], d["uncertainty"] = outputs["probs"], outputs["entropy"]
+    return d
+
+
+def _probabilities_to_label(data: dict) -> dict:
+    d = dict(data)
+    probs = d["pred"]
+    d["pred"] = probabilities_to_labels(probs[None])[0].to(torch.uint8)
+    d["pred"].affine = probs.affine  # keep the (original) grid
+    return d
+
+
+class MedSegDiffInfer(BasicInferTask):
+    """Ensemble diffusion segmentation with uncertainty (MedSegDiff, arXiv 2211.00611).
+
+    Args:
+        files: the model's checkpoints (inference uses ``files.current()``, reloaded when it changes).
+        model_info: labels, colours, spacing and slice axis of the model (from the checkpoint metadata).
+        description: shown in ``/info``.
+        progress: print a tqdm bar on the server while sampling.
+    """
+
+    def __init__(self, files: ModelFiles, model_info: ModelInfo, description: str, progress: bool = True) -> None:
+        super().__init__(
+            path=files.infer_paths,
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels=model_info.labels,
+            dimension=3,
+            description=description,
+            config=declare(INFER_PARAMS),
+        )
+        self.files = files
+        self.model_info = model_info
+        self.progress = progress
+        self.cache = CheckpointCache(files)
+        self._request = threading.local()  # the model and parameters of the request this thread is serving
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["label_colors"] = self.model_info.label_colors
+        info["parameters"] = {p.name: _describe(p) for p in INFER_PARAMS}
+        info["checkpoint"] = {"path": str(self.files.current()), "spatial_dims": self.model_info.spatial_dims}
+        return info
+
+    # ------------------------------------------------------------------ request
+    def __call__(self, request: dict, callbacks=None):
+        """Validate the parameters (HTTP 422 naming the bad one), load the current checkpoint, run the pipeline."""
+        try:
+            values = parse(request, INFER_PARAMS)
+            device = select_device(values["device"])
+        except (InvalidParameter, ValueError) as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
+        loaded = self.cache.get(device)
+        num_train = loaded.diffusion.num_train_timesteps
+        if values["num_inference_steps"] > num_train:
+            raise HTTPException(
+                status_code=422,
+                detail=f"num_inference_steps must be in [1, {num_train}] for this model (trained with "
+                f"{num_train} diffusion steps), got {values['num_inference_steps']}",
+            )
+        self._request.loaded, self._request.values = loaded, values
+        request = {**request, **values, "device": device.type}
+        logger.info("%s: %s on %s with %s", self.files.name, request.get("image"), device, values)
+        return super().__call__(request, callbacks)
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        config = self._request.loaded.network.config
+        pad = min_volume_size(config["spatial_size"], config["spatial_dims"], self.model_info.slice_axis)
+        return [
+            # MONAI's Spacingd treats every "image_*" key as a metadata dict: drop MONAI Label's "image_path"
+            DeleteItemsd(keys="image_path"),
+            *volume_transforms(["image"], self.model_info.spacing),
+            SpatialPadd(keys="image", spatial_size=pad),
+        ]
+
+    def inferer(self, data=None) -> Inferer:
+        loaded, values = self._request.loaded, self._request.values
+        cuda = next(loaded.network.parameters()).device.type == "cuda"
+        sampler = EnsembleSampler(
+            loaded.diffusion,
+            sampler=values["sampler"],
+            num_inference_steps=values["num_inference_steps"],
+            num_ensemble=values["num_ensemble"],
+            fusion=values["fusion"],
+            member_batch_size=None if cuda else 1,  # on a CPU small batches are faster
+            amp=cuda,
+        )
+        inferer = MedSegDiffInferer(
+            sampler,
+            seed=values["seed"],
+            slice_axis=self.model_info.slice_axis,
+            slice_batch_size=16 if cuda else 2,
+            progress=self.progress,
+        )
+        self._request.inferer = inferer
+        return inferer
+
+    def _get_network(self, device, data):
+        return self._request.loaded.network
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [
+            _split_outputs,
+            ToOriginalGridd(keys=["pred", "uncertainty"], ref_key="image", mode="bilinear"),
+            _probabilities_to_label,
+        ]
+
+    def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
+        """Label (uint8) and uncertainty (float32) NIfTI on the image's own grid, and the result JSON."""
+        loaded: LoadedModel = self._request.loaded
+        label = data["pred"][0].cpu().numpy().astype(np.uint8)
+        uncertainty = data["uncertainty"][0].cpu().numpy().astype(np.float32)
+        affine = data["pred"].affine.cpu().numpy()
+        label_file = _save_nifti(label, affine, np.uint8)
+        result = {
+            "model": self.files.name,
+            "checkpoint": loaded.describe(),
+            "params": dict(self._request.values),
+            "nfe": self._request.inferer.nfe,
+            "uncertainty": summarize(uncertainty, label),
+            "shape": list(label.shape),
+            UNCERTAINTY_FILE_KEY: _save_nifti(uncertainty, affine, np.float32),
+        }
+        return label_file, result
+
+    def clear(self) -> None:
+        super().clear()
+        self.cache.clear()
+
+
+def _describe(param) -> dict[str, Any]:
+    """Default, range or choices, and help of a parameter, for clients that show them."""
+    if isinstance(param, ChoiceParam):
+        return {"default": param.choices[0], "choices": list(param.choices), "help": param.help}
+    described = {"default": param.default, "help": param.help}
+    if isinstance(param, IntParam):
+        described.update(min=param.low, max=param.high)
+    return described

@@ -1,0 +1,184 @@
+"""Request parameters of the MedSegDiff tasks: declaration (for ``/info``) and validation.
+
+MONAI Label shows a task's ``config()`` to clients: a scalar is a default value, a list is a choice whose first
+item is the default. A client that does not send a parameter gets the declared value merged into its request,
+so a list value equal to the declared choices means "the default". Every other value is checked here, and a bad
+one raises :class:`InvalidParameter`, whose message names the parameter, the allowed values and what was sent.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "InvalidParameter",
+    "IntParam",
+    "FloatParam",
+    "ChoiceParam",
+    "BoolParam",
+    "INFER_PARAMS",
+    "SCORING_PARAMS",
+    "TRAIN_PARAMS",
+    "declare",
+    "parse",
+]
+
+SEED_MAX = 2**31 - 1
+
+
+class InvalidParameter(ValueError):
+    """A request parameter has a value outside what the task accepts."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+@dataclass(frozen=True)
+class IntParam:
+    """An integer in ``[low, high]``; integral floats and digit strings ("5") are accepted too."""
+
+    name: str
+    default: int
+    low: int
+    high: int
+    help: str = ""
+
+    def declared(self) -> Any:
+        return self.default
+
+    def parse(self, value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            value = int(value)
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidParameter(self.name, f"{self.name} must be an integer in [{self.low}, {self.high}], got {value!r}")
+        if not self.low <= value <= self.high:
+            raise InvalidParameter(self.name, f"{self.name} must be in [{self.low}, {self.high}], got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class FloatParam:
+    """A finite number in ``[low, high]`` (``high_open``: strictly below ``high``)."""
+
+    name: str
+    default: float
+    low: float
+    high: float
+    high_open: bool = False
+    help: str = ""
+
+    def declared(self) -> Any:
+        return self.default
+
+    def parse(self, value: Any) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidParameter(self.name, f"{self.name} must be a number, got {value!r}")
+        above = value >= self.high if self.high_open else value > self.high
+        if value < self.low or above:
+            bracket = ")" if self.high_open else "]"
+            raise InvalidParameter(self.name, f"{self.name} must be in [{self.low}, {self.high}{bracket}, got {value}")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class ChoiceParam:
+    """One of ``choices`` (the first is the default)."""
+
+    name: str
+    choices: tuple[str, ...]
+    help: str = ""
+
+    def declared(self) -> Any:
+        return list(self.choices)
+
+    def parse(self, value: Any) -> str:
+        if isinstance(value, (list, tuple)) and list(value) == list(self.choices):
+            return self.choices[0]  # the declared list itself: the client kept the default
+        if not isinstance(value, str) or value not in self.choices:
+            raise InvalidParameter(self.name, f"{self.name} must be one of {list(self.choices)}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class BoolParam:
+    """A boolean; also ``"true"``/``"false"`` (any case), ``1``/``0``."""
+
+    name: str
+    default: bool
+    help: str = ""
+
+    def declared(self) -> Any:
+        return self.default
+
+    def parse(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("true", "1"):
+            return True
+        if text in ("false", "0"):
+            return False
+        raise InvalidParameter(self.name, f"{self.name} must be true or false, got {value!r}")
+
+
+Param = IntParam | FloatParam | ChoiceParam | BoolParam
+
+INFER_PARAMS: tuple[Param, ...] = (
+    IntParam("num_inference_steps", 10, 1, 1000, "reverse-diffusion steps per ensemble member"),
+    IntParam("num_ensemble", 5, 1, 32, "independent samples fused into the label; their disagreement is the uncertainty"),
+    ChoiceParam("sampler", ("ddim", "ddpm"), "ddim: deterministic, few steps; ddpm: ancestral (stochastic) steps"),
+    IntParam("seed", 0, 0, SEED_MAX, "seed of ensemble member 0 (member m uses seed + m): same seed, same result"),
+    ChoiceParam("device", ("auto", "cpu", "cuda"), "auto: CUDA when the server has a GPU, else CPU"),
+    ChoiceParam("fusion", ("mean", "vote", "staple"), "how members are fused: soft mean, majority vote or STAPLE"),
+)
+"""Parameters of ``POST /infer/<model>``."""
+
+SCORING_PARAMS: tuple[Param, ...] = (
+    IntParam("num_inference_steps", 2, 1, 1000, "steps per member while scoring (few: scoring must be fast)"),
+    IntParam("num_ensemble", 3, 2, 32, "members while scoring (at least 2: the score is their disagreement)"),
+    IntParam("seed", 0, 0, SEED_MAX, "seed of member 0"),
+    ChoiceParam("device", ("auto", "cpu", "cuda"), "auto: CUDA when the server has a GPU, else CPU"),
+    BoolParam("force", False, "true: score again the images already scored with the current model"),
+)
+"""Parameters of ``POST /scoring/<model>_uncertainty``."""
+
+TRAIN_PARAMS: tuple[Param, ...] = (
+    IntParam("max_epochs", 20, 1, 100000, "epochs in this run"),
+    FloatParam("val_split", 0.2, 0.0, 1.0, high_open=True, help="fraction of the labelled images held out for validation"),
+    FloatParam("learning_rate", 2e-4, 1e-8, 1.0, help="AdamW learning rate"),
+    IntParam("batch_size", 8, 1, 1024, "slices (2D) or patches (3D) per iteration"),
+    IntParam("samples_per_epoch", 128, 1, 1000000, "random slices / patches drawn from the labelled images per epoch"),
+    IntParam("val_num_inference_steps", 2, 1, 1000, "sampling steps of the validation Dice"),
+    IntParam("val_num_ensemble", 2, 1, 32, "ensemble members of the validation Dice"),
+)
+"""Parameters of ``POST /train/<model>`` added to MONAI Label's own (``name``, ``pretrained``, ``multi_gpu``, …)."""
+
+
+def declare(params: Sequence[Param]) -> dict[str, Any]:
+    """The ``config()`` entries of ``params``: defaults, and choice lists (first = default)."""
+    return {p.name: p.declared() for p in params}
+
+
+def parse(request: Mapping[str, Any], params: Sequence[Param]) -> dict[str, Any]:
+    """Validated values of ``params`` from ``request`` (defaults for the missing ones).
+
+    Raises:
+        InvalidParameter: a value is out of range or not of the declared kind.
+    """
+    values = {}
+    for p in params:
+        value = request.get(p.name)
+        values[p.name] = p.parse(p.declared() if value is None else value)
+    return values

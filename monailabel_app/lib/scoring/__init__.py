@@ -1,0 +1,3 @@
+from .uncertainty import UncertaintyScoring
+
+__all__ = ["UncertaintyScoring"]

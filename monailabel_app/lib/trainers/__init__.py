@@ -1,0 +1,3 @@
+from .medsegdiff import MedSegDiffTrain
+
+__all__ = ["MedSegDiffTrain"]

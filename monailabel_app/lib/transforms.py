@@ -1,0 +1,159 @@
+"""Transforms shared by inference, training and scoring, so all three see the same voxels.
+
+Pre-processing (the default model was trained this way, see ``medsegdiff.sample_data.brain_slices_2d``):
+load (nibabel for NIfTI) → channel first → orient to RAS → ``normalize_intensity`` on the native grid →
+resample to the model spacing (3 mm) → pad to at least the training slice / patch size.
+Results go back to the grid of the image that was sent with :class:`ToOriginalGridd`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    ResizeWithPadOrCropd,
+    SpatialPadd,
+    SpatialResample,
+    Spacingd,
+    SqueezeDimd,
+)
+from monai.utils import convert_to_dst_type
+
+from medsegdiff.sample_data import normalize_intensity
+from medsegdiff.training import segmentation_augmentations
+
+__all__ = [
+    "NormalizeIntensityd",
+    "RemapLabelsd",
+    "ToOriginalGridd",
+    "volume_transforms",
+    "min_volume_size",
+    "sample_transforms",
+]
+
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+
+
+class NormalizeIntensityd(MapTransform):
+    """``medsegdiff.sample_data.normalize_intensity`` per channel (percentile clip, scale to [0, 1]); keeps metadata."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            arr = np.asarray(img.detach().cpu() if isinstance(img, torch.Tensor) else img, dtype=np.float32)
+            normalized = np.stack([normalize_intensity(channel) for channel in arr])
+            d[key] = convert_to_dst_type(normalized, img, dtype=torch.float32)[0]
+        return d
+
+
+class RemapLabelsd(MapTransform):
+    """Label values → class indices 1..C in the order of ``label_values``; any other value → background.
+
+    With one class every nonzero value is foreground (masks saved as 255 still train).
+    """
+
+    def __init__(self, keys: KeysCollection, label_values: Sequence[int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_values = [int(v) for v in label_values]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = torch.as_tensor(d[key])
+            if len(self.label_values) == 1:
+                out = (label != 0).to(torch.float32)
+            else:
+                out = torch.zeros_like(label, dtype=torch.float32)
+                for index, value in enumerate(self.label_values, start=1):
+                    out[label == value] = index
+            d[key] = convert_to_dst_type(out, d[key], dtype=torch.float32)[0]
+        return d
+
+
+class ToOriginalGridd(MapTransform):
+    """Resample model-grid outputs onto the grid of the image as it was loaded (its own affine and shape).
+
+    ``ref_key`` holds the pre-processed image (a MetaTensor): its ``affine`` is the model grid and its metadata
+    keep the ``original_affine`` and ``spatial_shape`` of the loaded file. One resampling undoes the
+    reorientation, the resampling and the padding together (flips on an aligned grid are exact).
+    """
+
+    def __init__(self, keys: KeysCollection, ref_key: str = "image", mode: str | Sequence[str] = "bilinear") -> None:
+        super().__init__(keys)
+        self.ref_key = ref_key
+        self.modes = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        ref = d[self.ref_key]
+        if not isinstance(ref, MetaTensor) or "original_affine" not in ref.meta:
+            raise ValueError(f"'{self.ref_key}' must be a MetaTensor that remembers the original affine and shape")
+        dst_affine = torch.as_tensor(np.asarray(ref.meta["original_affine"]), dtype=torch.float64)
+        shape = [int(s) for s in np.asarray(ref.meta["spatial_shape"]).ravel()]
+        for key, mode in zip(self.key_iterator(d), self.modes):
+            src = MetaTensor(torch.as_tensor(d[key]).float(), affine=ref.affine.clone())
+            resample = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float64)
+            out = resample(src, dst_affine=dst_affine, spatial_size=shape)
+            d[key] = MetaTensor(out.as_tensor().float(), affine=dst_affine)
+        return d
+
+
+def volume_transforms(keys: Sequence[str], spacing: Sequence[float], label_values: Sequence[int] = ()) -> list:
+    """Deterministic pre-processing of ``image`` (and ``label``) up to the model grid (no padding)."""
+    keys = list(keys)
+    modes = ["bilinear" if k == "image" else "nearest" for k in keys]
+    transforms = [
+        LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(keys=keys),
+        Orientationd(keys=keys, axcodes="RAS", labels=_RAS_LABELS),
+        NormalizeIntensityd(keys="image"),
+        Spacingd(keys=keys, pixdim=list(spacing), mode=modes),
+    ]
+    if "label" in keys:
+        transforms.append(RemapLabelsd(keys="label", label_values=label_values))
+    transforms.append(EnsureTyped(keys=keys, dtype=torch.float32))
+    return transforms
+
+
+def min_volume_size(spatial_size: Sequence[int], spatial_dims: int, slice_axis: int) -> list[int]:
+    """Smallest volume the network should see: the training slice size in-plane (2D) or the patch size (3D)."""
+    if spatial_dims == 3:
+        return [int(s) for s in spatial_size]
+    in_plane = iter(int(s) for s in spatial_size)
+    return [-1 if axis == slice_axis else next(in_plane) for axis in range(3)]
+
+
+def sample_transforms(spatial_size: Sequence[int], spatial_dims: int, slice_axis: int) -> Compose:
+    """Random training samples from a pre-processed volume: a slice (2D) or a patch (3D), augmented.
+
+    2D: one slice along ``slice_axis`` (3 in 4 slices through the label's foreground), centre-cropped or
+    zero-padded to ``spatial_size`` as in ``brain_slices_2d``. 3D: a patch of ``spatial_size``.
+    """
+    keys = ["image", "label"]
+    if spatial_dims == 2:
+        crop = [-1, -1, -1]
+        crop[slice_axis] = 1
+        steps = [
+            RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=crop, pos=3, neg=1, num_samples=1),
+            SqueezeDimd(keys=keys, dim=slice_axis + 1),
+            ResizeWithPadOrCropd(keys=keys, spatial_size=list(spatial_size)),
+        ]
+    else:
+        steps = [
+            SpatialPadd(keys=keys, spatial_size=list(spatial_size)),
+            RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=list(spatial_size), pos=1, neg=1, num_samples=1),
+        ]
+    return Compose([*steps, segmentation_augmentations(spatial_dims), EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False)])

@@ -1,0 +1,124 @@
+"""MONAI Label app serving MedSegDiff (diffusion segmentation with uncertainty, arXiv 2211.00611).
+
+Start::
+
+    monailabel start_server --app monailabel_app --studies data/sample_datastore --conf models medsegdiff
+
+Conf keys (``--conf KEY VALUE``):
+    models: comma-separated names from ``CONFIGS`` (default ``medsegdiff``).
+    model_dir: writable folder for trained checkpoints (default ``<studies>/model``; ``<app>/model/trained``
+        for a remote datastore).
+    <model>_checkpoint: initial checkpoint of a model instead of the committed ``model/<file>``.
+    preload: ``true`` loads the networks at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lib.configs
+from lib.activelearning import MostUncertain
+from lib.infers import UNCERTAINTY_FILE_KEY
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.random import Random
+
+logger = logging.getLogger(__name__)
+
+CONFIGS: dict[str, type[TaskConfig]] = {
+    "medsegdiff": lib.configs.MedSegDiff2D,
+    "medsegdiff_3d": lib.configs.MedSegDiff3D,
+}
+"""Model name (``--conf models``) → task config class."""
+
+UNCERTAINTY_TAG = "uncertainty"
+"""Datastore label tag of the per-voxel uncertainty volumes."""
+
+
+def _selected_models(conf: dict[str, str]) -> list[str]:
+    names = [n.strip() for n in conf.get("models", "medsegdiff").split(",") if n.strip()]
+    if names == ["all"]:
+        return list(CONFIGS)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        raise MONAILabelException(
+            MONAILabelError.APP_INIT_ERROR,
+            f"--conf models {conf.get('models')!r}: unknown model(s) {unknown}; available: all, {', '.join(CONFIGS)}",
+        )
+    return names
+
+
+def _model_dir(app_dir: str, studies: str, conf: dict[str, str]) -> Path:
+    if conf.get("model_dir"):
+        return Path(conf["model_dir"]).expanduser().resolve()
+    if studies.startswith(("http://", "https://")):
+        return Path(app_dir) / "model" / "trained"
+    return Path(studies).resolve() / "model"
+
+
+class MedSegDiffApp(MONAILabelApp):
+    """MedSegDiff models, their trainers, uncertainty scoring and the ``uncertainty`` / ``random`` strategies."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        conf = dict(conf or {})
+        names = _selected_models(conf)
+        model_dir = _model_dir(app_dir, studies, conf)
+        self.models: dict[str, TaskConfig] = {}
+        for name in names:
+            config = CONFIGS[name]()
+            config.init(name, str(model_dir), conf, None, pretrained_dir=os.path.join(app_dir, "model"))
+            self.models[name] = config
+        logger.info("+++ Models: %s; trained checkpoints under %s", names, model_dir)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="MedSegDiff Label",
+            description="Diffusion-model segmentation (MedSegDiff) with per-voxel uncertainty and active learning",
+            version="0.1.0",
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        return {name: config.infer() for name, config in self.models.items()}
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        return {name: config.trainer() for name, config in self.models.items()}
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        primary = next(iter(self.models))
+        return {"uncertainty": MostUncertain(key=f"{primary}_uncertainty"), "random": Random()}
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        methods: dict[str, ScoringMethod] = {}
+        for config in self.models.values():
+            methods.update(config.scoring_method())
+        return methods
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """Run inference; keep the uncertainty volume of a datastore image as its ``uncertainty`` label."""
+        result = super().infer(request, datastore)
+        params = result.get("params") or {}
+        uncertainty_file = params.pop(UNCERTAINTY_FILE_KEY, None)
+        if not uncertainty_file:
+            return result
+        try:
+            image_id = request.get("image")
+            datastore = datastore or self.datastore()
+            stored = isinstance(image_id, str) and not os.path.exists(image_id) and image_id in datastore.list_images()
+            if stored:
+                info = {"model": request.get("model"), "params": params.get("params"), "summary": params.get("uncertainty")}
+                datastore.save_label(image_id, uncertainty_file, UNCERTAINTY_TAG, info)
+            params.setdefault("uncertainty", {})["label_tag"] = UNCERTAINTY_TAG if stored else None
+        finally:
+            os.unlink(uncertainty_file)
+        return result
