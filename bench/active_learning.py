@@ -6,8 +6,8 @@ Pool: the sample datastore's volumes (``robex_head`` labelled; ``robex_head_flip
 reference mask from the datastore's ``sample_reference`` folder.
 
 Round 0 is the sample model (trained on ``robex_head``, the one labelled volume). Each round a strategy adds one
-volume and fine-tunes its own copy of the model on all its labelled volumes for a small wall-clock budget
-(``train_on_arrays``, lr 2e-4 as the app's trainer). ``uncertainty`` scores every unlabelled volume like the app's
+volume and fine-tunes its own copy of the model on all its labelled volumes for a small, fixed number of
+iterations (``train_on_arrays``, batch 8, lr 2e-4 as the app's trainer). ``uncertainty`` scores every unlabelled volume like the app's
 scoring method: mean predictive entropy inside the bounding box of the predicted brain (3 voxel margin, here on
 the 3 mm model grid, every n-th axial slice) from a 2-step DDIM x 3-member ensemble. The Dice on the held-out head
 is computed like the app's validation: 2-step DDIM x 2 members, all axial slices, native grid.
@@ -17,6 +17,7 @@ Budgets are small: a trend, not a converged result.
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from scipy import ndimage as ndi
 from medsegdiff.metrics import dice_per_class
 from medsegdiff.sample_data import Scan, read_manifest
 
-from .common import CAVEAT, Context, GridVolume, Section, finite, md_table, save_figure, segment_diffusion, to_model_grid, train_diffusion_for
+from medsegdiff.training import train_on_arrays
+
+from .common import CAVEAT, Context, GridVolume, Section, finite, md_table, save_figure, segment_diffusion, to_model_grid
 
 __all__ = ["run", "region_score"]
 
@@ -94,7 +97,12 @@ def run(ctx: Context) -> Section:
         pairs = [pool[i].slices() for i in labelled]
         images = np.concatenate([p[0] for p in pairs])
         labels = np.concatenate([p[1] for p in pairs])
-        return train_diffusion_for(net, diffusion, images, labels, s.al_train_seconds, learning_rate=2e-4, seed=seed)
+        start = time.perf_counter()
+        losses = train_on_arrays(
+            net, diffusion, images, labels, s.al_train_iterations, batch_size=8, learning_rate=2e-4, seed=seed,
+            device=ctx.device, log_every=0,
+        )
+        return {"iterations": len(losses), "seconds": round(time.perf_counter() - start, 1), "final_loss": float(np.mean(losses[-10:]))}
 
     dice0 = evaluate(network)
     rng = np.random.default_rng(0)
@@ -127,7 +135,7 @@ def run(ctx: Context) -> Section:
         "held_out": f"{HELD_OUT} (Colin27), taken out of the pool",
         "start": f"{start_id} labelled; round 0 model = {ctx.model_source}",
         "budget": (
-            f"{s.al_rounds} round(s), {s.al_train_seconds:g} s fine-tuning per round and strategy (lr 2e-4); "
+            f"{s.al_rounds} round(s), {s.al_train_iterations} fine-tuning iterations (batch 8, lr 2e-4) per round and strategy; "
             f"scoring: 2-step DDIM x 3 members on every {s.al_score_stride}th axial slice; "
             "held-out Dice: 2-step DDIM x 2 members, native grid"
         ),

@@ -53,8 +53,9 @@ __all__ = [
     "segment_diffusion",
     "segment_unet",
     "make_unet",
+    "SliceTrainer",
+    "train_side_by_side",
     "train_diffusion_for",
-    "train_unet_for",
     "auroc",
     "finite",
     "md_table",
@@ -98,7 +99,7 @@ class Settings:
     train_seconds_tissue: float
     # 5. active learning
     al_rounds: int
-    al_train_seconds: float
+    al_train_iterations: int  # fine-tuning iterations per round and strategy (iterations: fair under load)
     al_score_stride: int  # score every n-th axial slice of a pool volume
     # 6. training speed
     speed_iterations: int
@@ -122,7 +123,7 @@ FULL = Settings(
     train_seconds_brain=90.0,
     train_seconds_tissue=90.0,
     al_rounds=3,
-    al_train_seconds=20.0,
+    al_train_iterations=50,
     al_score_stride=2,
     speed_iterations=25,
     fallback_model_seconds=300.0,
@@ -132,16 +133,16 @@ QUICK_SETTINGS = Settings(
     held_out_slices=2,
     ddim_steps=(1, 2, 10),
     ddpm_quality_slices=1,
-    ddpm_quality_steps=50,
-    ddpm_timed_steps=20,
+    ddpm_quality_steps=20,
+    ddpm_timed_steps=10,
     comparison_slices=2,
-    volume_slab_mm=24.0,
+    volume_slab_mm=12.0,
     eval_steps=2,
     eval_members=2,
     train_seconds_brain=6.0,
     train_seconds_tissue=6.0,
     al_rounds=1,
-    al_train_seconds=3.0,
+    al_train_iterations=3,
     al_score_stride=8,
     speed_iterations=6,
     fallback_model_seconds=40.0,
@@ -442,45 +443,86 @@ def make_unet(num_classes: int) -> torch.nn.Module:
     )
 
 
-def train_unet_for(
-    network: torch.nn.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
-    seconds: float,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Dice + cross-entropy training with the loop of ``train_on_arrays``: same batches, augmentations, optimiser."""
-    from monai.losses import DiceCELoss
-    from monai.utils import set_determinism
+class SliceTrainer:
+    """One model's training state, advanced one batch at a time (so two models can share the CPU fairly).
 
-    device = next(network.parameters()).device
-    set_determinism(seed)
-    rng = np.random.default_rng(seed)
-    transform = segmentation_augmentations(2)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
-    network.train()
-    losses: list[float] = []
-    start = time.perf_counter()
-    try:
-        while time.perf_counter() - start < seconds:
-            idx = rng.integers(0, images.shape[0], size=8)
-            items = [transform({"image": torch.as_tensor(images[i]).float(), "label": torch.as_tensor(labels[i]).float()}) for i in idx]
-            batch = {k: torch.stack([torch.as_tensor(item[k]) for item in items]).to(device) for k in ("image", "label")}
-            loss = loss_fn(network(batch["image"]), batch["label"].round())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss))
-    finally:
-        network.eval()
-        set_determinism(None)
-    return {
-        "iterations": len(losses),
-        "seconds": round(time.perf_counter() - start, 1),
-        "final_loss": float(np.mean(losses[-20:])) if losses else None,
-    }
+    The batches are built as in ``train_on_arrays``: 8 random slices, ``segmentation_augmentations``, AdamW
+    (weight decay 1e-4). ``kind="diffusion"`` uses the MedSegDiff objective of ``train_on_arrays``
+    (``SegDiffusionPrepareBatch`` + ``diffusion_loss``); ``kind="unet"`` uses MONAI's Dice + cross-entropy.
+    """
+
+    def __init__(self, kind: str, network: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
+                 learning_rate: float = 1e-3, seed: int = 0, diffusion: DiffusionConfig | None = None) -> None:
+        from monai.losses import DiceCELoss
+
+        from medsegdiff.diffusion import SegDiffusionPrepareBatch, diffusion_loss, make_scheduler
+
+        self.kind, self.network, self.images, self.labels = kind, network, images, labels
+        self.device = next(network.parameters()).device
+        self.rng = np.random.default_rng(seed)
+        self.transform = segmentation_augmentations(2)
+        self.transform.set_random_state(seed=seed)
+        self.optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+        if kind == "diffusion":
+            diffusion = diffusion or diffusion_config()
+            scheduler = make_scheduler(diffusion, "ddpm")
+            prepare = SegDiffusionPrepareBatch(scheduler, network.num_classes, diffusion.prediction_type)
+            self.loss = lambda batch: diffusion_loss(network, scheduler, prepare, batch, self.device)
+        elif kind == "unet":
+            dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+            self.loss = lambda batch: dice_ce(network(batch["image"].to(self.device)), batch["label"].to(self.device))
+        else:
+            raise ValueError(f"kind must be 'diffusion' or 'unet', got {kind!r}")
+        self.seconds = 0.0
+        self.losses: list[float] = []
+
+    def step(self, timed: bool = True) -> None:
+        """One iteration; ``timed=False`` leaves it out of :attr:`seconds` (one-time kernel set-up)."""
+        start = time.perf_counter()
+        self.network.train()
+        idx = self.rng.integers(0, self.images.shape[0], size=8)
+        items = [
+            self.transform({"image": torch.as_tensor(self.images[i]).float(), "label": torch.as_tensor(self.labels[i]).float()})
+            for i in idx
+        ]
+        batch = {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in ("image", "label")}
+        batch["label"] = batch["label"].round()
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.losses.append(float(loss.detach()))
+        if timed:
+            self.seconds += time.perf_counter() - start
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "iterations": len(self.losses),
+            "seconds": round(self.seconds, 1),
+            "final_loss": float(np.mean(self.losses[-20:])) if self.losses else None,
+            "parameters": sum(p.numel() for p in self.network.parameters()),
+        }
+
+
+def train_side_by_side(
+    trainers: Sequence[SliceTrainer], seconds: float, seed: int = 0, warmup: int = 2
+) -> list[dict[str, Any]]:
+    """Alternate single iterations of ``trainers`` until each has used ``seconds`` of its own wall time.
+
+    Interleaving gives every model the same share of a shared, fluctuating CPU (other jobs' load hits all).
+    The first ``warmup`` iterations of each (kernel set-up, several times slower on a CPU) are not timed.
+    """
+    torch.manual_seed(seed)
+    for t in trainers:
+        for _ in range(warmup):
+            t.step(timed=False)
+    while any(t.seconds < seconds for t in trainers):
+        for t in trainers:
+            if t.seconds < seconds:
+                t.step()
+    for t in trainers:
+        t.network.eval()
+    return [t.stats() for t in trainers]
 
 
 # --------------------------------------------------------------------------------------------

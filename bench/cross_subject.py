@@ -34,8 +34,8 @@ from .common import (
     sample_model_config,
     segment_diffusion,
     segment_unet,
-    train_diffusion_for,
-    train_unet_for,
+    SliceTrainer,
+    train_side_by_side,
 )
 
 __all__ = ["run", "slab_split"]
@@ -59,16 +59,16 @@ def _scores(prediction: np.ndarray, reference: np.ndarray, num_classes: int, spa
 
 
 def _train_pair(ctx: Context, images: np.ndarray, labels: np.ndarray, num_classes: int, seconds: float):
-    """MedSegDiff and the UNet baseline, trained on the same slices for the same wall-clock budget."""
-    diffusion = diffusion_config()
+    """MedSegDiff and the UNet baseline, trained on the same slices for the same wall-clock budget, interleaved."""
     torch.manual_seed(0)
     ours = MedSegDiffUNet(**{**sample_model_config(), "num_classes": num_classes}).to(ctx.device)
-    ours_stats = train_diffusion_for(ours, diffusion, images, labels, seconds)
     torch.manual_seed(0)
     unet = make_unet(num_classes).to(ctx.device)
-    unet_stats = train_unet_for(unet, images, labels, seconds)
-    for net, stats in ((ours, ours_stats), (unet, unet_stats)):
-        stats["parameters"] = sum(p.numel() for p in net.parameters())
+    trainers = [
+        SliceTrainer("diffusion", ours, images, labels, diffusion=diffusion_config()),
+        SliceTrainer("unet", unet, images, labels),
+    ]
+    ours_stats, unet_stats = train_side_by_side(trainers, seconds)
     return ours, ours_stats, unet, unet_stats
 
 
@@ -181,7 +181,8 @@ def run(ctx: Context) -> Section:
         "cases": cases,
         "protocol": (
             f"2D axial slices at 3 mm, 80x80; same augmentations, batch 8, AdamW 1e-3 and wall-clock budget "
-            f"({ctx.settings.train_seconds_brain:g} s brain, {ctx.settings.train_seconds_tissue:g} s tissue) for both; "
+            f"({ctx.settings.train_seconds_brain:g} s brain, {ctx.settings.train_seconds_tissue:g} s tissue) for both, "
+            "iterations of the two models interleaved so both see the same machine load; "
             f"MedSegDiff sampled with DDIM {ctx.settings.eval_steps} x {ctx.settings.eval_members} members; metrics on the "
             "native grid"
         ),

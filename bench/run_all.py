@@ -47,13 +47,38 @@ def _write(report: dict[str, Any], out_dir: Path) -> None:
     os.replace(tmp, out_dir / "latest.json")
 
 
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return "–" if value is None else str(value)
+
+
+def _pair(case: dict[str, Any]) -> str:
+    """``ours / UNet`` for one case (per tissue when multi-class)."""
+    ours, base = case.get("medsegdiff"), case.get("unet")
+    if isinstance(ours, dict):
+        return ", ".join(f"{t} {_fmt(ours[t])} / {_fmt(base[t])}" for t in ours)
+    return f"{_fmt(ours)} / {_fmt(base)}"
+
+
 def _summary(report: dict[str, Any]) -> str:
+    """One readable line per contract key."""
     rows = []
     for key in CONTRACT:
         value = report.get(key)
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value)[:120] + ("…" if len(json.dumps(value)) > 120 else "")
-        rows.append([key, value])
+        if value is None:
+            text = "–"
+        elif key in ("dice", "hd95"):
+            text = "; ".join(f"{case}: {_pair(v)}" for case, v in value.items()) + " (MedSegDiff / UNet)"
+        elif key == "slice_seconds":
+            text = ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        elif key == "active_learning":
+            text = "; ".join(
+                f"{name}: " + " → ".join(_fmt(h["dice"]) for h in history) for name, history in value.items()
+            ) + " (held-out Dice per round)"
+        else:
+            text = _fmt(value)
+        rows.append([key, text])
     return md_table(["key", "value"], rows)
 
 

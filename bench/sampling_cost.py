@@ -243,7 +243,7 @@ def _plot(ctx: Context, rows: list[dict[str, Any]], ddpm: dict[str, Any], n_slic
     ax1.plot(x, [r["dice_median"] for r in rows], "o-", label="DDIM k steps, 5 members batched")
     for r in rows:
         ax1.annotate(f"k={r['steps']}", (r["member_evaluations"], r["dice_median"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
-    ax1.plot([ddpm["member_evaluations"]], [ddpm["dice_median"]], "s", color="C3",
+    ax1.plot([ddpm["quality_steps"] * ddpm["members"]], [ddpm["dice_median"]], "s", color="C3",
              label=f"DDPM {ddpm['quality_steps']} steps, 5 chains ({len(ddpm['quality_slices'])} slice(s))")
     ax1.set_xscale("log")
     ax1.set_xlabel("network evaluations per slice (steps x members)")

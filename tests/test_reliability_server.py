@@ -1,8 +1,7 @@
 """Bad uploads, bad ids and absurd parameters against a real MONAI Label server: 4xx naming the problem,
 the server still answering, and the datastore unchanged.
 
-Uses the session fixture ``monailabel_server`` of tests/conftest.py (``.url``, ``.datastore``, ``.log_path``);
-without it, this module starts its own server on the MedSegDiff app and a fresh sample datastore.
+Uses the session fixture ``monailabel_server`` of tests/conftest.py (``.url``, ``.datastore``).
 The datastore and upload-limit checks need ``SafeLocalDatastore`` and the middlewares wired into
 ``monailabel_app/main.py`` (README, "Reliability"); they are skipped, saying so, on a server without them.
 """
@@ -13,12 +12,8 @@ import gzip
 import hashlib
 import http.client
 import json
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import nibabel as nib
@@ -31,8 +26,6 @@ from test_reliability_validation import BAD_IMAGES, PNG_BYTES, make_bad_image  #
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-APP_DIR = ROOT / "monailabel_app"
 MODEL = "medsegdiff"
 LABELLED = "robex_head"  # has a final label in the sample datastore
 UNKNOWN = "no_such_image_xyz"
@@ -41,55 +34,9 @@ IGNORED = {"datastore_v2.json", ".lock"}  # MONAI Label's own bookkeeping (times
 
 
 # ---------------------------------------------------------------------------------------------- server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    """The shared ``monailabel_server``, or (while conftest.py has none) a server of our own."""
-    try:
-        yield request.getfixturevalue("monailabel_server")
-        return
-    except pytest.FixtureLookupError:
-        pass
-    if not (APP_DIR / "main.py").is_file():
-        pytest.skip("monailabel_app/main.py does not exist yet")
-    from medsegdiff.sample_data import build_sample_datastore
-
-    folder = tmp_path_factory.mktemp("reliability_server")
-    datastore = folder / "datastore"
-    build_sample_datastore(datastore)
-    port = _free_port()
-    log_path = folder / "server.log"
-    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies",
-               str(datastore), "--conf", "models", MODEL, "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"server exited with {process.returncode}; log:\n{log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/info/", timeout=5).ok:
-                break
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            process.terminate()
-            pytest.fail(f"server did not answer /info/ within 600 s; log:\n{log_path.read_text()[-3000:]}")
-        time.sleep(2)
-    try:
-        yield SimpleNamespace(url=url, datastore=datastore, log_path=log_path)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def server(monailabel_server):
+    return monailabel_server
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +192,7 @@ def test_reuploading_a_labelled_id_with_another_image_is_a_conflict(safe_server,
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
-def test_unknown_and_unsafe_ids_get_4xx(method, route, params, status, fragment, safe_server, baseline, unchanged, tmp_path):
+def test_unknown_and_unsafe_ids_get_4xx(method, route, params, status, fragment, safe_server, baseline, unchanged):
     image_path = next(Path(safe_server.datastore).glob(f"{LABELLED}.nii*"))
     label_path = next(Path(safe_server.datastore, "labels", "final").glob(f"{LABELLED}.nii*"))
     files = None

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.utils import convert_to_tensor
 from torch import nn
 
 from .fusion import probabilities_to_labels
@@ -81,7 +82,9 @@ class MedSegDiffInferer(Inferer):
             window_inferer = SlidingWindowInferer(
                 roi_size=roi, sw_batch_size=1, overlap=self.overlap, mode="gaussian", progress=self.progress
             )
+        # plain tensor: MetaTensor's __torch_function__ would slow down every op of every sampling step
+        volume = convert_to_tensor(inputs, track_meta=False).float()
         with torch.no_grad():
-            out = window_inferer(inputs.float(), lambda x: self._segment_window(network, x))
+            out = window_inferer(volume, lambda x: self._segment_window(network, x))
         out["label"] = probabilities_to_labels(out["probs"])
         return out

@@ -21,7 +21,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
-from monai.utils import set_determinism
+from monai.utils import convert_to_tensor, set_determinism
 
 from .diffusion import DiffusionConfig, SegDiffusionPrepareBatch, diffusion_loss, make_scheduler
 from .network import MedSegDiffUNet
@@ -89,7 +89,8 @@ def train_on_arrays(
         items = [{"image": torch.as_tensor(images[i]).float(), "label": torch.as_tensor(labels[i]).float()} for i in idx]
         if transform is not None:
             items = [transform(item) for item in items]
-        batch = {k: torch.stack([torch.as_tensor(item[k]) for item in items]) for k in ("image", "label")}
+        # plain tensors: MONAI's MetaTensor would add __torch_function__ overhead to every op of the network
+        batch = {k: torch.stack([convert_to_tensor(item[k], track_meta=False) for item in items]) for k in ("image", "label")}
         batch["label"] = batch["label"].round()
         loss = diffusion_loss(network, scheduler, prepare, batch, device)
         optimizer.zero_grad(set_to_none=True)

@@ -127,13 +127,25 @@ class InferenceGateMiddleware:
             await send({"type": "http.response.start", "status": 503, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
+        held = True
+
+        async def send_releasing(message):
+            # Free the slot before the last body byte goes out: a client that sends its next request as soon
+            # as this answer is complete must find the slot free.
+            nonlocal held
+            if held and message["type"] == "http.response.body" and not message.get("more_body", False):
+                held = False
+                self.gate.release()
+            await send(message)
+
         try:
             if self.offload:
-                await self._run_in_thread(scope, receive, send)
+                await self._run_in_thread(scope, receive, send_releasing)
             else:
-                await self.app(scope, receive, send)
+                await self.app(scope, receive, send_releasing)
         finally:
-            self.gate.release()
+            if held:
+                self.gate.release()
 
     async def _run_in_thread(self, scope, receive, send) -> None:
         server_loop = asyncio.get_running_loop()

@@ -134,15 +134,13 @@ class ModelFiles:
         output_dir: Path,
         configured: str | None,
         fresh_network: dict[str, Any],
-        fresh_metadata: dict[str, Any],
     ) -> "ModelFiles":
         """Pick the initial checkpoint; write a fresh untrained one when there is nothing to start from.
 
         Args:
             configured: ``--conf <name>_checkpoint`` value; a missing configured file is an error (a typo must
                 not silently serve an untrained network).
-            fresh_network: ``MedSegDiffUNet`` arguments of the fresh network.
-            fresh_metadata: metadata of the fresh checkpoint (spacing, slice_axis, labels).
+            fresh_network: ``MedSegDiffUNet`` arguments of the fresh network (metadata: ``DEFAULT_METADATA``).
         """
         output_dir.mkdir(parents=True, exist_ok=True)
         if configured:
@@ -158,13 +156,10 @@ class ModelFiles:
                 "%s: no checkpoint at %s; writing an UNTRAINED %dD network to %s (train it with POST /train/%s)",
                 name, default_initial, fresh_network["spatial_dims"], fresh, name,
             )
-            torch.manual_seed(0)
-            save_checkpoint(
-                fresh,
-                MedSegDiffUNet(**fresh_network),
-                DiffusionConfig(prediction_type="sample"),
-                {**DEFAULT_METADATA, **fresh_metadata, "trained": False},
-            )
+            with torch.random.fork_rng():  # the same fresh weights every time, without touching global RNG
+                torch.manual_seed(0)
+                network = MedSegDiffUNet(**fresh_network)
+            save_checkpoint(fresh, network, DiffusionConfig(prediction_type="sample"), {**DEFAULT_METADATA, "trained": False})
         return cls(name, fresh, output_dir)
 
 

@@ -32,7 +32,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-from fastapi import HTTPException
 from filelock import FileLock
 
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
@@ -106,20 +105,22 @@ class SafeLocalDatastore(LocalDatastore):
                 self._init_from_datastore_file()  # takes the lock itself: not inside ours
                 with FileLock(self._lock_file):
                     existing = self._datastore.objects.get(image_id)
+                    images = self._datastore.image_path()
                     if existing is not None:
-                        old_path = os.path.join(self._datastore.image_path(), self._filename(image_id, existing.image.ext))
+                        old_path = os.path.join(images, self._filename(image_id, existing.image.ext))
                         if _same_volume(old_path, source):
                             logger.info("image %s: identical upload, nothing written", image_id)
                             return image_id
                         if existing.labels:
                             raise ConflictError(
                                 f"image {image_id!r} already exists with labels ({', '.join(sorted(existing.labels))}) "
-                                "and the upload is a different image; upload it under a new id, or delete the old one first"
+                                "and the upload is a different image; upload it under a new id, "
+                                "or delete the old one first"
                             )
                     name = self._filename(image_id, ext)
-                    _atomic_copy(source, os.path.join(self._datastore.image_path(), name))
+                    _atomic_copy(source, os.path.join(images, name))
                     if existing is not None and existing.image.ext != ext:  # replaced under another file ending
-                        _remove_quietly(os.path.join(self._datastore.image_path(), self._filename(image_id, existing.image.ext)))
+                        _remove_quietly(old_path)
                     image_info = dict(image_info or {})
                     image_info.update(ts=int(time.time()), name=name)
                     self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=image_info, ext=ext))

@@ -33,6 +33,7 @@ import re
 import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -261,7 +262,7 @@ class _Header:
     spatial_axes: tuple[int, ...]  # indices into ``shape`` of the spatial axes
     dtype: np.dtype
     affine: np.ndarray  # voxel (of the spatial axes) → RAS mm
-    open_data: Callable[[], BinaryIO]  # a stream positioned at the first voxel byte
+    open_data: Callable[[], AbstractContextManager[BinaryIO]]  # a stream positioned at the first voxel byte
     scale: tuple[float, float] = (1.0, 0.0)  # value = raw * slope + inter
     load_array: Callable[[], np.ndarray] | None = None  # for text encodings that cannot be streamed
 
@@ -312,7 +313,9 @@ def _nifti_header(path: str, name: str) -> _Header:
     magic = bytes(header["magic"]).rstrip(b"\x00")
     if magic not in (b"n+1", b"n+2"):
         if magic in (b"ni1", b"ni2"):
-            raise ValidationError(f"{name} is the header of a NIfTI .hdr/.img pair; upload a single-file .nii or .nii.gz")
+            raise ValidationError(
+                f"{name} is the header of a NIfTI .hdr/.img pair; upload a single-file .nii or .nii.gz"
+            )
         raise ValidationError(f"{name}: invalid NIfTI magic {magic!r} (expected 'n+1' or 'n+2')")
     try:
         shape = tuple(int(s) for s in header.get_data_shape())
@@ -327,13 +330,14 @@ def _nifti_header(path: str, name: str) -> _Header:
     slope, inter = header.get_slope_inter()
     scale = (1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
 
-    def open_data() -> BinaryIO:
-        f = _open_maybe_gzip(path, compressed)
-        if compressed:
-            _skip(f, offset)
-        else:
-            f.seek(offset)
-        return f
+    @contextmanager
+    def open_data() -> Iterator[BinaryIO]:
+        with _open_maybe_gzip(path, compressed) as f:
+            if compressed:
+                _skip(f, offset)
+            else:
+                f.seek(offset)
+            yield f
 
     return _Header("NIfTI", shape, tuple(range(min(3, len(shape)))), dtype, affine, open_data, scale)
 
@@ -408,22 +412,17 @@ def _nrrd_header(path: str, name: str) -> _Header:
         raise ValidationError(f"{name}: NRRD 'space directions' / 'space origin' are not 3D")
 
     encoding = str(fields.get("encoding", "raw")).lower()
-    openers = {
-        "raw": lambda: open(path, "rb"),
-        "gzip": lambda: gzip.open(path, "rb"),
-        "gz": lambda: gzip.open(path, "rb"),
-        "bzip2": lambda: bz2.open(path, "rb"),
-        "bz2": lambda: bz2.open(path, "rb"),
-    }
 
-    def open_data() -> BinaryIO:
-        if encoding == "raw":
-            f = open(path, "rb")
-            f.seek(offset)
-            return f
-        raw = open(path, "rb")
-        raw.seek(offset)
-        return gzip.GzipFile(fileobj=raw, mode="rb") if encoding in ("gzip", "gz") else bz2.BZ2File(raw, mode="rb")
+    @contextmanager
+    def open_data() -> Iterator[BinaryIO]:
+        with open(path, "rb") as raw:
+            raw.seek(offset)
+            if encoding == "raw":
+                yield raw
+                return
+            compressed = gzip.GzipFile(fileobj=raw, mode="rb") if encoding in ("gzip", "gz") else bz2.BZ2File(raw)
+            with compressed as stream:
+                yield stream
 
     load_array = None
     if encoding in ("ascii", "text", "txt"):
@@ -432,7 +431,7 @@ def _nrrd_header(path: str, name: str) -> _Header:
             data, _ = nrrd.read(path, index_order="F")
             return np.asarray(data, dtype=dtype).ravel(order="F")
 
-    elif encoding not in openers:
+    elif encoding not in ("raw", "gzip", "gz", "bzip2", "bz2"):
         raise ValidationError(f"{name}: unsupported NRRD encoding {encoding!r} (use raw or gzip)")
     return _Header("NRRD", shape, spatial, dtype, affine, open_data, load_array=load_array)
 
@@ -470,7 +469,9 @@ def _spatial_shape(header: _Header, name: str) -> tuple[int, int, int]:
                 f"{name} is a 4D volume (shape {_fmt(shape)}, {math.prod(shape[3:])} volumes): "
                 "send one 3D volume"
             )
-        raise ValidationError(f"{name} has {math.prod(extra)} components per voxel (shape {_fmt(shape)}): send a scalar 3D volume")
+        raise ValidationError(
+            f"{name} has {math.prod(extra)} components per voxel (shape {_fmt(shape)}): send a scalar 3D volume"
+        )
     spatial = [shape[i] for i in header.spatial_axes]
     if all(s == 1 for s in spatial):
         raise ValidationError(f"{name} is a single voxel (shape {_fmt(shape)}): send a 3D volume")
@@ -668,11 +669,14 @@ def validate_image_file(
     header, shape, spacing = _checked_header(path, name, limit)
     stats = _scan_voxels(header, name, collect_values=False)
     if stats.nan or stats.inf:
-        raise ValidationError(f"{name} has {stats.nan} NaN and {stats.inf} infinite voxels: fix or mask them before upload")
+        raise ValidationError(
+            f"{name} has {stats.nan} NaN and {stats.inf} infinite voxels: fix or mask them before upload"
+        )
     if stats.minimum == stats.maximum:
         what = "zero (an empty image)" if stats.minimum == 0 else f"{stats.minimum:g} (a constant image)"
         raise ValidationError(f"{name}: every voxel is {what}; nothing to segment")
-    return VolumeInfo(path, header.format, shape, spacing, header.affine, str(header.dtype), stats.minimum, stats.maximum)
+    dtype = str(header.dtype)
+    return VolumeInfo(path, header.format, shape, spacing, header.affine, dtype, stats.minimum, stats.maximum)
 
 
 def label_value_set(labels: Mapping[str, int] | Iterable[int]) -> frozenset[int]:
@@ -739,7 +743,10 @@ def validate_label_file(
         outside = sorted(set(values) - allowed)
         if outside:
             raise ValidationError(f"{name} has label values {outside} outside the declared labels {sorted(allowed)}")
-    return VolumeInfo(label_path, label.format, shape, spacing, label.affine, str(label.dtype), stats.minimum, stats.maximum, values)
+    dtype = str(label.dtype)
+    return VolumeInfo(
+        label_path, label.format, shape, spacing, label.affine, dtype, stats.minimum, stats.maximum, values
+    )
 
 
 def validate_infer_image(image: Any, known_ids: Iterable[str]) -> str:
@@ -751,11 +758,13 @@ def validate_infer_image(image: Any, known_ids: Iterable[str]) -> str:
     ``<tempdir>/tmp*``; it is then validated like an upload).
 
     Returns:
-        ``image`` unchanged.
+        ``image`` unchanged (also when it is not a string: an array passed in-process, never over HTTP).
     """
-    if isinstance(image, str) and image in set(known_ids):
+    if not isinstance(image, str):
         return image
-    if isinstance(image, str) and os.path.isabs(image):
+    if image in set(known_ids):
+        return image
+    if os.path.isabs(image):
         folder = os.path.realpath(tempfile.gettempdir())
         real = os.path.realpath(image)
         if os.path.dirname(real) == folder and os.path.basename(real).startswith("tmp") and os.path.isfile(real):
@@ -790,7 +799,11 @@ class UploadSizeLimitMiddleware:
 
     async def _refuse(self, send, size: int | None) -> None:
         body = json.dumps({"detail": self._detail(size)}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

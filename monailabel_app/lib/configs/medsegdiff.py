@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from medsegdiff.device import select_device
 from monailabel.interfaces.config import TaskConfig
 from monailabel.utils.others.generic import strtobool
 
@@ -51,7 +52,6 @@ class MedSegDiff2D(TaskConfig):
             output_dir=Path(model_dir) / name,
             configured=conf.get(f"{name}_checkpoint"),
             fresh_network=self.fresh_network,
-            fresh_metadata={},
         )
         self.model_info = ModelInfo.read(self.files.current())
         self.labels = self.model_info.labels
@@ -60,16 +60,11 @@ class MedSegDiff2D(TaskConfig):
         self._infer: MedSegDiffInfer | None = None
         logger.info("+++ %s: %s (%s)", name, self.files.current(), "trained" if self.model_info.trained else "UNTRAINED")
 
-    def description(self) -> str:
-        state = "" if self.model_info.trained else " - UNTRAINED, train it first"
-        spacing = "x".join(f"{s:g}" for s in self.model_info.spacing)
-        return f"{self.title}: diffusion ensemble with uncertainty, {spacing} mm{state}"
-
     def infer(self) -> MedSegDiffInfer:
         if self._infer is None:
-            self._infer = MedSegDiffInfer(self.files, self.model_info, self.description())
+            self._infer = MedSegDiffInfer(self.files, self.model_info, self.title)
             if strtobool(self.conf.get("preload", "false")):
-                self._infer.cache.get("cuda" if _cuda() else "cpu")
+                self._infer.cache.get(select_device("auto"))
         return self._infer
 
     def trainer(self) -> MedSegDiffTrain:
@@ -93,9 +88,3 @@ class MedSegDiff3D(MedSegDiff2D):
         "attention_levels": (False, False, False, True),
     }
     title = "MedSegDiff 3D (sliding window)"
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from fastapi import HTTPException
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 from monai.transforms import DeleteItemsd, SpatialPadd
 
@@ -60,10 +61,10 @@ def _split_outputs(data: dict) -> dict:
 
 
 def _probabilities_to_label(data: dict) -> dict:
+    """Fused probabilities on the image's grid → label map (uint8, 0 = background) on the same grid."""
     d = dict(data)
     probs = d["pred"]
-    d["pred"] = probabilities_to_labels(probs[None])[0].to(torch.uint8)
-    d["pred"].affine = probs.affine  # keep the (original) grid
+    d["pred"] = MetaTensor(probabilities_to_labels(probs[None].as_tensor())[0].to(torch.uint8), affine=probs.affine)
     return d
 
 
@@ -73,31 +74,40 @@ class MedSegDiffInfer(BasicInferTask):
     Args:
         files: the model's checkpoints (inference uses ``files.current()``, reloaded when it changes).
         model_info: labels, colours, spacing and slice axis of the model (from the checkpoint metadata).
-        description: shown in ``/info``.
+        title: name of the model family in the description shown in ``/info``.
         progress: print a tqdm bar on the server while sampling.
     """
 
-    def __init__(self, files: ModelFiles, model_info: ModelInfo, description: str, progress: bool = True) -> None:
+    def __init__(self, files: ModelFiles, model_info: ModelInfo, title: str, progress: bool = True) -> None:
         super().__init__(
             path=files.infer_paths,
             network=None,
             type=InferType.SEGMENTATION,
             labels=model_info.labels,
             dimension=3,
-            description=description,
+            description=title,
             config=declare(INFER_PARAMS),
         )
         self.files = files
         self.model_info = model_info
+        self.title = title
+        self.description = self._describe()
         self.progress = progress
         self.cache = CheckpointCache(files)
         self._request = threading.local()  # the model and parameters of the request this thread is serving
 
     # ------------------------------------------------------------------ info
+    def _describe(self) -> str:
+        trained = self.model_info.trained or self.files.best.is_file()
+        spacing = "x".join(f"{s:g}" for s in self.model_info.spacing)
+        state = "" if trained else f" - UNTRAINED, train it first (POST /train/{self.files.name})"
+        return f"{self.title}: diffusion ensemble with uncertainty, {spacing} mm{state}"
+
     def info(self) -> dict[str, Any]:
+        self.description = self._describe()  # a first training removes the UNTRAINED warning
         info = super().info()
         info["label_colors"] = self.model_info.label_colors
-        info["parameters"] = {p.name: _describe(p) for p in INFER_PARAMS}
+        info["parameters"] = {p.name: _parameter_spec(p) for p in INFER_PARAMS}
         info["checkpoint"] = {"path": str(self.files.current()), "spatial_dims": self.model_info.spatial_dims}
         return info
 
@@ -117,7 +127,7 @@ class MedSegDiffInfer(BasicInferTask):
                 detail=f"num_inference_steps must be in [1, {num_train}] for this model (trained with "
                 f"{num_train} diffusion steps), got {values['num_inference_steps']}",
             )
-        self._request.loaded, self._request.values = loaded, values
+        self._request.loaded, self._request.values, self._request.device = loaded, values, device.type
         request = {**request, **values, "device": device.type}
         logger.info("%s: %s on %s with %s", self.files.name, request.get("image"), device, values)
         return super().__call__(request, callbacks)
@@ -175,6 +185,7 @@ class MedSegDiffInfer(BasicInferTask):
             "model": self.files.name,
             "checkpoint": loaded.describe(),
             "params": dict(self._request.values),
+            "device": self._request.device,
             "nfe": self._request.inferer.nfe,
             "uncertainty": summarize(uncertainty, label),
             "shape": list(label.shape),
@@ -187,7 +198,7 @@ class MedSegDiffInfer(BasicInferTask):
         self.cache.clear()
 
 
-def _describe(param) -> dict[str, Any]:
+def _parameter_spec(param) -> dict[str, Any]:
     """Default, range or choices, and help of a parameter, for clients that show them."""
     if isinstance(param, ChoiceParam):
         return {"default": param.choices[0], "choices": list(param.choices), "help": param.help}

@@ -7,7 +7,6 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from torch import nn

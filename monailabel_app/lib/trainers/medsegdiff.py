@@ -42,7 +42,7 @@ __all__ = ["MedSegDiffTrain", "SamplingValidationInferer"]
 logger = logging.getLogger(__name__)
 
 # MONAI Label's own choices that this task fixes (the loaders are its own)
-_FIXED = {"train_batch_size": None, "dataset": "CacheDataset", "dataloader": "DataLoader"}
+_FIXED = {"train_batch_size": None, "val_batch_size": 1, "dataset": "CacheDataset", "dataloader": "DataLoader"}
 
 
 class SamplingValidationInferer(Inferer):
@@ -99,7 +99,7 @@ class MedSegDiffTrain(BasicTrainTask):
     # ------------------------------------------------------------------ request
     def __call__(self, request: dict, datastore: Datastore):
         values = parse(request, TRAIN_PARAMS)  # a bad value fails the task with a message naming it
-        request = {**request, **values, **_FIXED, "train_batch_size": values["batch_size"], "val_batch_size": 1}
+        request = {**request, **values, **_FIXED, "train_batch_size": values["batch_size"]}
         if not torch.cuda.is_available():  # multi_gpu on a CPU server: worker processes talk through gloo
             request.setdefault("distributed_backend", "gloo")
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -124,8 +124,9 @@ class MedSegDiffTrain(BasicTrainTask):
         return train, val
 
     def train(self, rank, world_size, request, datalist):
-        if request.get("multi_gpu") and not torch.cuda.is_available():
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(world_size, 1)))
+        if request.get("multi_gpu") and not torch.cuda.is_available():  # CPU workers share the cores
+            share = max(1, (os.cpu_count() or 1) // max(world_size, 1))
+            torch.set_num_threads(min(torch.get_num_threads(), share))
         return super().train(rank, world_size, request, datalist)
 
     # ------------------------------------------------------------------ model
@@ -217,10 +218,9 @@ class MedSegDiffTrain(BasicTrainTask):
     def train_handlers(self, context: Context):
         handlers: list = []
         if context.local_rank == 0:
-            loss = _loss_value
             handlers += [
-                StatsHandler(tag_name="train_loss", output_transform=loss),
-                TensorBoardStatsHandler(log_dir=context.events_dir, tag_name="train_loss", output_transform=loss),
+                StatsHandler(tag_name="train_loss", output_transform=_loss_value),
+                TensorBoardStatsHandler(log_dir=context.events_dir, tag_name="train_loss", output_transform=_loss_value),
             ]
         if context.evaluator:
             handlers.append(ValidationHandler(self._val_interval, validator=context.evaluator, epoch_level=True))
