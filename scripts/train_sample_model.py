@@ -67,7 +67,8 @@ def main() -> None:
         "final_loss": float(np.mean(losses[-50:])),
         "train_seconds": round(time.perf_counter() - start, 1),
     }
-    save_checkpoint(args.output, network, diffusion, metadata)
+    # float16 storage keeps the committed file under 10 MB; weights are cast back to float32 on load
+    save_checkpoint(args.output, network, diffusion, {**metadata, "stored_as": "float16"}, weights_dtype=torch.float16)
     print(f"wrote {args.output}: {metadata}")
 
 

@@ -31,8 +31,14 @@ def save_checkpoint(
     network: MedSegDiffUNet,
     diffusion: DiffusionConfig,
     metadata: dict[str, Any] | None = None,
+    weights_dtype: torch.dtype | None = None,
 ) -> Path:
-    """Atomically write ``network`` (weights + config), ``diffusion`` and ``metadata`` to ``path``."""
+    """Atomically write ``network`` (weights + config), ``diffusion`` and ``metadata`` to ``path``.
+
+    Args:
+        weights_dtype: store floating-point weights in this dtype (e.g. ``torch.float16`` halves the file of a
+            model committed to git); loading casts them back to the network's dtype.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -40,7 +46,10 @@ def save_checkpoint(
         "medsegdiff_version": __version__,
         "network_config": dict(network.config),
         "diffusion_config": diffusion.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "state_dict": {
+            k: v.detach().cpu().to(weights_dtype) if weights_dtype is not None and v.is_floating_point() else v.detach().cpu()
+            for k, v in network.state_dict().items()
+        },
         "metadata": dict(metadata or {}),
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
