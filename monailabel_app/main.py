@@ -16,12 +16,25 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import lib.configs
 from lib.activelearning import MostUncertain
+from lib.auth import install_token_decoder
+from lib.capacity import InferenceGate, InferenceGateMiddleware
 from lib.infers import UNCERTAINTY_FILE_KEY
+from lib.safe_datastore import SafeLocalDatastore
+from lib.validation import (
+    UploadSizeLimitMiddleware,
+    ValidationError,
+    install_asgi_middleware,
+    to_http_exception,
+    validate_infer_image,
+)
+
+from monailabel.config import settings
 
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
@@ -70,6 +83,7 @@ class MedSegDiffApp(MONAILabelApp):
     """MedSegDiff models, their trainers, uncertainty scoring and the ``uncertainty`` / ``random`` strategies."""
 
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        install_token_decoder()
         conf = dict(conf or {})
         names = _selected_models(conf)
         model_dir = _model_dir(app_dir, studies, conf)
@@ -86,6 +100,26 @@ class MedSegDiffApp(MONAILabelApp):
             name="MedSegDiff Label",
             description="Diffusion-model segmentation (MedSegDiff) with per-voxel uncertainty and active learning",
             version="0.1.0",
+        )
+        server = sys.modules.get("monailabel.app")  # absent in `monailabel.interfaces.utils.app` subprocesses
+        if server is not None:
+            install_asgi_middleware(server.app, UploadSizeLimitMiddleware)
+            install_asgi_middleware(server.app, InferenceGateMiddleware, gate=InferenceGate.from_env())
+
+    def init_datastore(self) -> Datastore:
+        """Local datastores validate every upload and write atomically (``lib.safe_datastore``)."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        labels: dict[str, int] = {}
+        for config in self.models.values():
+            labels.update(config.labels)
+        return SafeLocalDatastore(
+            self.studies,
+            label_values=labels,
+            map_tags=(UNCERTAINTY_TAG,),
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
     def init_infers(self) -> dict[str, InferTask]:
@@ -106,6 +140,10 @@ class MedSegDiffApp(MONAILabelApp):
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Run inference; keep the uncertainty volume of a datastore image as its ``uncertainty`` label."""
+        try:  # only a datastore id or the file uploaded with the request, never a server path
+            validate_infer_image(request.get("image"), (datastore or self.datastore()).list_images())
+        except ValidationError as e:
+            raise to_http_exception(e) from e
         result = super().infer(request, datastore)
         params = result.get("params") or {}
         uncertainty_file = params.pop(UNCERTAINTY_FILE_KEY, None)
