@@ -6,3 +6,9 @@ One module per measurement; each has ``run(ctx) -> Section`` and runs alone with
 Environment: ``BENCH_QUICK=1`` runs a ~5 minute subset, ``BENCH_OUT=<dir>`` writes somewhere other than
 ``bench/results``, ``BENCH_ONLY=sampling_cost,volume`` runs some sections only.
 """
+
+import os
+
+# On a shared CPU (other jobs on the same cores) OpenMP's default spin-waiting makes torch 2-15x slower and
+# erratic; passive waiting keeps the timings about the model. Set before torch loads; an explicit value wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

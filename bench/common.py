@@ -64,7 +64,10 @@ __all__ = [
     "run_worker",
     "peak_rss_mb",
     "current_rss_mb",
+    "synchronize",
     "sample_model_config",
+    "diffusion_config",
+    "worker_main",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,17 +116,17 @@ FULL = Settings(
     quick=False,
     held_out_slices=6,
     ddim_steps=(1, 2, 5, 10, 25, 50, 100),
-    ddpm_quality_slices=1,
+    ddpm_quality_slices=2,
     ddpm_quality_steps=1000,
     ddpm_timed_steps=200,
     comparison_slices=4,
     volume_slab_mm=None,
     eval_steps=10,
     eval_members=5,
-    train_seconds_brain=90.0,
+    train_seconds_brain=100.0,
     train_seconds_tissue=90.0,
     al_rounds=3,
-    al_train_iterations=50,
+    al_train_iterations=40,
     al_score_stride=2,
     speed_iterations=25,
     fallback_model_seconds=300.0,
@@ -189,12 +192,19 @@ def environment(device: torch.device) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "mode": "quick" if SETTINGS.quick else "full",
         "quick": SETTINGS.quick,
     }
     if hasattr(os, "getloadavg"):
         info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
     return info
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued CUDA work so a timer reads the real duration (no-op on a CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def peak_rss_mb() -> float:
@@ -348,7 +358,7 @@ def segment_diffusion(
     members: int,
     z: Sequence[int] | None = None,
     seed: int = 0,
-    slice_batch_size: int = 16,
+    slice_batch_size: int = 4,
 ) -> dict[str, Any]:
     """Run the DDIM ensemble over axial slices with ``MedSegDiffInferer`` (all members batched).
 
@@ -362,6 +372,7 @@ def segment_diffusion(
     image = volume.image if z is None else volume.image[:, :, list(z)]
     start = time.perf_counter()
     out = inferer(torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device), network)
+    synchronize(device)
     seconds = time.perf_counter() - start
     distribution = class_distribution(out["probs"].float())[0]
     return {
@@ -383,6 +394,7 @@ def segment_unet(network: torch.nn.Module, volume: GridVolume, z: Sequence[int] 
         torch.softmax(network(torch.from_numpy(images[i : i + batch]).to(device)).float(), dim=1).cpu()
         for i in range(0, len(images), batch)
     ]
+    synchronize(device)
     seconds = time.perf_counter() - start
     return {"distribution": torch.cat(parts).permute(1, 2, 3, 0).numpy(), "seconds": seconds}
 
@@ -555,7 +567,7 @@ def finite(value: Any, digits: int = 4) -> Any:
 
 
 def _cell(value: Any) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     if isinstance(value, float):
         if value == 0 or 0.01 <= abs(value) < 1e4:

@@ -49,7 +49,7 @@ def _write(report: dict[str, Any], out_dir: Path) -> None:
 
 def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        return f"{value:.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
     return "–" if value is None else str(value)
 
 
@@ -87,8 +87,11 @@ def _markdown(report: dict[str, Any], tables: dict[str, str]) -> str:
     lines = [
         "# MedSegDiff Label benchmark",
         "",
-        f"- mode: **{env['mode']}**, device: {env['device']} ({env['device_name']}), {env['cpu_count']} CPU(s) "
-        f"({env['cpu_model']}), torch {env['torch']}, monai {env['monai']}",
+        f"- mode: **{env['mode']}**, device: {env['device']}"
+        + (f" ({env['device_name']})" if env["device"] != "cpu" else "")
+        + f", {env['cpu_count']} CPU(s) "
+        f"({env['cpu_model']}), torch {env['torch']} ({env['torch_threads']} threads, OMP_WAIT_POLICY "
+        f"{env['omp_wait_policy']}), monai {env['monai']}",
         f"- model: {report.get('model', '?')}",
         f"- wall time: {report.get('wall_seconds', 0):.0f} s; load average at start {env.get('load_average_at_start')}",
         f"- {CAVEAT}",
@@ -138,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 report["sections"][name] = {"error": error, "seconds": round(time.perf_counter() - t0, 1)}
             else:
                 section.seconds = round(time.perf_counter() - t0, 1)
-                report["sections"][name] = {"results": section.results, "figures": section.figures, "seconds": section.seconds}
+                report["sections"][name] = {
+                    "results": section.results, "figures": section.figures, "seconds": section.seconds,
+                    "load_average_after": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+                }
                 tables[name] = section.table
                 for key, owner in CONTRACT.items():
                     if owner == name and key in section.results:

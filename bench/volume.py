@@ -5,6 +5,9 @@ members, label and uncertainty back on the image's grid) runs in a fresh subproc
 sample datastore's ``colin27_head`` (1 mm, 181x217x181, a head the sample model never saw), so the peak resident
 memory of that process is the cost of one request (plus the imports, reported separately). When the task cannot
 be imported or run, ``MedSegDiffInferer`` with the same pre-processing runs instead and ``volume_path`` says so.
+
+The task runs on a CPU with one member and two slices per network pass; ``inferer_batching`` times
+``MedSegDiffInferer`` on central Colin27 slices with that setting and with members / slices batched.
 """
 
 from __future__ import annotations
@@ -19,7 +22,18 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .common import REPO, Context, Section, current_rss_mb, finite, md_table, peak_rss_mb, run_worker, worker_main
+from .common import (
+    REPO,
+    Context,
+    Section,
+    current_rss_mb,
+    finite,
+    md_table,
+    peak_rss_mb,
+    run_worker,
+    synchronize,
+    worker_main,
+)
 
 __all__ = ["run"]
 
@@ -48,6 +62,44 @@ def _write_input(ctx: Context) -> tuple[Path, Path, str]:
     nib.save(canonical.slicer[:, :, z], str(target))
     nib.save(canonical_ref.slicer[:, :, z], str(target_ref))
     return target, target_ref, f"{VOLUME_ID}, QUICK MODE: central {slab:g} mm axial slab"
+
+
+BATCHINGS = ((2, 1), (2, None), (16, None))
+"""(slices per batch, members per batch; None = all) of the batching comparison; (2, 1) is the task's CPU setting."""
+
+
+def _batching(ctx: Context) -> list[dict[str, Any]]:
+    """Seconds per slice of ``MedSegDiffInferer`` on central Colin27 slices for each of :data:`BATCHINGS`.
+
+    Two rounds in opposite orders, mean per setting (the machine's load drifts).
+    """
+    import torch
+
+    from medsegdiff.inferer import MedSegDiffInferer
+    from medsegdiff.sampling import EnsembleSampler
+
+    network, diffusion, _ = ctx.model
+    volume = ctx.grid("colin27")
+    count = 2 if ctx.settings.quick else 6
+    centre = int(np.argmax((volume.label > 0).sum(axis=(0, 1))))
+    image = torch.from_numpy(np.ascontiguousarray(volume.image[:, :, centre - count // 2 : centre - count // 2 + count]))
+    image = image[None, None].to(ctx.device)
+    steps = ctx.settings.default_steps if not ctx.settings.quick else 2
+    seconds: dict[tuple, list[float]] = {b: [] for b in BATCHINGS}
+    for order in (BATCHINGS, BATCHINGS[::-1]):
+        for slices, members in order:
+            sampler = EnsembleSampler(diffusion, "ddim", steps, ctx.settings.members, member_batch_size=members)
+            inferer = MedSegDiffInferer(sampler, slice_batch_size=slices)
+            start = time.perf_counter()
+            inferer(image, network)
+            synchronize(ctx.device)
+            seconds[(slices, members)].append((time.perf_counter() - start) / count)
+    base = float(np.mean(seconds[BATCHINGS[0]]))
+    return [
+        {"slice_batch_size": slices, "member_batch_size": members or ctx.settings.members, "steps": steps,
+         "slices": count, "seconds_per_slice": float(np.mean(v)), "speedup_vs_task_cpu_setting": base / float(np.mean(v))}
+        for (slices, members), v in seconds.items()
+    ]
 
 
 def run(ctx: Context) -> Section:
@@ -81,11 +133,17 @@ def run(ctx: Context) -> Section:
         "dice_vs_reference": out.get("dice"),
         "uncertainty_auroc_native": out.get("auroc"),
         "model": ctx.model_source,
+        "inferer_batching": _batching(ctx),
     }
     table = md_table(
         ["volume", "path", "seconds", "peak RSS MB", "peak over pre-request MB", "Dice", "entropy AUROC"],
         [[description, out["volume_path"].split(" (")[0], out["seconds"], out["peak_rss_mb"],
           results["peak_increase_mb"], out.get("dice"), out.get("auroc")]],
+    )
+    table += "\n\n" + md_table(
+        ["MedSegDiffInferer batching (Colin27 central slices)", "s / slice", "speed-up vs (2 slices, 1 member)"],
+        [[f"{b['slice_batch_size']} slice(s) x {b['member_batch_size']} member(s) per pass, DDIM {b['steps']}",
+          b["seconds_per_slice"], b["speedup_vs_task_cpu_setting"]] for b in results["inferer_batching"]],
     )
     return Section("volume", finite(results), table)
 
@@ -115,7 +173,7 @@ def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[s
         "rss_before_mb": before,
         "nfe": result.get("nfe"),
         "settings": result.get("params"),
-        "volume_path": "monailabel infer task lib.infers.medsegdiff.MedSegDiffInfer, in-process in a subprocess, default parameters",
+        "volume_path": "monailabel infer task lib.infers.medsegdiff.MedSegDiffInfer, in-process in a subprocess, default parameters (first request of a fresh process)",
     }
     return label, uncertainty, info
 
