@@ -89,6 +89,20 @@ class SafeLocalDatastore(LocalDatastore):
         self.max_bytes = max_bytes
         self.affine_tolerance_mm = affine_tolerance_mm
         super().__init__(datastore_path, **kwargs)
+        handler = getattr(self, "_handler", None)  # present when auto_reload watches the folder
+        if handler is not None:
+            handler.on_moved = self._on_replaced
+
+    def _on_replaced(self, event: Any) -> None:
+        """Our writes are ``os.replace``-d, which watchdog reports as moves, not modifications: reload on them too.
+
+        Without this, scores and labels written by another process (scoring and training run in subprocesses)
+        would never reach the server's view of ``datastore_v2.json``.
+        """
+        if os.path.abspath(getattr(event, "dest_path", "")) == os.path.abspath(self._datastore_config_path):
+            self._init_from_datastore_file()
+        else:
+            self._on_any_event(event)
 
     # ------------------------------------------------------------------ images
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
