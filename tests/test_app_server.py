@@ -10,6 +10,7 @@ module-scoped fixture, so a single test can run on its own.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -74,7 +75,8 @@ def scoring(monailabel_server) -> dict:
     assert started.status_code == 200, started.text
     task = _wait(f"{monailabel_server.url}/scoring/", "scoring")
     assert task["status"] == "DONE", f"scoring ended {task['status']}: {task.get('details')}\n{monailabel_server.log()}"
-    return requests.get(f"{monailabel_server.url}/datastore/?output=all", timeout=30).json()
+    # what the scoring process stored, read from the datastore's own file (the server reloads it asynchronously)
+    return json.loads((monailabel_server.datastore / "datastore_v2.json").read_text())
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,9 @@ class MostUncertain(Strategy):
         return {**super().info(), "key": self.key}
 
     def __call__(self, request: dict, datastore: Datastore) -> dict[str, Any] | None:
+        # scores are written by the scoring subprocess; the server's file watcher picks them up asynchronously
+        # (and has been seen to miss them), so read the datastore file again before choosing
+        datastore.refresh()
         images = datastore.get_unlabeled_images(request.get("label_tag"), request.get("labels"))
         if not images:
             return None
