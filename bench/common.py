@@ -34,7 +34,7 @@ from medsegdiff.fusion import class_distribution
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
-from medsegdiff.sample_data import LOADERS, Scan, build_sample_datastore, normalize_intensity, read_manifest
+from medsegdiff.sample_data import LOADERS, Scan, build_sample_datastore, normalized_on_grid, read_manifest
 from medsegdiff.training import segmentation_augmentations, train_on_arrays
 
 __all__ = [
@@ -324,12 +324,7 @@ def to_model_grid(scan: Scan, spacing: float = SPACING_MM, size: Sequence[int] =
     """Put a labelled 3D scan on the model grid with the recipe of ``brain_slices_2d`` (axial slices)."""
     if scan.label is None or scan.image.ndim != 3:
         raise ValueError(f"{scan.name}: a labelled 3D scan is needed")
-    image = normalize_intensity(scan.image)
-    label = np.asarray(scan.label, dtype=np.uint8)
-    zoom = np.asarray(scan.spacing, dtype=float) / float(spacing)
-    if not np.allclose(zoom, 1.0, atol=1e-3):
-        image = ndi.zoom(image, zoom, order=1)
-        label = ndi.zoom(label, zoom, order=0)
+    image, label = normalized_on_grid(scan, spacing)
     grid_shape = tuple(int(s) for s in image.shape)
     fitted_image = np.zeros((size[0], size[1], grid_shape[2]), dtype=np.float32)
     fitted_label = np.zeros((size[0], size[1], grid_shape[2]), dtype=np.uint8)

@@ -45,6 +45,7 @@ __all__ = [
     "LOADERS",
     "available_scans",
     "normalize_intensity",
+    "normalized_on_grid",
     "brain_slices_2d",
     "build_sample_datastore",
     "read_manifest",
@@ -447,6 +448,18 @@ def normalize_intensity(image: np.ndarray) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
+def normalized_on_grid(scan: Scan, spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled scan normalised on its native grid (:func:`normalize_intensity`), then resampled to isotropic
+    ``spacing_mm`` (linear for the image, nearest for the label)."""
+    image = normalize_intensity(scan.image)
+    label = np.asarray(scan.label, dtype=np.uint8)
+    zoom = np.asarray(scan.spacing, dtype=float) / float(spacing_mm)
+    if not np.allclose(zoom, 1.0, atol=1e-3):
+        image = ndi.zoom(image, zoom, order=1)
+        label = ndi.zoom(label, zoom, order=0)
+    return image, label
+
+
 def brain_slices_2d(
     scan: Scan,
     spacing_mm: float,
@@ -487,15 +500,8 @@ def brain_slices_2d(
     if scan.image.ndim == 3 and not -3 <= axis < 3:
         raise ValueError(f"axis must be in [-3, 2] for a 3D scan, got {axis}")
 
-    # 1. normalise on the native grid (the infer task does the same)
-    image = normalize_intensity(scan.image)
-    label = np.asarray(scan.label, dtype=np.uint8)
-
-    # 2. resample to isotropic spacing
-    zoom = np.asarray(scan.spacing, dtype=float) / float(spacing_mm)
-    if not np.allclose(zoom, 1.0, atol=1e-3):
-        image = ndi.zoom(image, zoom, order=1)
-        label = ndi.zoom(label, zoom, order=0)
+    # 1.-2. normalise on the native grid (the infer task does the same), resample to isotropic spacing
+    image, label = normalized_on_grid(scan, spacing_mm)
 
     # 3. slices first
     if image.ndim == 2:
