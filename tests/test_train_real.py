@@ -26,7 +26,7 @@ def test_small_model_learns_brain_extraction_on_real_head():
         norm_num_groups=8, num_head_channels=16,
     )
     diffusion = DiffusionConfig(num_train_timesteps=1000, prediction_type="sample")
-    losses = train_on_arrays(
+    losses = train_on_arrays(  # warm-up + cosine-annealed learning rate (train_on_arrays' default)
         net, diffusion, images[train][:, None], labels[train][:, None], iterations=800, batch_size=8, learning_rate=1e-3
     )
     assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:50])
@@ -35,6 +35,4 @@ def test_small_model_learns_brain_extraction_on_real_head():
     result = sampler(net, torch.as_tensor(images[held_out][:, None]), seed=0)
     dice = [dice_per_class(result.label[i, 0].numpy(), labels[j])[0] for i, j in enumerate(held_out)]
     print(f"held-out slices: {len(held_out)}, Dice mean {np.mean(dice):.3f} min {np.min(dice):.3f}")
-    # Issue 2 asks for >= 0.90 with this budget; this run measured 0.886 (8 held-out slices, 800 iterations,
-    # ~7 min on 2 busy cores), so the floor here is 0.85 and the issue stays open until training gets there.
-    assert np.mean(dice) >= 0.85
+    assert np.mean(dice) >= 0.90

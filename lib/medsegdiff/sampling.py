@@ -1,7 +1,7 @@
 """Ensemble sampling: N reverse-diffusion chains per image, fused into one label with uncertainty.
 
 The members of the ensemble run as one batch per step (one network evaluation per step for all members) or
-in chunks of ``member_batch_size`` (on a CPU batching saves nothing and chunking bounds memory). Member m draws
+in chunks of ``member_batch_size`` (chunking bounds memory for large 3D patches). Member m draws
 its noise from its own ``torch.Generator`` seeded with ``seed + m``, so each member is reproducible on its own.
 The image-only features are computed once per image and reused by every step and member.
 """

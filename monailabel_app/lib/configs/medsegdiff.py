@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medsegdiff.device import select_device
+from medsegdiff.sample_model import SAMPLE_MODEL_2D
 from monailabel.interfaces.config import TaskConfig
 from monailabel.utils.others.generic import strtobool
 
@@ -33,14 +34,7 @@ class MedSegDiff2D(TaskConfig):
     """Brain segmentation, 2D network over axial slices at 3 mm (the committed sample model)."""
 
     checkpoint_name = "medsegdiff_brain_2d.pt"
-    fresh_network: dict[str, Any] = {
-        "spatial_dims": 2,
-        "in_channels": 1,
-        "num_classes": 1,
-        "spatial_size": (80, 80),
-        "channels": (16, 32, 64, 128),
-        "attention_levels": (False, False, False, True),
-    }
+    fresh_network: dict[str, Any] = SAMPLE_MODEL_2D
     title = "MedSegDiff 2D (slice by slice)"
 
     def init(self, name: str, model_dir: str, conf: dict[str, str], planner: Any = None, **kwargs: Any) -> None:

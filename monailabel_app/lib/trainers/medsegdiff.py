@@ -207,7 +207,6 @@ class MedSegDiffTrain(BasicTrainTask):
             "ddim",
             num_inference_steps=context.request["val_num_inference_steps"],
             num_ensemble=context.request["val_num_ensemble"],
-            member_batch_size=None if cuda else 1,
         )
         inferer = MedSegDiffInferer(sampler, seed=0, slice_axis=self.model_info.slice_axis, slice_batch_size=16 if cuda else 2)
         return SamplingValidationInferer(inferer)
