@@ -6,8 +6,8 @@ sample datastore's ``colin27_head`` (1 mm, 181x217x181, a head the sample model 
 memory of that process is the cost of one request (plus the imports, reported separately). When the task cannot
 be imported or run, ``MedSegDiffInferer`` with the same pre-processing runs instead and ``volume_path`` says so.
 
-The task runs on a CPU with one member and two slices per network pass; ``inferer_batching`` times
-``MedSegDiffInferer`` on central Colin27 slices with that setting and with members / slices batched.
+On a CPU the task runs two slices x all members per network pass; ``inferer_batching`` times
+``MedSegDiffInferer`` on central Colin27 slices with that setting, with one member per pass, and with 16 slices.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _write_input(ctx: Context) -> tuple[Path, Path, str]:
 
 
 BATCHINGS = ((2, 1), (2, None), (16, None))
-"""(slices per batch, members per batch; None = all) of the batching comparison; (2, 1) is the task's CPU setting."""
+"""(slices per batch, members per batch; None = all) of the batching comparison; (2, None) is the task's CPU setting."""
 
 
 def _batching(ctx: Context) -> list[dict[str, Any]]:
