@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -556,6 +557,26 @@ def test_a_crash_while_writing_leaves_the_old_label(store, tmp_path, monkeypatch
         store.save_label("img_a", str(new_label), "final", {})
     monkeypatch.undo()
     assert snapshot(root) == before  # old label, old datastore json, no half-written temporary file
+
+
+def test_reopening_removes_only_stale_temporary_files(store):
+    root = Path(store._datastore_path)
+    stale = root / "labels" / "final" / ".img_a.nii.gz.0123456789ab.part"  # what a killed write leaves
+    fresh = root / ".img_b.nii.gz.ba9876543210.part"  # a write that may still be going on elsewhere
+    others = [root / ".keep", root / "notes.part", root / "labels" / "final" / ".img_a.nii.gz.part"]
+    for path in [stale, fresh, *others]:
+        path.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    for path in [stale, *others]:
+        os.utime(path, (hours_ago, hours_ago))
+    before = snapshot(root)
+
+    reopened = SafeLocalDatastore(str(root))
+
+    assert not stale.exists()
+    assert fresh.exists() and all(p.exists() for p in others)
+    assert set(reopened.list_images()) == {"img_a", "img_b"}
+    assert snapshot(root) == {k: v for k, v in before.items() if k != str(stale.relative_to(root))}
 
 
 # ---------------------------------------------------------------------------------------------- HTTP pieces

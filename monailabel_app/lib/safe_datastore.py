@@ -12,7 +12,9 @@ inference saves goes through it:
   longer match); the same voxels again are accepted without a write;
 * NRRD uploads are stored as NIfTI (``.nii.gz``): the app reads images with nibabel;
 * files and ``datastore_v2.json`` are written to a hidden temporary name in the same folder, then
-  ``os.replace``-d: a crash leaves the old or the new file, never a broken one.
+  ``os.replace``-d: a crash leaves the old or the new file, never a broken one; the hidden ``.part`` file a
+  crash leaves behind is removed the next time the datastore opens, once it is older than
+  :data:`STALE_TEMP_AGE_S` (a younger one may belong to a write in progress in another process).
 
 A refused request changes nothing on disk. Errors are raised as ``fastapi.HTTPException`` (FastAPI turns it
 into the HTTP answer); the :class:`validation.ValidationError` is chained as ``__cause__``.
@@ -24,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -51,12 +54,17 @@ from .validation import (
     volume_suffix,
 )
 
-__all__ = ["SafeLocalDatastore", "DEFAULT_MAP_TAGS"]
+__all__ = ["SafeLocalDatastore", "DEFAULT_MAP_TAGS", "STALE_TEMP_AGE_S"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAP_TAGS = ("uncertainty",)
 """Label tags that hold continuous maps (checked for geometry and finiteness, not for label values)."""
+
+STALE_TEMP_AGE_S = 3600.0
+"""A temporary ``.part`` file this old (seconds since its last write) is a crash's leftover, never a live write."""
+
+_TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{12}\.part$")
 
 
 class SafeLocalDatastore(LocalDatastore):
@@ -88,6 +96,7 @@ class SafeLocalDatastore(LocalDatastore):
         self.max_voxels = max_voxels
         self.max_bytes = max_bytes
         self.affine_tolerance_mm = affine_tolerance_mm
+        remove_stale_temp_files(datastore_path)
         super().__init__(datastore_path, **kwargs)
         handler = getattr(self, "_handler", None)  # present when auto_reload watches the folder
         if handler is not None:
@@ -241,6 +250,27 @@ class _http_errors:
         if exc is not None and isinstance(exc, ValidationError):
             raise to_http_exception(exc) from exc
         return False
+
+
+def remove_stale_temp_files(folder: str, max_age_s: float = STALE_TEMP_AGE_S) -> list[str]:
+    """Delete the hidden temporary files (:func:`_temp_name`) under ``folder`` older than ``max_age_s``.
+
+    Returns the removed paths. Only names of our exact pattern are touched; nothing else in the datastore is.
+    """
+    removed = []
+    now = time.time()
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                if _TEMP_PATTERN.match(name) and now - os.path.getmtime(path) > max_age_s:
+                    os.remove(path)
+                    removed.append(path)
+            except FileNotFoundError:  # removed meanwhile by another process
+                continue
+    if removed:
+        logger.warning("removed %d temporary file(s) left by an interrupted write: %s", len(removed), removed)
+    return removed
 
 
 def _temp_name(dest: str) -> str:
