@@ -103,7 +103,7 @@ def corrected_label(monailabel_server, client, flipped, tmp_path_factory) -> byt
 @pytest.fixture(scope="module")
 def trained(monailabel_server, client, corrected_label) -> dict:
     params = {
-        "max_epochs": 1,
+        "max_epochs": 2,
         "samples_per_epoch": 8,
         "batch_size": 4,
         "val_split": 0.5,
@@ -213,7 +213,16 @@ def test_training_publishes_a_checkpoint_that_inference_uses(monailabel_server, 
     assert label.shape == image.shape
     np.testing.assert_allclose(affine, image.affine, atol=1e-4)
     stats = client.info()["train_stats"][MODEL]
-    assert stats["epoch"] == 1 and 0.0 <= stats["best_metric"] <= 1.0
+    assert stats["epoch"] == 2 and 0.0 <= stats["best_metric"] <= 1.0
+
+
+def test_training_anneals_the_learning_rate_over_the_run(monailabel_server, trained) -> None:
+    from medsegdiff.checkpoint import read_checkpoint
+
+    metadata = read_checkpoint(monailabel_server.model_dir / MODEL / "last.pt")["metadata"]
+    assert metadata["run"]["lr_schedule"] == "cosine"  # the default
+    # epoch 2 of 2 under cosine annealing from 2e-4 (default) towards 1 % of it: half-way, 0.505 x 2e-4
+    assert metadata["learning_rate"] == pytest.approx(2e-4 * (0.01 + 0.99 * 0.5), rel=1e-6)
 
 
 def test_final_labels_are_unchanged_after_inference_and_training(monailabel_server, client, corrected_label, trained) -> None:

@@ -687,3 +687,13 @@ def test_gate_middleware_refuses_with_503_and_keeps_the_server_responsive():
     assert elapsed < 0.5, f"the server was blocked for {elapsed:.2f} s during an inference"
     assert after.status_code == 200
     assert back_to_back == [200] * 30
+
+
+# ---------------------------------------------------------------------------------------------- train parameters
+def test_train_parameters_default_and_refuse_unknown_schedules():
+    from lib.params import TRAIN_PARAMS, InvalidParameter, parse
+
+    assert parse({}, TRAIN_PARAMS)["lr_schedule"] == "cosine"
+    assert parse({"lr_schedule": "constant"}, TRAIN_PARAMS)["lr_schedule"] == "constant"
+    with pytest.raises(InvalidParameter, match="lr_schedule must be one of"):
+        parse({"lr_schedule": "step"}, TRAIN_PARAMS)

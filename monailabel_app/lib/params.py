@@ -158,6 +158,10 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     IntParam("max_epochs", 20, 1, 100000, "epochs in this run"),
     FloatParam("val_split", 0.2, 0.0, 1.0, high_open=True, help="fraction of the labelled images held out for validation"),
     FloatParam("learning_rate", 2e-4, 1e-8, 1.0, help="AdamW learning rate"),
+    ChoiceParam(
+        "lr_schedule", ("cosine", "constant"),
+        "cosine: the learning rate falls from learning_rate to 1 % of it over this run's epochs",
+    ),
     IntParam("batch_size", 8, 1, 1024, "slices (2D) or patches (3D) per iteration"),
     IntParam("samples_per_epoch", 128, 1, 1000000, "random slices / patches drawn from the labelled images per epoch"),
     IntParam("val_num_inference_steps", 2, 1, 1000, "sampling steps of the validation Dice"),

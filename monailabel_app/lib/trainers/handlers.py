@@ -20,7 +20,9 @@ __all__ = ["CheckpointPublisher", "unwrap"]
 
 logger = logging.getLogger(__name__)
 
-_RUN_KEYS = ("trained", "epochs_trained", "iterations_trained", "train_loss", "val_dice", "saved_at", "run")
+_RUN_KEYS = (
+    "trained", "epochs_trained", "iterations_trained", "train_loss", "learning_rate", "val_dice", "saved_at", "run"
+)
 
 
 def unwrap(network: nn.Module) -> nn.Module:
@@ -69,6 +71,7 @@ class CheckpointPublisher:
         self.iterations = 0
         self._epoch_losses: list[float] = []
         self._epoch_start = 0.0
+        self._epoch_lr: float | None = None
 
     def attach(self, trainer: Engine, evaluator: Engine | None) -> None:
         trainer.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
@@ -79,6 +82,8 @@ class CheckpointPublisher:
 
     def _epoch_started(self, engine: Engine) -> None:
         self._epoch_losses, self._epoch_start, self.val_dice = [], time.perf_counter(), None
+        optimizer = getattr(engine, "optimizer", None)  # MONAI's SupervisedTrainer keeps it
+        self._epoch_lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else None
 
     def _iteration_completed(self, engine: Engine) -> None:
         self._epoch_losses.append(engine.state.output["loss"].detach().item())
@@ -117,6 +122,7 @@ class CheckpointPublisher:
             "epochs_trained": self.start_epochs + state.epoch,
             "iterations_trained": self.start_iterations + self.iterations,
             "train_loss": loss,
+            "learning_rate": self._epoch_lr,
             "val_dice": self.val_dice,
             "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run": {**self.run, "iterations_per_rank": [n for n, _ in per_rank]},

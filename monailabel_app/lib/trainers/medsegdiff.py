@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
-from monai.handlers import MeanDice, StatsHandler, TensorBoardStatsHandler, ValidationHandler, from_engine
+from monai.handlers import (
+    LrScheduleHandler, MeanDice, StatsHandler, TensorBoardStatsHandler, ValidationHandler, from_engine
+)
 from monai.inferers import DiffusionInferer, Inferer
 from monai.transforms import AsDiscreted, Compose, SpatialPadd
 from torch import nn
@@ -221,6 +223,11 @@ class MedSegDiffTrain(BasicTrainTask):
                 StatsHandler(tag_name="train_loss", output_transform=_loss_value),
                 TensorBoardStatsHandler(log_dir=context.events_dir, tag_name="train_loss", output_transform=_loss_value),
             ]
+        if context.request["lr_schedule"] == "cosine":
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
+                context.optimizer, T_max=context.max_epochs, eta_min=0.01 * context.request["learning_rate"]
+            )
+            handlers.append(LrScheduleHandler(cosine, print_lr=False, epoch_level=True))
         if context.evaluator:
             handlers.append(ValidationHandler(self._val_interval, validator=context.evaluator, epoch_level=True))
         return handlers
@@ -266,6 +273,7 @@ class MedSegDiffTrain(BasicTrainTask):
             "started_from": str(context.start_checkpoint) if context.start_checkpoint else None,
             "backend": context.request.get("distributed_backend", "nccl") if context.multi_gpu else None,
             "world_size": context.world_size if context.multi_gpu else 1,
+            "lr_schedule": context.request["lr_schedule"],
         }
         publisher = CheckpointPublisher(
             self.files, context.network, context.diffusion, context.start_metadata, run,
