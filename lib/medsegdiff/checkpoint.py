@@ -7,13 +7,13 @@ a half-written model, and read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__
+from .atomic import atomic_path
 from .diffusion import DiffusionConfig
 from .network import MedSegDiffUNet
 
@@ -40,7 +40,6 @@ def save_checkpoint(
             model committed to git); loading casts them back to the network's dtype.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "medsegdiff_version": __version__,
@@ -52,17 +51,9 @@ def save_checkpoint(
         },
         "metadata": dict(metadata or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # a model file is meant to be shared, whatever the umask
     return path
 
 

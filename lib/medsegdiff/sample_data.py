@@ -23,7 +23,6 @@ import importlib.util
 import json
 import logging
 import os
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,9 @@ import nibabel as nib
 import nibabel.processing
 import numpy as np
 from scipy import ndimage as ndi
+
+from .atomic import atomic_path, atomic_write_bytes
+from .nifti import nifti_image
 
 __all__ = [
     "Scan",
@@ -610,43 +612,10 @@ def _storage_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_data_dtype(data.dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    return img
-
-
-def _temp_path(path: Path, suffix: str) -> Path:
-    """A fresh hidden name next to ``path`` (same file system, so ``os.replace`` is atomic)."""
-    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}"
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path, ".tmp")
-    try:
-        with open(tmp, "xb") as f:  # created with the usual umask permissions
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _atomic_save_nifti(img: nib.Nifti1Image, path: Path) -> None:
-    """Save next to ``path`` under a hidden temporary name, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the .nii.gz suffix keeps nibabel's format and compression; the leading dot hides it from globs
-    tmp = _temp_path(path, ".tmp.nii.gz")
-    try:
+    """Save under a hidden temporary name next to ``path``, then rename over ``path``."""
+    with atomic_path(path, suffix=".part.nii.gz") as tmp:  # the ending keeps nibabel's format and compression
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _sha256(path: Path) -> str:
@@ -719,8 +688,8 @@ def build_sample_datastore(root: str | Path, force: bool = False) -> dict[str, A
         image, affine, reference = item.make()
         image_path = root / f"{item.id}.nii.gz"
         ref_path = reference_dir / f"{item.id}_mask.nii.gz"
-        _atomic_save_nifti(_nifti(_storage_image(image), affine), image_path)
-        _atomic_save_nifti(_nifti(reference.astype(np.uint8), affine), ref_path)
+        _atomic_save_nifti(nifti_image(_storage_image(image), affine), image_path)
+        _atomic_save_nifti(nifti_image(reference.astype(np.uint8), affine), ref_path)
         written += [str(image_path), str(ref_path)]
 
         entry: dict[str, Any] = {
@@ -738,7 +707,7 @@ def build_sample_datastore(root: str | Path, force: bool = False) -> dict[str, A
             label_path = root / "labels" / "final" / f"{item.id}.nii.gz"
             ours = (old or {}).get("label_sha256")
             if not label_path.exists() or (ours is not None and _sha256(label_path) == ours):
-                _atomic_save_nifti(_nifti(reference.astype(np.uint8), affine), label_path)
+                _atomic_save_nifti(nifti_image(reference.astype(np.uint8), affine), label_path)
                 written.append(str(label_path))
                 entry["label_sha256"] = _sha256(label_path)
             else:
@@ -758,7 +727,7 @@ def build_sample_datastore(root: str | Path, force: bool = False) -> dict[str, A
     }
     manifest_path = root / MANIFEST_NAME
     if written or previous.get("ids") != manifest["ids"] or not manifest_path.is_file():
-        _atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+        atomic_write_bytes(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
         written.append(str(manifest_path))
     return {**manifest, "written": written}
 

@@ -26,17 +26,16 @@ import hashlib
 import json
 import logging
 import os
-import re
-import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from filelock import FileLock
 
+from medsegdiff.atomic import atomic_copy, atomic_write_bytes, remove_stale_temp_files
+from medsegdiff.nifti import nifti_image
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
 from .validation import (
@@ -63,8 +62,6 @@ DEFAULT_MAP_TAGS = ("uncertainty",)
 
 STALE_TEMP_AGE_S = 3600.0
 """A temporary ``.part`` file this old (seconds since its last write) is a crash's leftover, never a live write."""
-
-_TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{12}\.part$")
 
 
 class SafeLocalDatastore(LocalDatastore):
@@ -96,7 +93,7 @@ class SafeLocalDatastore(LocalDatastore):
         self.max_voxels = max_voxels
         self.max_bytes = max_bytes
         self.affine_tolerance_mm = affine_tolerance_mm
-        remove_stale_temp_files(datastore_path)
+        remove_stale_temp_files(datastore_path, STALE_TEMP_AGE_S)
         super().__init__(datastore_path, **kwargs)
         handler = getattr(self, "_handler", None)  # present when auto_reload watches the folder
         if handler is not None:
@@ -141,7 +138,7 @@ class SafeLocalDatastore(LocalDatastore):
                                 "or delete the old one first"
                             )
                     name = self._filename(image_id, ext)
-                    _atomic_copy(source, os.path.join(images, name))
+                    atomic_copy(source, os.path.join(images, name))
                     if existing is not None and existing.image.ext != ext:  # replaced under another file ending
                         _remove_quietly(old_path)
                     image_info = dict(image_info or {})
@@ -187,9 +184,8 @@ class SafeLocalDatastore(LocalDatastore):
                     if obj is None:  # removed while we validated
                         raise NotFoundError(f"image {image_id!r} is not in the datastore")
                     folder = self._datastore.label_path(label_tag)
-                    os.makedirs(folder, exist_ok=True)
                     name = self._filename(image_id, ext)
-                    _atomic_copy(source, os.path.join(folder, name))
+                    atomic_copy(source, os.path.join(folder, name))
                     old = obj.labels.get(label_tag)
                     if old is not None and old.ext != ext:
                         _remove_quietly(os.path.join(folder, self._filename(image_id, old.ext)))
@@ -229,7 +225,7 @@ class SafeLocalDatastore(LocalDatastore):
 
         def write() -> None:
             text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            _atomic_write_bytes(self._datastore_config_path, text.encode())
+            atomic_write_bytes(self._datastore_config_path, text.encode())
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
         if lock:
@@ -252,59 +248,6 @@ class _http_errors:
         return False
 
 
-def remove_stale_temp_files(folder: str, max_age_s: float = STALE_TEMP_AGE_S) -> list[str]:
-    """Delete the hidden temporary files (:func:`_temp_name`) under ``folder`` older than ``max_age_s``.
-
-    Returns the removed paths. Only names of our exact pattern are touched; nothing else in the datastore is.
-    """
-    removed = []
-    now = time.time()
-    for dirpath, _, filenames in os.walk(folder):
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                if _TEMP_PATTERN.match(name) and now - os.path.getmtime(path) > max_age_s:
-                    os.remove(path)
-                    removed.append(path)
-            except FileNotFoundError:  # removed meanwhile by another process
-                continue
-    if removed:
-        logger.warning("removed %d temporary file(s) left by an interrupted write: %s", len(removed), removed)
-    return removed
-
-
-def _temp_name(dest: str) -> str:
-    """A hidden name next to ``dest`` that no datastore pattern (``*.nii.gz``, ...) matches."""
-    folder, name = os.path.split(dest)
-    return os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.part")
-
-
-def _atomic_copy(source: str, dest: str) -> None:
-    tmp = _temp_name(dest)
-    try:
-        with open(source, "rb") as src, open(tmp, "xb") as dst:
-            shutil.copyfileobj(src, dst, 1024 * 1024)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def _atomic_write_bytes(dest: str, data: bytes) -> None:
-    tmp = _temp_name(dest)
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
@@ -322,11 +265,7 @@ def _nifti_source(path: str, info: VolumeInfo):
 
     data, _ = nrrd.read(path, index_order="F")
     data = np.asarray(data).reshape(info.shape, order="F")
-    img = nib.Nifti1Image(data, info.affine)
-    img.header.set_data_dtype(data.dtype)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(info.affine, code=1)
-    img.set_sform(info.affine, code=1)
+    img = nifti_image(data, info.affine)
     fd, converted = tempfile.mkstemp(suffix=".nii.gz", prefix="medsegdiff_nrrd_")
     os.close(fd)
     nib.save(img, converted)

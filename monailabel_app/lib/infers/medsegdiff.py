@@ -25,6 +25,7 @@ from monai.transforms import DeleteItemsd, SpatialPadd
 from medsegdiff.device import select_device
 from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.inferer import MedSegDiffInferer
+from medsegdiff.nifti import nifti_image
 from medsegdiff.sampling import EnsembleSampler
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -44,11 +45,7 @@ UNCERTAINTY_FILE_KEY = "_uncertainty_file"
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, dtype: type) -> str:
     path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-    img = nib.Nifti1Image(np.asarray(array, dtype=dtype), np.asarray(affine, dtype=np.float64))
-    img.set_qform(img.affine, code=1)
-    img.set_sform(img.affine, code=1)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, path)
+    nib.save(nifti_image(np.asarray(array, dtype=dtype), affine), path)
     return path
 
 
