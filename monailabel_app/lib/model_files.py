@@ -59,7 +59,6 @@ class ModelInfo:
     """What the app needs to know about a checkpoint before loading its weights."""
 
     network_config: dict[str, Any]
-    diffusion_config: dict[str, Any]
     labels: dict[str, int]
     label_colors: dict[str, list[float]]
     spacing: list[float]
@@ -86,7 +85,6 @@ class ModelInfo:
             raise ValueError(f"{path}: metadata 'slice_axis' must be 0, 1 or 2, got {slice_axis}")
         return cls(
             network_config=dict(payload["network_config"]),
-            diffusion_config=dict(payload["diffusion_config"]),
             labels=labels,
             label_colors={name: colors.get(name, [1.0, 1.0, 0.0]) for name in labels},
             spacing=_spacing(metadata["spacing"]),

@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medsegdiff.training import LR_SCHEDULES
+
 __all__ = [
     "InvalidParameter",
     "IntParam",
@@ -159,7 +161,7 @@ TRAIN_PARAMS: tuple[Param, ...] = (
     FloatParam("val_split", 0.2, 0.0, 1.0, high_open=True, help="fraction of the labelled images held out for validation"),
     FloatParam("learning_rate", 2e-4, 1e-8, 1.0, help="AdamW learning rate"),
     ChoiceParam(
-        "lr_schedule", ("cosine", "constant"),
+        "lr_schedule", LR_SCHEDULES,
         "cosine: the learning rate falls from learning_rate to 1 % of it over this run's epochs",
     ),
     IntParam("batch_size", 8, 1, 1024, "slices (2D) or patches (3D) per iteration"),

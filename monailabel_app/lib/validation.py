@@ -618,10 +618,6 @@ class VolumeInfo:
     maximum: float
     values: tuple[int, ...] = ()
 
-    @property
-    def num_voxels(self) -> int:
-        return math.prod(self.shape)
-
 
 def _checked_header(
     path: str, name: str, max_vox: float
