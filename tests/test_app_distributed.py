@@ -63,7 +63,7 @@ def test_multi_gpu_path_trains_with_gloo_on_two_cpu_processes(slab_datastore: Pa
         "model": "medsegdiff",
         "multi_gpu": True,
         "gpus": "0,1",  # world size 2; without CUDA the workers are CPU processes on gloo
-        "max_epochs": 1,
+        "max_epochs": 2,  # the ranks meet at a barrier after rank 0's checkpoints of epoch 1
         "samples_per_epoch": 8,
         "batch_size": 2,
         "val_split": 0.5,
@@ -91,10 +91,10 @@ def test_multi_gpu_path_trains_with_gloo_on_two_cpu_processes(slab_datastore: Pa
     network, _, metadata = load_checkpoint(files / "last.pt")
     run = metadata["run"]
     assert run["backend"] == "gloo" and run["world_size"] == 2
-    # the DistributedSampler split 8 samples over 2 ranks: 2 iterations of batch 2 on each
+    # the DistributedSampler split 8 samples over 2 ranks: 2 iterations of batch 2 on each, every epoch
     assert run["iterations_per_rank"] == [2, 2]
     assert run["train_images"] == 1 and run["val_images"] == 1
-    assert metadata["epochs_trained"] == 1 and metadata["iterations_trained"] == 4
+    assert metadata["epochs_trained"] == 2 and metadata["iterations_trained"] == 8
     assert 0.0 <= metadata["val_dice"] <= 1.0
     assert (files / "best.pt").is_file()
     # training changed the weights

@@ -114,8 +114,12 @@ class CheckpointPublisher:
             "%s: epoch %d/%d: loss %.4f over %d iterations (%.1f s); %s",
             self.files.name, state.epoch, state.max_epochs, loss, iterations, time.perf_counter() - self._epoch_start, val,
         )
-        if self.rank != 0:
-            return
+        if self.rank == 0:
+            self._save(state, loss, improved, per_rank)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # the other ranks wait for the checkpoints: no rank runs ahead into the next epoch or exit
+
+    def _save(self, state: Any, loss: float, improved: bool, per_rank: list[tuple[int, float]]) -> None:
         metadata = {
             **self.metadata,
             "trained": True,

@@ -10,6 +10,7 @@ on CPU workers with the gloo backend.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -129,7 +130,12 @@ class MedSegDiffTrain(BasicTrainTask):
         if request.get("multi_gpu") and not torch.cuda.is_available():  # CPU workers share the cores
             share = max(1, (os.cpu_count() or 1) // max(world_size, 1))
             torch.set_num_threads(min(torch.get_num_threads(), share))
-        return super().train(rank, world_size, request, datalist)
+        try:
+            return super().train(rank, world_size, request, datalist)
+        finally:
+            # After destroy_process_group the DDP wrapper, inside ignite's reference cycles, still holds the process
+            # group. Free it now: freed during interpreter shutdown, gloo's threads can abort a worker (SIGABRT).
+            gc.collect()
 
     # ------------------------------------------------------------------ model
     def network(self, context: Context) -> nn.Module:
