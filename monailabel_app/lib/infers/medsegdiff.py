@@ -154,8 +154,8 @@ class MedSegDiffInfer(BasicInferTask):
             sampler,
             seed=values["seed"],
             slice_axis=self.model_info.slice_axis,
-            # all members of a few slices per pass: on 2 CPU cores 2 slices x 5 members ran 1.24x faster than
-            # 2 slices x 1 member (bench/volume.py); a GPU takes more slices per pass
+            # all members of a few slices per pass: on 2 CPU cores 2 slices x 5 members ran 1.77x faster than
+            # 2 slices x 1 member (bench/volume.py, bench/results/latest.md); a GPU takes more slices per pass
             slice_batch_size=16 if cuda else 2,
             progress=self.progress,
         )
