@@ -39,3 +39,16 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     arguments = {"iterations": 2, "batch_size": 2, **kwargs}
     with pytest.raises(ValueError, match=name):
         train_on_arrays(net, DiffusionConfig(num_train_timesteps=50), images, labels, **arguments)
+
+
+def test_the_schedule_changes_training():
+    """Same seed, same data: the cosine schedule (warm-up from 1/25 of the rate) and a constant rate end apart."""
+    weights = {}
+    for schedule in LR_SCHEDULES:
+        net, images, labels = _tiny_task()
+        train_on_arrays(
+            net, DiffusionConfig(num_train_timesteps=50), images, labels, iterations=4, batch_size=2,
+            learning_rate=1e-3, lr_schedule=schedule, log_every=0,
+        )  # fmt: skip
+        weights[schedule] = [p.detach().clone() for p in net.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(weights["cosine"], weights["constant"]))
