@@ -458,7 +458,9 @@ class SliceTrainer:
         if kind == "diffusion":
             diffusion = diffusion or sample_diffusion_config()
             scheduler = make_scheduler(diffusion, "ddpm")
-            prepare = SegDiffusionPrepareBatch(scheduler, network.num_classes, diffusion.prediction_type)
+            prepare = SegDiffusionPrepareBatch(
+                scheduler, network.num_classes, diffusion.prediction_type, background=network.config["background_channel"]
+            )
             self.loss = lambda batch: diffusion_loss(network, scheduler, prepare, batch, self.device)
         elif kind == "unet":
             dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)

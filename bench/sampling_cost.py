@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medsegdiff.diffusion import make_scheduler, set_sampling_steps
+from medsegdiff.diffusion import make_scheduler
 from medsegdiff.metrics import dice_per_class
 from medsegdiff.sampling import EnsembleSampler
 
@@ -70,9 +70,9 @@ def _sequential_ddpm_step_seconds(network: nn.Module, diffusion, image: torch.Te
     """Seconds per step of one original-protocol chain: DDPM, batch 1, the whole network every step."""
     device = image.device
     scheduler = make_scheduler(diffusion, "ddpm")
-    set_sampling_steps(scheduler, diffusion.num_train_timesteps, device)
+    scheduler.set_timesteps(diffusion.num_train_timesteps, device=device)  # all T steps: MONAI's t -> t-1 update is exact
     generator = torch.Generator(device=device).manual_seed(0)
-    x = torch.randn((1, network.num_classes, *image.shape[2:]), generator=generator, device=device)
+    x = torch.randn((1, network.out_channels, *image.shape[2:]), generator=generator, device=device)
     timesteps = scheduler.timesteps[: steps + 2]
     with torch.no_grad():
         for i, t in enumerate(timesteps):

@@ -123,3 +123,36 @@ def test_bad_arguments_raise_value_error_naming_value():
         net(torch.randn(1, 3, 16, 16), torch.tensor([1]), context=torch.randn(1, 1, 16, 16))
     with pytest.raises(ValueError, match="image has 2 channels"):
         net(torch.randn(1, 1, 16, 16), torch.tensor([1]), context=torch.randn(1, 2, 16, 16))
+
+
+@pytest.mark.parametrize("skip_source", ["mask", "fused", "concat"])
+def test_skip_source_changes_what_the_decoder_sees(skip_source):
+    torch.manual_seed(0)
+    net = MedSegDiffUNet(
+        2, 1, 1, (16, 16), channels=(8, 16), attention_levels=(False, False), norm_num_groups=4, skip_source=skip_source
+    ).eval()
+    x, t = torch.randn(1, 1, 16, 16), torch.tensor([3])
+    image_a, image_b = torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16, 16)
+    features = {}
+    net.decoder_blocks[-1][0].register_forward_hook(lambda m, i, o: features.setdefault("in", []).append(i[0]))
+    with torch.no_grad():
+        net(x, t, context=image_a), net(x, t, context=image_b)
+    skip_a, skip_b = (f[:, 8:] for f in features["in"])  # the level-0 skip half of the decoder input
+    expected_width = 16 if skip_source == "concat" else 8
+    assert skip_a.shape[1] == expected_width
+    # with mask skips the level-0 skip does not depend on the image; with fused/concat it does
+    assert torch.equal(skip_a, skip_b) == (skip_source == "mask")
+
+
+def test_background_channel_and_context_slices_size_the_network():
+    net = MedSegDiffUNet(2, 1, 3, (16, 16), channels=(8, 16), attention_levels=(False, False), norm_num_groups=4,
+                         background_channel=True, context_slices=2)
+    assert net.out_channels == 4 and net.image_channels == 5
+    out = net(torch.randn(2, 4, 16, 16), torch.tensor([1, 2]), context=torch.randn(2, 5, 16, 16))
+    assert out.shape == (2, 4, 16, 16)
+    with pytest.raises(ValueError, match="expects 5"):
+        net(torch.randn(2, 4, 16, 16), torch.tensor([1, 2]), context=torch.randn(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="skip_source"):
+        MedSegDiffUNet(2, skip_source="image")
+    with pytest.raises(ValueError, match="context_slices"):
+        MedSegDiffUNet(3, spatial_size=(8, 8, 8), context_slices=1)

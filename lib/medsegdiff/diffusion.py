@@ -20,7 +20,6 @@ __all__ = [
     "DiffusionConfig",
     "SAMPLERS",
     "make_scheduler",
-    "set_sampling_steps",
     "labels_to_diffusion_target",
     "diffusion_to_probabilities",
     "SegDiffusionPrepareBatch",
@@ -69,38 +68,35 @@ def make_scheduler(config: DiffusionConfig, sampler: str = "ddim") -> Scheduler:
     )
 
 
-def set_sampling_steps(scheduler: Scheduler, num_inference_steps: int, device: torch.device | str | None = None) -> None:
-    """Prepare ``scheduler`` for ``num_inference_steps`` steps.
+def labels_to_diffusion_target(labels: torch.Tensor, num_classes: int, background: bool = False) -> torch.Tensor:
+    """Integer labels (B, 1, *spatial) with values 0..C → one-hot channels in [-1, 1].
 
-    For DDIM the steps are spaced "trailing" (T-1, T-1-s, …, with stride s = T // k): MONAI's ``DDIMScheduler.step``
-    moves from t to t - T // k, so this spacing keeps the visited steps and the steps the update assumes equal
-    (its own linspace spacing does not), and the first step always starts from pure noise (t = T-1), which
-    matters for 1-2 step sampling.
+    Args:
+        background: also diffuse the background channel (C + 1 channels, background first); else C channels.
     """
-    num_train = scheduler.num_train_timesteps
-    if not 1 <= num_inference_steps <= num_train:
-        raise ValueError(f"num_inference_steps must be in [1, {num_train}], got {num_inference_steps}")
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    if isinstance(scheduler, DDIMScheduler):
-        stride = num_train // num_inference_steps
-        steps = num_train - 1 - stride * torch.arange(num_inference_steps, device=device)
-        scheduler.timesteps = steps.long()
-
-
-def labels_to_diffusion_target(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Integer labels (B, 1, *spatial) with values 0..C → one-hot foreground channels (B, C, *spatial) in [-1, 1]."""
     if labels.shape[1] != 1:
         raise ValueError(f"labels must have one channel of class indices, got shape {tuple(labels.shape)}")
     idx = labels[:, 0].long()
     if idx.min() < 0 or idx.max() > num_classes:
         raise ValueError(f"label values must lie in 0..{num_classes}, found {int(idx.min())}..{int(idx.max())}")
-    onehot = F.one_hot(idx, num_classes + 1).movedim(-1, 1)[:, 1:]
-    return onehot.float() * 2.0 - 1.0
+    onehot = F.one_hot(idx, num_classes + 1).movedim(-1, 1)
+    return (onehot if background else onehot[:, 1:]).float() * 2.0 - 1.0
 
 
-def diffusion_to_probabilities(x0: torch.Tensor) -> torch.Tensor:
-    """Map a denoised mask estimate in [-1, 1] to per-class foreground probabilities in [0, 1]."""
-    return ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)
+def diffusion_to_probabilities(x0: torch.Tensor, background: bool = False, dim: int = 1) -> torch.Tensor:
+    """Map a denoised mask estimate in [-1, 1] to per-class foreground probabilities in [0, 1].
+
+    Args:
+        x0: (…, C, *spatial) foreground channels, or (…, C + 1, *spatial) with the background first.
+        background: ``x0`` has the background channel: the C + 1 values are normalised to a distribution and
+            its foreground part returned, so a class is chosen by argmax over all C + 1 (small classes survive).
+        dim: the channel dimension of ``x0``.
+    """
+    probs = ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)
+    if not background:
+        return probs
+    dist = (probs + 1e-6) / (probs + 1e-6).sum(dim=dim, keepdim=True)
+    return dist.narrow(dim, 1, dist.shape[dim] - 1)
 
 
 class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
@@ -114,15 +110,19 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
         scheduler: the training scheduler (for v-prediction targets).
         num_classes: foreground classes C.
         prediction_type: ``epsilon``, ``sample`` or ``v_prediction``.
+        background: diffuse the background channel too (networks with ``background_channel=True``).
     """
 
-    def __init__(self, scheduler: Scheduler, num_classes: int, prediction_type: str = "epsilon") -> None:
+    def __init__(
+        self, scheduler: Scheduler, num_classes: int, prediction_type: str = "epsilon", background: bool = False
+    ) -> None:
         super().__init__(num_train_timesteps=scheduler.num_train_timesteps, condition_name="image")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         self.scheduler = scheduler
         self.num_classes = num_classes
         self.prediction_type = prediction_type
+        self.background = background
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.prediction_type == "sample":
@@ -134,7 +134,7 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
     def __call__(
         self, batchdata: Mapping[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        x0 = labels_to_diffusion_target(torch.as_tensor(batchdata["label"]), self.num_classes)
+        x0 = labels_to_diffusion_target(torch.as_tensor(batchdata["label"]), self.num_classes, self.background)
         x0 = x0.to(device=device, non_blocking=non_blocking)
         noise = self.get_noise(x0)
         timesteps = self.get_timesteps(x0)

@@ -1,8 +1,10 @@
 """Whole-volume inference: a MONAI ``Inferer`` that runs the diffusion ensemble over a 3D volume.
 
-A 2D network runs slice by slice (MONAI ``SliceInferer``, slices batched); a 3D network runs on sliding
-windows of its training patch size (MONAI ``SlidingWindowInferer``, Gaussian blending). Both return the fused
-probabilities, the label and the uncertainty of the whole volume.
+A 2D network runs slice by slice (slices batched, each slice's global index seeding its noise, neighbour
+slices stacked as channels for a 2.5D network); a 3D network runs on sliding windows of its training patch size
+(MONAI ``SlidingWindowInferer``, Gaussian blending; each window's position seeds its noise). A result is
+therefore the same for any slice batch size or member chunking. Both return the fused probabilities, the label
+and the uncertainty of the whole volume.
 """
 
 from __future__ import annotations
@@ -10,14 +12,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from monai.inferers import Inferer, SliceInferer, SlidingWindowInferer
+from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import convert_to_tensor
 from torch import nn
+from tqdm import tqdm
 
 from .fusion import probabilities_to_labels
 from .sampling import EnsembleSampler
 
-__all__ = ["MedSegDiffInferer"]
+__all__ = ["MedSegDiffInferer", "slice_stack"]
+
+_OUTPUTS = ("probs", "entropy", "variance")
+
+
+def slice_stack(volume: torch.Tensor, indices: Sequence[int], context_slices: int) -> torch.Tensor:
+    """Slices ``indices`` of ``volume`` (C, S, H, W) with ``context_slices`` neighbours per side as channels.
+
+    Neighbours beyond the first/last slice repeat the edge slice. Returns (len(indices), C * (2k + 1), H, W),
+    channels ordered slice-major (s − k … s + k), each slice's C channels together.
+    """
+    last = volume.shape[1] - 1
+    offsets = range(-context_slices, context_slices + 1)
+    picks = torch.tensor([[min(max(s + o, 0), last) for o in offsets] for s in indices], device=volume.device)
+    stacked = volume[:, picks]  # (C, n, 2k+1, H, W)
+    return stacked.permute(1, 2, 0, 3, 4).reshape(len(indices), -1, *volume.shape[2:])
 
 
 class MedSegDiffInferer(Inferer):
@@ -25,15 +43,15 @@ class MedSegDiffInferer(Inferer):
 
     Args:
         sampler: the ensemble sampler (steps, members, fusion).
-        seed: seed of member 0 (member m uses seed + m).
+        seed: the seed every chain's noise derives from (with its member index and slice or window position).
         slice_axis: spatial axis (0, 1 or 2) a 2D network slides over.
-        slice_batch_size: slices per batch for a 2D network.
+        slice_batch_size: slices per batch for a 2D network (does not change the result).
         roi_size: window size for a 3D network (defaults to the network's training size).
         overlap: sliding-window overlap for a 3D network.
         progress: show a tqdm bar.
 
     Returns from ``__call__`` a dict with ``probs`` (B, C, …), ``label`` (B, 1, …), ``entropy`` and
-    ``variance`` (B, 1, …), plus ``nfe`` (network evaluations per window/slice batch, summed).
+    ``variance`` (B, 1, …); ``nfe`` holds the network evaluations spent (batched forward passes, summed).
     """
 
     def __init__(
@@ -51,6 +69,8 @@ class MedSegDiffInferer(Inferer):
             raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
         if slice_batch_size < 1:
             raise ValueError(f"slice_batch_size must be >= 1, got {slice_batch_size}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
         self.sampler = sampler
         self.seed = seed
         self.slice_axis = slice_axis
@@ -60,31 +80,56 @@ class MedSegDiffInferer(Inferer):
         self.progress = progress
         self.nfe = 0
 
-    def _segment_window(self, network: nn.Module, window: torch.Tensor) -> dict[str, torch.Tensor]:
-        result = self.sampler(network, window, seed=self.seed)
+    def _sample(self, network: nn.Module, images: torch.Tensor, ids: Sequence[int]) -> dict[str, torch.Tensor]:
+        result = self.sampler(network, images, seed=self.seed, sample_ids=ids)
         self.nfe += result.nfe
-        return {"probs": result.probs, "entropy": result.entropy, "variance": result.variance}
+        return {key: getattr(result, key) for key in _OUTPUTS}
+
+    def _slices(self, volume: torch.Tensor, network: nn.Module) -> dict[str, torch.Tensor]:
+        """2D network: every slice of every volume, batched; slice s of volume b has sample id b * S + s."""
+        slices = volume.movedim(2 + self.slice_axis, 2)  # (B, C, S, h, w)
+        count = slices.shape[2]
+        context = int(network.config.get("context_slices", 0))
+        jobs = [(b, s) for b in range(slices.shape[0]) for s in range(count)]
+        parts: dict[str, list[torch.Tensor]] = {key: [] for key in _OUTPUTS}
+        batches = range(0, len(jobs), self.slice_batch_size)
+        for first in tqdm(batches, disable=not self.progress):
+            batch = jobs[first : first + self.slice_batch_size]
+            images = torch.cat([slice_stack(slices[b], [s], context) for b, s in batch])
+            out = self._sample(network, images, [b * count + s for b, s in batch])
+            for key in _OUTPUTS:
+                parts[key].append(out[key])
+        result = {}
+        for key, chunks in parts.items():
+            flat = torch.cat(chunks)  # (B * S, ch, h, w)
+            per_volume = flat.reshape(slices.shape[0], count, *flat.shape[1:]).movedim(1, 2)
+            result[key] = per_volume.movedim(2, 2 + self.slice_axis)
+        return result
+
+    def _windows(self, volume: torch.Tensor, network: nn.Module) -> dict[str, torch.Tensor]:
+        """3D network: sliding windows; a window's start position (and volume index) is its sample id."""
+        roi = tuple(self.roi_size or network.config["spatial_size"])
+        size = volume.shape[2:]
+        window_inferer = SlidingWindowInferer(
+            roi_size=roi, sw_batch_size=1, overlap=self.overlap, mode="gaussian", progress=self.progress, with_coord=True
+        )
+        outputs = []
+        for b in range(volume.shape[0]):
+
+            def predict(window: torch.Tensor, locations: Sequence[Sequence[slice]], b: int = b) -> dict:
+                ids = [((b * size[0] + loc[-3].start) * size[1] + loc[-2].start) * size[2] + loc[-1].start for loc in locations]
+                return self._sample(network, window, ids)
+
+            outputs.append(window_inferer(volume[b : b + 1], predict))
+        return {key: torch.cat([o[key] for o in outputs]) for key in _OUTPUTS}
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> dict[str, torch.Tensor]:
         if inputs.ndim != 5:
             raise ValueError(f"inputs must be a (B, C, H, W, D) volume, got shape {tuple(inputs.shape)}")
         self.nfe = 0
-        if network.spatial_dims == 2:
-            in_plane = [s for axis, s in enumerate(inputs.shape[2:]) if axis != self.slice_axis]
-            window_inferer: SlidingWindowInferer = SliceInferer(
-                spatial_dim=self.slice_axis,
-                roi_size=in_plane,
-                sw_batch_size=self.slice_batch_size,
-                progress=self.progress,
-            )
-        else:
-            roi = tuple(self.roi_size or network.config["spatial_size"])
-            window_inferer = SlidingWindowInferer(
-                roi_size=roi, sw_batch_size=1, overlap=self.overlap, mode="gaussian", progress=self.progress
-            )
         # plain tensor: MetaTensor's __torch_function__ would slow down every op of every sampling step
         volume = convert_to_tensor(inputs, track_meta=False).float()
         with torch.no_grad():
-            out = window_inferer(volume, lambda x: self._segment_window(network, x))
+            out = self._slices(volume, network) if network.spatial_dims == 2 else self._windows(volume, network)
         out["label"] = probabilities_to_labels(out["probs"])
         return out

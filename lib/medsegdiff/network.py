@@ -6,7 +6,14 @@ The network estimates the diffusion step ε_θ(x_t, I, t) for a noisy mask x_t g
                                        └► fusion L0: m_I + A(m_I, FFParser(m_x)) ◄───────────────┤ skip 0
                   down ► image blocks L1 ► fusion L1 ◄──────────────────────────── down ► mask blocks L1 (t) ┤ skip 1
                   ...                                                                   ...
-    bottleneck: E_I + E_x ► Res(t) ► Attention ► Res(t) ► decoder (skips from the mask encoder) ► ε / x0 / v
+    bottleneck: E_I + E_x ► Res(t) ► Attention ► Res(t) ► decoder (skips: see ``skip_source``) ► ε / x0 / v
+
+Switches (each measured in the bench, see the README's "differences from the paper"): ``skip_source`` — what
+the decoder's skip connections carry (``"mask"``: the mask encoder's features, as in the paper's code;
+``"fused"``: mask + fused image features; ``"concat"``: both side by side); ``background_channel`` — diffuse
+C + 1 one-hot channels with the background explicit (argmax over all) instead of C foreground channels;
+``context_slices`` — k neighbour slices on each side stacked as image channels (2.5D; the image then has
+``in_channels * (2k + 1)`` channels).
 
 Only the level-0 image branch depends on I alone; :meth:`MedSegDiffUNet.encode_image` computes it once per
 image and :meth:`forward` reuses it through ``image_features`` across sampling steps and ensemble members.
@@ -25,7 +32,9 @@ from torch import nn
 
 from .blocks import AttentionBlock, AttentiveFusion, Downsample, ResidualBlock, TimestepEmbedding, Upsample
 
-__all__ = ["MedSegDiffUNet"]
+__all__ = ["MedSegDiffUNet", "SKIP_SOURCES"]
+
+SKIP_SOURCES = ("mask", "fused", "concat")
 
 
 class MedSegDiffUNet(nn.Module):
@@ -43,6 +52,9 @@ class MedSegDiffUNet(nn.Module):
         num_head_channels: channels per attention head.
         time_injection: ``"adagn"`` (scale/shift of the group norm) or ``"add"``.
         use_ff_parser: False ablates the FF-Parser (attentive fusion stays).
+        skip_source: ``"mask"``, ``"fused"`` or ``"concat"`` (what the decoder skips carry).
+        background_channel: diffuse an explicit background channel (C + 1 mask channels).
+        context_slices: neighbour slices per side given as extra image channels (2D networks only).
     """
 
     def __init__(
@@ -58,6 +70,9 @@ class MedSegDiffUNet(nn.Module):
         num_head_channels: int = 32,
         time_injection: str = "adagn",
         use_ff_parser: bool = True,
+        skip_source: str = "mask",
+        background_channel: bool = False,
+        context_slices: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -69,6 +84,10 @@ class MedSegDiffUNet(nn.Module):
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if skip_source not in SKIP_SOURCES:
+            raise ValueError(f"skip_source must be one of {SKIP_SOURCES}, got {skip_source!r}")
+        if context_slices < 0 or (context_slices and spatial_dims != 2):
+            raise ValueError(f"context_slices must be >= 0 and only set for 2D networks, got {context_slices}")
         self.config: dict[str, Any] = {
             "spatial_dims": spatial_dims,
             "in_channels": in_channels,
@@ -81,10 +100,16 @@ class MedSegDiffUNet(nn.Module):
             "num_head_channels": num_head_channels,
             "time_injection": time_injection,
             "use_ff_parser": use_ff_parser,
+            "skip_source": skip_source,
+            "background_channel": bool(background_channel),
+            "context_slices": int(context_slices),
         }
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.num_classes = num_classes
+        self.out_channels = num_classes + 1 if background_channel else num_classes
+        self.image_channels = in_channels * (2 * context_slices + 1)
+        self.skip_source = skip_source
         self.divisor = 2 ** (len(channels) - 1)
         conv = Conv[Conv.CONV, spatial_dims]
         emb_dim = 4 * channels[0]
@@ -96,8 +121,8 @@ class MedSegDiffUNet(nn.Module):
             )
 
         padded = [math.ceil(s / self.divisor) * self.divisor for s in spatial_size]
-        self.image_stem = conv(in_channels, channels[0], kernel_size=3, padding=1)
-        self.mask_stem = conv(num_classes, channels[0], kernel_size=3, padding=1)
+        self.image_stem = conv(self.image_channels, channels[0], kernel_size=3, padding=1)
+        self.mask_stem = conv(self.out_channels, channels[0], kernel_size=3, padding=1)
         self.image_down, self.mask_down = nn.ModuleList(), nn.ModuleList()
         self.image_blocks, self.mask_blocks = nn.ModuleList(), nn.ModuleList()
         self.mask_attention, self.fusions = nn.ModuleList(), nn.ModuleList()
@@ -117,12 +142,13 @@ class MedSegDiffUNet(nn.Module):
         self.decoder_blocks, self.decoder_attention, self.decoder_up = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for level in reversed(range(len(channels))):
             ch = channels[level]
-            blocks = [res(2 * ch, ch)] + [res(ch, ch) for _ in range(num_res_blocks - 1)]
+            skip_ch = 2 * ch if skip_source == "concat" else ch
+            blocks = [res(ch + skip_ch, ch)] + [res(ch, ch) for _ in range(num_res_blocks - 1)]
             self.decoder_blocks.append(nn.ModuleList(blocks))
             self.decoder_attention.append(AttentionBlock(ch, num_head_channels) if attention_levels[level] else nn.Identity())
             self.decoder_up.append(Upsample(spatial_dims, ch, channels[level - 1]) if level else nn.Identity())
         self.head = nn.Sequential(
-            nn.GroupNorm(norm_num_groups, channels[0]), nn.SiLU(), conv(channels[0], num_classes, kernel_size=3, padding=1)
+            nn.GroupNorm(norm_num_groups, channels[0]), nn.SiLU(), conv(channels[0], self.out_channels, kernel_size=3, padding=1)
         )
 
     # ------------------------------------------------------------------ helpers
@@ -139,10 +165,17 @@ class MedSegDiffUNet(nn.Module):
         if x.shape[1] != channels:
             raise ValueError(f"{name} has {x.shape[1]} channels, the network expects {channels}")
 
+    def _skip(self, h_mask: torch.Tensor, h_image: torch.Tensor) -> torch.Tensor:
+        if self.skip_source == "fused":
+            return h_mask + h_image
+        if self.skip_source == "concat":
+            return torch.cat([h_mask, h_image], dim=1)
+        return h_mask
+
     # ------------------------------------------------------------------ API
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """The image-only part (image stem + level-0 image blocks): compute once per image, reuse per step."""
-        self._check("image", image, self.in_channels)
+        self._check("image", image, self.image_channels)
         h = self.image_stem(self._pad(image))
         for block in self.image_blocks[0]:
             h = block(h)
@@ -158,12 +191,12 @@ class MedSegDiffUNet(nn.Module):
         """Estimate ε (or x0 / v, depending on training) for the noisy mask ``x``.
 
         Args:
-            x: noisy mask x_t, (B, num_classes, *spatial).
+            x: noisy mask x_t, (B, out_channels, *spatial).
             timesteps: (B,) integer diffusion steps.
             context: the image I, (B, in_channels, *spatial) (named as in ``monai.inferers.DiffusionInferer``).
             image_features: output of :meth:`encode_image`, to skip recomputing it (then ``context`` is unused).
         """
-        self._check("x", x, self.num_classes)
+        self._check("x", x, self.out_channels)
         if image_features is None:
             if context is None:
                 raise ValueError("pass the image as context= or its encode_image() output as image_features=")
@@ -174,7 +207,10 @@ class MedSegDiffUNet(nn.Module):
             raise ValueError(
                 f"image features {tuple(image_features.shape)} do not match the noisy mask {tuple(x.shape)}"
             )
-        emb = self.time_embedding(timesteps.reshape(-1).expand(x.shape[0]))
+        timesteps = timesteps.reshape(-1).expand(x.shape[0])
+        # one shared step (sampling): embed it once and broadcast, so every chain's result is independent of the
+        # batch it runs in (a GEMM's rounding depends on its row count)
+        emb = self.time_embedding(timesteps[:1] if bool((timesteps == timesteps[0]).all()) else timesteps)
 
         skips = []
         h_mask, h_image = self.mask_stem(x), image_features
@@ -188,7 +224,7 @@ class MedSegDiffUNet(nn.Module):
                 for block in self.image_blocks[level]:
                     h_image = block(h_image)
             h_image = self.fusions[level](h_image, h_mask)
-            skips.append(h_mask)
+            skips.append(self._skip(h_mask, h_image))
 
         h = h_mask + h_image  # bottleneck: E_t^I + E_t^x
         h = self.middle[2](self.middle[1](self.middle[0](h, emb)), emb)

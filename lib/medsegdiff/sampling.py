@@ -1,24 +1,38 @@
 """Ensemble sampling: N reverse-diffusion chains per image, fused into one label with uncertainty.
 
 The members of the ensemble run as one batch per step (one network evaluation per step for all members) or
-in chunks of ``member_batch_size`` (chunking bounds memory for large 3D patches). Member m draws
-its noise from its own ``torch.Generator`` seeded with ``seed + m``, so each member is reproducible on its own.
+in chunks of ``member_batch_size`` (chunking bounds memory for large 3D patches). Every (member m, sample j)
+chain draws its noise from its own ``torch.Generator`` seeded from ``(seed, m, sample_ids[j])`` only, so a
+result does not depend on how slices or members are batched: pass each slice's global index as its sample id.
+(The noise is bit-identical; the network's batched matrix products round in the last bit differently for
+other batch sizes on CPU, so probabilities agree to ~1e-6 and labels are identical.)
 The image-only features are computed once per image and reused by every step and member.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from .device import autocast
-from .diffusion import SAMPLERS, DiffusionConfig, diffusion_to_probabilities, make_scheduler, set_sampling_steps
+from .diffusion import DiffusionConfig, diffusion_to_probabilities
 from .fusion import FUSIONS, fuse, probabilities_to_labels
+from .schedulers import RespacedScheduler
 from .uncertainty import member_variance, predictive_entropy
 
-__all__ = ["SegmentationResult", "EnsembleSampler"]
+__all__ = ["SegmentationResult", "EnsembleSampler", "chain_generator"]
+
+
+def chain_generator(seed: int, member: int, sample_id: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of one chain, seeded from (seed, member, sample id) through numpy's ``SeedSequence``."""
+    if min(seed, member, sample_id) < 0:
+        raise ValueError(f"seed, member and sample id must be >= 0, got {seed}, {member}, {sample_id}")
+    state = np.random.SeedSequence([seed, member, sample_id]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state))
 
 
 @dataclass
@@ -49,12 +63,12 @@ class EnsembleSampler:
 
     Args:
         diffusion: the diffusion configuration the network was trained with.
-        sampler: ``"ddim"`` (deterministic, few steps) or ``"ddpm"`` (ancestral, typically all T steps).
+        sampler: ``"ddim"`` or ``"ddpm"`` (respaced to ``num_inference_steps``; see :mod:`medsegdiff.schedulers`).
         num_inference_steps: reverse steps per member (1..T).
         num_ensemble: members N (≥ 1).
         fusion: ``"mean"``, ``"vote"`` or ``"staple"``.
         member_batch_size: members per forward pass; ``None`` = all members in one batch.
-        eta: DDIM stochasticity (0 = deterministic after the initial noise).
+        eta: DDIM stochasticity in [0, 1] (0 = deterministic after the initial noise).
         amp: float16 autocast on CUDA.
     """
 
@@ -69,20 +83,14 @@ class EnsembleSampler:
         eta: float = 0.0,
         amp: bool = False,
     ) -> None:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if not isinstance(num_inference_steps, int) or not 1 <= num_inference_steps <= diffusion.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps must be an integer in [1, {diffusion.num_train_timesteps}], got {num_inference_steps!r}"
-            )
+        # validates sampler, steps and eta
+        self.scheduler = RespacedScheduler(diffusion, sampler, num_inference_steps, eta)
         if not isinstance(num_ensemble, int) or num_ensemble < 1:
             raise ValueError(f"num_ensemble must be an integer >= 1, got {num_ensemble!r}")
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if member_batch_size is not None and member_batch_size < 1:
             raise ValueError(f"member_batch_size must be >= 1 or None, got {member_batch_size!r}")
-        if eta < 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
         self.diffusion = diffusion
         self.sampler = sampler
         self.num_inference_steps = num_inference_steps
@@ -93,57 +101,68 @@ class EnsembleSampler:
         self.amp = amp
 
     @torch.no_grad()
-    def __call__(self, network: nn.Module, image: torch.Tensor, seed: int = 0) -> SegmentationResult:
-        """Segment a batch of images (B, in_channels, *spatial) with the whole ensemble."""
-        member_probs, nfe = self.sample_members(network, image, seed)
+    def __call__(
+        self, network: nn.Module, image: torch.Tensor, seed: int = 0, sample_ids: Sequence[int] | None = None
+    ) -> SegmentationResult:
+        """Segment a batch of images (B, in_channels, *spatial) with the whole ensemble.
+
+        Args:
+            sample_ids: one id per image (e.g. the global slice index) that seeds its noise; default 0..B-1.
+        """
+        member_probs, nfe = self.sample_members(network, image, seed, sample_ids)
         probs = fuse(member_probs, self.fusion)
-        mean_probs = member_probs.mean(dim=0)
         return SegmentationResult(
             probs=probs,
             label=probabilities_to_labels(probs),
-            entropy=predictive_entropy(mean_probs),
+            entropy=predictive_entropy(member_probs.mean(dim=0)),
             variance=member_variance(member_probs),
             member_probs=member_probs,
             nfe=nfe,
             member_evaluations=self.num_inference_steps * self.num_ensemble,
         )
 
-    def sample_members(self, network: nn.Module, image: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, int]:
+    def sample_members(
+        self, network: nn.Module, image: torch.Tensor, seed: int = 0, sample_ids: Sequence[int] | None = None
+    ) -> tuple[torch.Tensor, int]:
         """Run every member's chain; returns member probabilities (N, B, C, *spatial) and the NFE spent."""
+        ids = list(range(image.shape[0])) if sample_ids is None else [int(i) for i in sample_ids]
+        if len(ids) != image.shape[0]:
+            raise ValueError(f"{len(ids)} sample ids for a batch of {image.shape[0]} images")
         features = network.encode_image(image)  # image-only part: once per image
         members, nfe = [], 0
         for first in range(0, self.num_ensemble, self.member_batch_size):
-            ids = range(first, min(first + self.member_batch_size, self.num_ensemble))
-            x0, calls = self.denoise(network, features, tuple(image.shape[2:]), [seed + m for m in ids])
-            members.extend(x0.chunk(len(ids)))
+            chunk = range(first, min(first + self.member_batch_size, self.num_ensemble))
+            x0, calls = self.denoise(network, features, tuple(image.shape[2:]), seed, list(chunk), ids)
+            members.extend(x0.chunk(len(chunk)))
             nfe += calls
-        return diffusion_to_probabilities(torch.stack(members).float()), nfe
+        background = bool(getattr(network, "config", {}).get("background_channel", False))
+        return diffusion_to_probabilities(torch.stack(members).float(), background, dim=2), nfe
 
     def denoise(
-        self, network: nn.Module, features: torch.Tensor, spatial_shape: tuple[int, ...], seeds: list[int]
+        self,
+        network: nn.Module,
+        features: torch.Tensor,
+        spatial_shape: tuple[int, ...],
+        seed: int,
+        members: list[int],
+        sample_ids: list[int],
     ) -> tuple[torch.Tensor, int]:
-        """Reverse diffusion for len(seeds) members batched together (member-major); returns x0 and the NFE."""
-        device, batch = features.device, features.shape[0]
-        shape = (batch, network.num_classes, *spatial_shape)
-        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-        scheduler = make_scheduler(self.diffusion, self.sampler)
-        set_sampling_steps(scheduler, self.num_inference_steps, device)
-        features = features.repeat(len(seeds), *([1] * (features.ndim - 1)))
-        # 1. start every member from its own noise
-        x = torch.cat([torch.randn(shape, generator=g, device=device) for g in generators])
-        x0 = x
-        for t in scheduler.timesteps:
-            # 2. one network evaluation for all members of this batch
-            with autocast(device, self.amp):
-                model_output = network(x, t.expand(x.shape[0]), image_features=features).float()
-            # 3. x_t -> x_{t-1}, each member with its own generator
-            x, x0 = self._step(scheduler, model_output, int(t), x, generators)
-        return x0, len(scheduler.timesteps)
+        """Reverse diffusion for ``members`` batched together (member-major); returns x0 and the NFE."""
+        device = features.device
+        shape = (network.out_channels, *spatial_shape)
+        generators = [chain_generator(seed, m, j, device) for m in members for j in sample_ids]
+        features = features.repeat(len(members), *([1] * (features.ndim - 1)))
 
-    def _step(self, scheduler, model_output, t, x, generators):
-        kwargs = {"eta": self.eta} if self.sampler == "ddim" else {}
-        steps = [
-            scheduler.step(out, t, sample, generator=g, **kwargs)
-            for out, sample, g in zip(model_output.chunk(len(generators)), x.chunk(len(generators)), generators)
-        ]
-        return torch.cat([s[0] for s in steps]), torch.cat([s[1] for s in steps])
+        def noise() -> torch.Tensor:
+            return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
+
+        scheduler = self.scheduler
+        x = noise()  # 1. every chain starts from its own noise
+        x0 = x
+        for index, t in enumerate(scheduler.timesteps.tolist()):
+            # 2. one network evaluation for all chains of this batch
+            with autocast(device, self.amp):
+                model_output = network(x, torch.full((x.shape[0],), t, device=device), image_features=features)
+            # 3. x_t -> x_prev (fresh noise from each chain's own generator when the sampler is stochastic)
+            x, x0 = scheduler.step(model_output.float(), index, x, noise() if scheduler.stochastic else None)
+        return x0, len(scheduler.timesteps)

@@ -88,7 +88,9 @@ def train_on_arrays(
     rng = np.random.default_rng(seed)
     transform = segmentation_augmentations(network.spatial_dims) if augment else None
     scheduler = make_scheduler(diffusion, "ddpm")
-    prepare = SegDiffusionPrepareBatch(scheduler, network.num_classes, diffusion.prediction_type)
+    prepare = SegDiffusionPrepareBatch(
+        scheduler, network.num_classes, diffusion.prediction_type, background=network.config["background_channel"]
+    )
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = None
     if lr_schedule == "cosine":

@@ -252,8 +252,10 @@ class MedSegDiffTrain(BasicTrainTask):
         )
 
     def _create_trainer(self, context: Context):
+        network = unwrap(context.network)
         prepare_batch = SegDiffusionPrepareBatch(
-            context.scheduler, unwrap(context.network).num_classes, context.diffusion.prediction_type
+            context.scheduler, network.num_classes, context.diffusion.prediction_type,
+            background=network.config["background_channel"],
         )
         return SupervisedTrainer(
             device=context.device,
