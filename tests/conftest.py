@@ -94,7 +94,7 @@ def _copy_sample_files(target: Path) -> bool:
     return True
 
 
-def _dev_checkpoint(path: Path) -> Path:
+def dev_checkpoint(path: Path) -> Path:
     """An untrained network with the sample model's configuration (for a server without the committed one)."""
     import torch
 
@@ -131,20 +131,22 @@ def start_server(
     drop_env_prefixes: tuple[str, ...] = (),
     is_up: Callable[[requests.Response], bool] = _answers_info,
     timeout_s: float = START_TIMEOUT_S,
+    initial_checkpoint: Path | None = None,
 ) -> MonaiLabelServer:
     """Start ``monailabel start_server`` on ``datastore`` with the MedSegDiff app; return once it is up.
 
     Checkpoints go to ``root/models``; the log ``root/server.log`` is appended to, so a restarted server on the
     same datastore keeps one log. ``env`` is added to this process's environment after removing the variables
     that start with one of ``drop_env_prefixes``; ``is_up(response of GET /info/)`` says when it is ready
-    (``200`` by default). Stop it with :func:`stop_server` or :func:`kill_server`.
+    (``200`` by default). ``initial_checkpoint`` replaces the committed sample model as the served one.
+    Stop it with :func:`stop_server` or :func:`kill_server`.
     """
-    trained = COMMITTED_CHECKPOINT.is_file()
-    checkpoint = COMMITTED_CHECKPOINT
-    if not trained:
+    trained = COMMITTED_CHECKPOINT.is_file() and initial_checkpoint is None
+    checkpoint = initial_checkpoint or COMMITTED_CHECKPOINT
+    if not trained and initial_checkpoint is None:
         checkpoint = root / "dev_medsegdiff_2d.pt"
         if not checkpoint.is_file():
-            _dev_checkpoint(checkpoint)
+            dev_checkpoint(checkpoint)
     model_dir = root / "models"
     port = _free_port()
     command = [

@@ -32,10 +32,13 @@ def save_checkpoint(
     diffusion: DiffusionConfig,
     metadata: dict[str, Any] | None = None,
     weights_dtype: torch.dtype | None = None,
+    training_state: dict[str, Any] | None = None,
 ) -> Path:
     """Atomically write ``network`` (weights + config), ``diffusion`` and ``metadata`` to ``path``.
 
     Args:
+        training_state: what resuming needs besides the weights (optimizer and learning-rate schedule state
+            dicts, epoch of the run); stored under ``"training_state"``.
         weights_dtype: store floating-point weights in this dtype (e.g. ``torch.float16`` halves the file of a
             model committed to git); loading casts them back to the network's dtype.
     """
@@ -51,6 +54,8 @@ def save_checkpoint(
         },
         "metadata": dict(metadata or {}),
     }
+    if training_state is not None:
+        payload["training_state"] = training_state
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
         os.chmod(tmp, 0o644)  # a model file is meant to be shared, whatever the umask

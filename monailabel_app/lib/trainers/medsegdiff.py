@@ -3,8 +3,10 @@
 The ``SupervisedTrainer`` gets ``prepare_batch=SegDiffusionPrepareBatch`` (noise the *label*, condition on the
 *image*), ``inferer=DiffusionInferer`` and ``MSELoss``; samples are random slices (2D model) or patches (3D)
 of the datastore's final labels, pre-processed exactly as at inference. Validation samples whole volumes with
-a few-step ensemble and its mean Dice decides ``best.pt``, the checkpoint inference uses. Training resumes from
-``last.pt``. MONAI Label's ``multi_gpu`` path (``torch.multiprocessing.spawn`` + ``torch.distributed``) also runs
+a few-step ensemble; ``best.pt``, the checkpoint inference uses, is written only by an epoch whose Dice beats the
+served model's on the same images (see :mod:`.handlers`). Training resumes from ``last.pt``: weights and
+optimizer state always; an interrupted run (fewer epochs done than it asked for, asked again with the same
+``max_epochs`` and schedule) also continues its epoch count and learning-rate schedule. MONAI Label's ``multi_gpu`` path (``torch.multiprocessing.spawn`` + ``torch.distributed``) also runs
 on CPU workers with the gloo backend.
 """
 
@@ -25,7 +27,7 @@ from monai.inferers import DiffusionInferer, Inferer
 from monai.transforms import AsDiscreted, Compose, SpatialPadd
 from torch import nn
 
-from medsegdiff.checkpoint import load_checkpoint
+from medsegdiff.checkpoint import load_checkpoint, read_checkpoint
 from medsegdiff.diffusion import SegDiffusionPrepareBatch, make_scheduler
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.network import MedSegDiffUNet
@@ -146,13 +148,32 @@ class MedSegDiffTrain(BasicTrainTask):
             start, network, metadata = None, MedSegDiffUNet(**network.config), {**metadata, "trained": False}
         logger.info("%s: training starts from %s", self.files.name, start or "fresh weights")
         context.start_checkpoint, context.start_metadata = start, metadata
+        context.training_state = read_checkpoint(start).get("training_state") if start == self.files.last else None
+        context.resume_epoch = self._resume_epoch(context)
         context.diffusion = diffusion
         context.scheduler = make_scheduler(diffusion, "ddpm")
         return network.train()
 
+    def _resume_epoch(self, context: Context) -> int:
+        """The epoch an interrupted run stopped at, when this request continues it (else 0: a new run)."""
+        state = context.training_state
+        if not state:
+            return 0
+        request = context.request
+        same_run = state["max_epochs"] == request["max_epochs"] and state.get("lr_schedule") == request["lr_schedule"]
+        return int(state["epoch"]) if same_run and state["epoch"] < state["max_epochs"] else 0
+
     def optimizer(self, context: Context):
         lr = context.request["learning_rate"]
-        return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=1e-4)
+        optimizer = torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=1e-4)
+        saved = (context.training_state or {}).get("optimizer")
+        if saved:
+            optimizer.load_state_dict(saved)  # Adam moments and step counts carry over
+            if not context.resume_epoch:  # a new run: its own learning rate and schedule
+                for group in optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] = lr
+            logger.info("%s: optimizer state restored from %s", self.files.name, self.files.last.name)
+        return optimizer
 
     def loss_function(self, context: Context):
         return torch.nn.MSELoss()
@@ -229,10 +250,17 @@ class MedSegDiffTrain(BasicTrainTask):
                 StatsHandler(tag_name="train_loss", output_transform=_loss_value),
                 TensorBoardStatsHandler(log_dir=context.events_dir, tag_name="train_loss", output_transform=_loss_value),
             ]
+        context.lr_scheduler = None
         if context.request["lr_schedule"] == "cosine":
             cosine = torch.optim.lr_scheduler.CosineAnnealingLR(
                 context.optimizer, T_max=context.max_epochs, eta_min=0.01 * context.request["learning_rate"]
             )
+            saved = (context.training_state or {}).get("lr_scheduler")
+            if context.resume_epoch and saved:
+                cosine.load_state_dict(saved)
+                for group, lr in zip(context.optimizer.param_groups, cosine.get_last_lr()):
+                    group["lr"] = lr  # the constructor reset it to the start of the cycle
+            context.lr_scheduler = cosine
             handlers.append(LrScheduleHandler(cosine, print_lr=False, epoch_level=True))
         if context.evaluator:
             handlers.append(ValidationHandler(self._val_interval, validator=context.evaluator, epoch_level=True))
@@ -283,8 +311,11 @@ class MedSegDiffTrain(BasicTrainTask):
             "world_size": context.world_size if context.multi_gpu else 1,
             "lr_schedule": context.request["lr_schedule"],
         }
+        served = self.files.current()
         publisher = CheckpointPublisher(
             self.files, context.network, context.diffusion, context.start_metadata, run,
             key_metric=self.VAL_METRIC_MEAN_DICE, rank=context.local_rank,
+            optimizer=context.optimizer, lr_scheduler=context.lr_scheduler,
+            served=served if served.is_file() else None, resume_epoch=context.resume_epoch,
         )
         publisher.attach(context.trainer, context.evaluator)
