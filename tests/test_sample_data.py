@@ -319,3 +319,14 @@ def test_build_keeps_user_files(tmp_path: Path) -> None:
         "robex_head_lowres.nii.gz", "robex_head_lowres_mask.nii.gz", sd.MANIFEST_NAME,
     ]
     assert sorted(repaired["ids"]) == sorted(result["ids"])
+
+
+def test_brain_slices_with_context_stack_the_neighbours() -> None:
+    plain, labels = sd.brain_slices_2d(sd.load_robex_head(), spacing_mm=6.0, size=(32, 32))
+    stacked, stacked_labels = sd.brain_slices_2d(sd.load_robex_head(), spacing_mm=6.0, size=(32, 32), context_slices=1)
+    assert stacked.shape == (plain.shape[0], 3, 32, 32)
+    np.testing.assert_array_equal(stacked_labels, labels)
+    np.testing.assert_array_equal(stacked[5, 1], plain[5])  # the slice itself in the middle
+    np.testing.assert_array_equal(stacked[5, 0], plain[4])
+    np.testing.assert_array_equal(stacked[5, 2], plain[6])
+    np.testing.assert_array_equal(stacked[0, 0], plain[0])  # the edge repeats

@@ -41,6 +41,7 @@ __all__ = [
     "volume_transforms",
     "min_volume_size",
     "sample_transforms",
+    "SlabToChannelsd",
 ]
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -136,19 +137,41 @@ def min_volume_size(spatial_size: Sequence[int], spatial_dims: int, slice_axis: 
     return [-1 if axis == slice_axis else next(in_plane) for axis in range(3)]
 
 
-def sample_transforms(spatial_size: Sequence[int], spatial_dims: int, slice_axis: int) -> Compose:
+class SlabToChannelsd(MapTransform):
+    """A slab of 2k + 1 slices → the image's slices as channels (slice-major) and the label's middle slice.
+
+    The same layout :func:`medsegdiff.inferer.slice_stack` gives a 2.5D network at inference.
+    """
+
+    def __init__(self, slice_axis: int, context_slices: int) -> None:
+        super().__init__(keys=["image", "label"])
+        self.slice_axis, self.context_slices = slice_axis, context_slices
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        axis = self.slice_axis + 1
+        image = torch.as_tensor(d["image"]).movedim(axis, 1)  # (C, 2k+1, h, w)
+        d["image"] = image.transpose(0, 1).reshape(-1, *image.shape[2:])
+        d["label"] = torch.as_tensor(d["label"]).select(axis, self.context_slices)
+        return d
+
+
+def sample_transforms(spatial_size: Sequence[int], spatial_dims: int, slice_axis: int, context_slices: int = 0) -> Compose:
     """Random training samples from a pre-processed volume: a slice (2D) or a patch (3D), augmented.
 
     2D: one slice along ``slice_axis`` (3 in 4 slices through the label's foreground), centre-cropped or
-    zero-padded to ``spatial_size`` as in ``brain_slices_2d``. 3D: a patch of ``spatial_size``.
+    zero-padded to ``spatial_size`` as in ``brain_slices_2d``; a 2.5D network (``context_slices`` = k) gets
+    the 2k + 1 slices around it as image channels. 3D: a patch of ``spatial_size``.
     """
     keys = ["image", "label"]
     if spatial_dims == 2:
         crop = [-1, -1, -1]
-        crop[slice_axis] = 1
+        crop[slice_axis] = 2 * context_slices + 1
+        to_2d = SlabToChannelsd(slice_axis, context_slices) if context_slices else SqueezeDimd(keys=keys, dim=slice_axis + 1)
         steps = [
+            SpatialPadd(keys=keys, spatial_size=crop),  # volumes thinner than the slab
             RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=crop, pos=3, neg=1, num_samples=1),
-            SqueezeDimd(keys=keys, dim=slice_axis + 1),
+            to_2d,
             ResizeWithPadOrCropd(keys=keys, spatial_size=list(spatial_size)),
         ]
     else:

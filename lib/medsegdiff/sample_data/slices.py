@@ -47,6 +47,7 @@ def brain_slices_2d(
     size: tuple[int, int],
     axis: int = 2,
     min_foreground: float = 0.0,
+    context_slices: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Cut a labelled scan into normalised 2D slices for slice-wise training.
 
@@ -61,9 +62,11 @@ def brain_slices_2d(
         size: Output slice size (H, W).
         axis: Array axis to slice along (2 = axial for RAS volumes).
         min_foreground: Minimum fraction of label > 0 pixels per slice; 0 keeps every slice.
+        context_slices: k neighbour slices per side stacked with each slice (2.5D networks; edges repeat).
 
     Returns:
-        images ``(N, H, W)`` float32 in [0, 1] and labels ``(N, H, W)`` uint8.
+        images ``(N, H, W)`` float32 in [0, 1] (``(N, 2k + 1, H, W)`` with context slices, the slice itself in
+        the middle) and labels ``(N, H, W)`` uint8.
 
     Raises:
         ValueError: the scan has no label, or an argument is out of range.
@@ -80,6 +83,8 @@ def brain_slices_2d(
         raise ValueError(f"Scan '{scan.name}' must be 2D or 3D, got shape {scan.image.shape}")
     if scan.image.ndim == 3 and not -3 <= axis < 3:
         raise ValueError(f"axis must be in [-3, 2] for a 3D scan, got {axis}")
+    if context_slices < 0:
+        raise ValueError(f"context_slices must be >= 0, got {context_slices}")
 
     # 1.-2. normalise on the native grid (the infer task does the same), resample to isotropic spacing
     image, label = normalized_on_grid(scan, spacing_mm)
@@ -97,6 +102,10 @@ def brain_slices_2d(
 
     # 5. foreground filter
     keep = (labels > 0).mean(axis=(1, 2)) >= min_foreground
+    if context_slices:
+        last = len(images) - 1
+        neighbours = [[min(max(i + o, 0), last) for o in range(-context_slices, context_slices + 1)] for i in range(len(images))]
+        images = images[np.asarray(neighbours)]
     return images[keep], labels[keep]
 
 
