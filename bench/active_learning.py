@@ -31,7 +31,11 @@ from medsegdiff.sample_data import Scan, read_manifest
 
 from medsegdiff.training import train_on_arrays
 
-from .common import CAVEAT, Context, GridVolume, Section, finite, md_table, save_figure, segment_diffusion, to_model_grid
+from .context import Context
+from .grid import GridVolume, to_model_grid
+from .report import Section, finite, md_table, save_figure
+from .segment import segment_diffusion
+from .settings import CAVEAT
 
 __all__ = ["run", "region_score"]
 

@@ -24,18 +24,11 @@ from medsegdiff.metrics import dice_per_class, hd95_per_class
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
 
-from .common import (
-    Context,
-    GridVolume,
-    Section,
-    SliceTrainer,
-    finite,
-    make_unet,
-    md_table,
-    segment_diffusion,
-    segment_unet,
-    train_side_by_side,
-)
+from .context import Context
+from .grid import GridVolume
+from .report import Section, finite, md_table
+from .segment import segment_diffusion, segment_unet
+from .trainers import SliceTrainer, make_unet, train_side_by_side
 
 __all__ = ["run", "slab_split"]
 

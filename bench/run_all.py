@@ -20,7 +20,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .common import CAVEAT, Context, environment, md_table
+from .context import Context
+from .machine import environment
+from .report import md_table
+from .settings import CAVEAT
 
 __all__ = ["SECTIONS", "CONTRACT", "main"]
 

@@ -25,7 +25,10 @@ from medsegdiff.diffusion import make_scheduler, set_sampling_steps
 from medsegdiff.metrics import dice_per_class
 from medsegdiff.sampling import EnsembleSampler
 
-from .common import CAVEAT, Context, Section, finite, md_table, save_figure, synchronize
+from .context import Context
+from .machine import synchronize
+from .report import Section, finite, md_table, save_figure
+from .settings import CAVEAT
 
 __all__ = ["run", "held_out_slices"]
 

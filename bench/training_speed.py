@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .common import Context, Section, current_rss_mb, finite, md_table, peak_rss_mb, run_worker, worker_main
+from .context import Context
+from .machine import current_rss_mb, peak_rss_mb, run_worker, worker_main
+from .report import Section, finite, md_table
 
 __all__ = ["run"]
 
@@ -44,7 +46,8 @@ def _work(payload: dict[str, Any]) -> dict[str, Any]:
     from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
     from medsegdiff.training import train_on_arrays
 
-    from .common import SliceTrainer, make_unet, to_model_grid
+    from .grid import to_model_grid
+    from .trainers import SliceTrainer, make_unet
 
     device = torch.device(payload["device"])
     iterations = int(payload["iterations"])

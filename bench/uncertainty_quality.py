@@ -18,7 +18,9 @@ from scipy import ndimage as ndi
 
 from medsegdiff.metrics import dice_per_class, hd95_per_class
 
-from .common import CAVEAT, Context, Section, auroc, finite, md_table, save_figure
+from .context import Context
+from .report import Section, auroc, finite, md_table, save_figure
+from .settings import CAVEAT
 
 __all__ = ["run", "reliability"]
 

@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.active_learning import region_score  # noqa: E402
-from bench.common import GridVolume, auroc, finite, md_table  # noqa: E402
+from bench.grid import GridVolume  # noqa: E402
+from bench.report import auroc, finite, md_table  # noqa: E402
 from bench.cross_subject import slab_split  # noqa: E402
 from bench.run_all import CONTRACT, SECTIONS  # noqa: E402
 from bench.uncertainty_quality import reliability  # noqa: E402
