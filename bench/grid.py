@@ -8,12 +8,12 @@ resample to 3 mm, axial slices centre-padded to 80x80) and results go back to th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from medsegdiff.sample_data import Scan, normalized_on_grid
+from medsegdiff.sample_data import Scan, normalize_intensity, normalized_on_grid
 
 from .settings import SLICE_SIZE, SPACING_MM
 
@@ -40,6 +40,9 @@ class GridVolume:
         native_label: the reference label on the scan's own grid (what the metrics use).
         native_spacing: voxel size of the native grid in mm.
         grid_shape: shape after resampling, before the in-plane fit.
+        num_classes: foreground classes.
+        native_head: the head on the native grid (intensity above 10 % of its range, holes filled): the region
+            "over the head" of the uncertainty metrics, which leaves out the air around it.
     """
 
     name: str
@@ -49,6 +52,21 @@ class GridVolume:
     native_spacing: tuple[float, ...]
     grid_shape: tuple[int, int, int]
     num_classes: int
+    native_head: np.ndarray | None = None
+
+    def slab(self, start: int, stop: int) -> GridVolume:
+        """Axial model-grid slices ``start:stop`` with the native slices whose position falls inside them (for
+        quick runs; the native range is rounded to whole slices)."""
+        gz, nz = self.grid_shape[2], self.native_label.shape[2]
+        position = np.arange(nz) * (gz - 1) / max(nz - 1, 1)
+        native = np.flatnonzero((position >= start - 0.5) & (position < stop - 0.5))
+        na, nb = int(native[0]), int(native[-1]) + 1
+        return replace(
+            self, image=self.image[:, :, start:stop], label=self.label[:, :, start:stop],
+            native_label=self.native_label[:, :, na:nb],
+            native_head=None if self.native_head is None else self.native_head[:, :, na:nb],
+            grid_shape=(*self.grid_shape[:2], stop - start),
+        )
 
     def slices(self, z: Sequence[int] | slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Axial slices as (N, 1, H, W) images and labels (the layout of ``train_on_arrays``)."""
@@ -102,5 +120,13 @@ def to_model_grid(scan: Scan, spacing: float = SPACING_MM, size: Sequence[int] =
         native_spacing=tuple(scan.spacing),
         grid_shape=grid_shape,  # type: ignore[arg-type]
         num_classes=max(len(scan.label_names), 1),
+        native_head=_head_mask(scan.image),
     )
+
+
+def _head_mask(image: np.ndarray) -> np.ndarray:
+    head = ndi.binary_fill_holes(normalize_intensity(image) > 0.1)
+    for z in range(head.shape[2]):
+        head[:, :, z] = ndi.binary_fill_holes(head[:, :, z])
+    return head
 
