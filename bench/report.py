@@ -12,7 +12,7 @@ import numpy as np
 
 from .settings import CAVEAT
 
-__all__ = ["Section", "auroc", "finite", "md_table", "save_figure"]
+__all__ = ["Section", "finite", "md_table", "save_figure"]
 
 
 @dataclass
@@ -25,19 +25,6 @@ class Section:
     figures: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
-
-
-def auroc(scores: np.ndarray, positives: np.ndarray) -> float | None:
-    """Area under the ROC curve of ``scores`` for ``positives`` (Mann-Whitney U, ties averaged)."""
-    from scipy.stats import rankdata
-
-    pos = np.asarray(positives, dtype=bool).ravel()
-    n_pos = int(pos.sum())
-    n_neg = pos.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    ranks = rankdata(np.asarray(scores, dtype=np.float64).ravel())
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def finite(value: Any, digits: int = 4) -> Any:

@@ -104,7 +104,7 @@ QUICK_SETTINGS = Settings(
     eval_slab=4,
     held_out_slices=2,
     ddim_steps=(1, 2),
-    ddpm_quality_steps=10,
+    ddpm_quality_steps=4,
     comparison_slices=1,
     volume_slab_mm=12.0,
     al_seeds=1,
@@ -114,5 +114,6 @@ QUICK_SETTINGS = Settings(
     al_score_stride=8,
     speed_iterations=4,
     fallback_model_iterations=20,
+    default_steps=2,
 )
 SETTINGS = QUICK_SETTINGS if QUICK else FULL

@@ -201,9 +201,8 @@ def _inferer(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str,
 def _work(payload: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from medsegdiff.evaluation import auroc
     from medsegdiff.metrics import dice_per_class
-
-    from .report import auroc
 
     if payload["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
