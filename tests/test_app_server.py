@@ -20,6 +20,7 @@ import pytest
 import requests
 import torch
 
+from medsegdiff.checkpoint import load_checkpoint
 from medsegdiff.metrics import dice_per_class
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
@@ -213,7 +214,11 @@ def test_training_publishes_a_checkpoint_that_inference_uses(monailabel_server, 
     assert label.shape == image.shape
     np.testing.assert_allclose(affine, image.affine, atol=1e-4)
     stats = client.info()["train_stats"][MODEL]
-    assert stats["epoch"] == 2 and 0.0 <= stats["best_metric"] <= 1.0
+    assert stats["epoch"] == 2
+    # the reported best metric is the validation Dice of the checkpoint published as best, and no epoch beat it
+    best_dice = load_checkpoint(best)[2]["val_dice"]
+    assert stats["best_metric"] == pytest.approx(best_dice, abs=1e-6)
+    assert best_dice >= load_checkpoint(monailabel_server.model_dir / MODEL / "last.pt")[2]["val_dice"]
 
 
 def test_training_anneals_the_learning_rate_over_the_run(monailabel_server, trained) -> None:
