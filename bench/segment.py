@@ -1,4 +1,4 @@
-"""Segmenting a volume on the model grid: the diffusion ensemble and a softmax segmenter, slice by slice."""
+"""Segmenting a volume on the model grid with the diffusion ensemble (``MedSegDiffInferer``), slice by slice."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from medsegdiff.sampling import EnsembleSampler
 from .grid import GridVolume
 from .machine import synchronize
 
-__all__ = ["segment_diffusion", "segment_unet"]
+__all__ = ["segment_diffusion"]
 
 
 def segment_diffusion(
@@ -52,20 +52,3 @@ def segment_diffusion(
         "nfe": int(inferer.nfe),
         "seconds": seconds,
     }
-
-
-@torch.no_grad()
-def segment_unet(network: torch.nn.Module, volume: GridVolume, z: Sequence[int] | None = None, batch: int = 16) -> dict[str, Any]:
-    """Softmax of a 2D MONAI UNet over axial slices → ``distribution`` (C+1, H, W, Z') and ``seconds``."""
-    device = next(network.parameters()).device
-    images, _ = volume.slices(None if z is None else list(z))
-    network.eval()
-    start = time.perf_counter()
-    parts = [
-        torch.softmax(network(torch.from_numpy(images[i : i + batch]).to(device)).float(), dim=1).cpu()
-        for i in range(0, len(images), batch)
-    ]
-    synchronize(device)
-    seconds = time.perf_counter() - start
-    return {"distribution": torch.cat(parts).permute(1, 2, 3, 0).numpy(), "seconds": seconds}
-
