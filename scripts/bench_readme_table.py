@@ -81,8 +81,9 @@ def render(report: dict[str, Any]) -> str:
     final = {n: r[-1] for n, r in al["per_round"].items()}
     lines += [f"Active learning ({al['seeds']} seeds, Dice on Colin27 after the last round): "
               + "; ".join(f"{n} {_pm(r)}" for n, r in final.items())
-              + (". Uncertainty beats both random baselines." if al["uncertainty_beats_both_random_baselines"]
-                 else ". **Uncertainty does not beat random / foreground-aware random.**"), ""]
+              + (". Uncertainty beats both random baselines by more than the spread over seeds."
+                 if al["uncertainty_beats_both_random_baselines"]
+                 else ". **Uncertainty does not beat random / foreground-aware random beyond the spread over seeds.**"), ""]
     lines += ["**Claims, each with its figure and baseline:**", *_claims(report), ""]
     return "\n".join(lines)
 
