@@ -3,8 +3,10 @@
 One module per measurement; each has ``run(ctx) -> Section`` and runs alone with ``python -m bench.<module>``.
 ``python -m bench.run_all`` runs them all and writes ``bench/results/latest.{json,md}`` and the figures.
 
-Environment: ``BENCH_QUICK=1`` runs a ~5 minute subset, ``BENCH_OUT=<dir>`` writes somewhere other than
-``bench/results``, ``BENCH_ONLY=sampling_cost,volume`` runs some sections only.
+Environment: ``BENCH_QUICK=1`` runs tiny settings (CI), ``BENCH_OUT=<dir>`` writes somewhere other than
+``bench/results``, ``BENCH_ONLY=sampling_cost,volume`` runs some sections only, ``BENCH_ITERATIONS=<n>`` sets the
+protocol's training iterations (every model). The protocol and active-learning sections keep finished cells under
+``<out>/cells`` and skip them on a restart.
 """
 
 import os

@@ -1,10 +1,11 @@
 """``make bench``: every measurement in one process run, written to ``latest.json`` / ``latest.md`` + figures.
 
-    .venv/bin/python -m bench.run_all                       # full run (< 40 min on 2 CPU cores)
-    BENCH_QUICK=1 .venv/bin/python -m bench.run_all         # ~5 min subset
+    .venv/bin/python -m bench.run_all                       # full run (about 80 min on 2 idle CPU cores)
+    BENCH_QUICK=1 .venv/bin/python -m bench.run_all         # tiny settings for CI (a few minutes)
     BENCH_OUT=/tmp/b BENCH_ONLY=volume .venv/bin/python -m bench.run_all
 
-The JSON is rewritten after every section, so an interrupted run keeps what it measured. A section that fails
+The JSON is rewritten after every section, so an interrupted run keeps what it measured; the protocol and
+active-learning sections also keep every finished cell under ``<out>/cells`` and skip it when restarted. A section that fails
 is recorded with its error and the run goes on; the exit status is then 1.
 """
 
@@ -20,21 +21,29 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .common import CAVEAT, Context, environment, md_table
+from .context import Context
+from .machine import environment
+from .report import md_table
+from .settings import CAVEAT
 
 __all__ = ["SECTIONS", "CONTRACT", "main"]
 
-SECTIONS = ("training_speed", "sampling_cost", "volume", "uncertainty_quality", "cross_subject", "active_learning")
+SECTIONS = ("training_speed", "sampling_cost", "volume", "protocol", "active_learning")
 
 CONTRACT: dict[str, str] = {
     "nfe_ratio": "sampling_cost",
     "dice_gap_vs_ddpm1000": "sampling_cost",
     "slice_seconds": "sampling_cost",
+    "sampling": "sampling_cost",
     "volume_seconds": "volume",
     "volume_peak_mb": "volume",
-    "dice": "cross_subject",
-    "hd95": "cross_subject",
-    "uncertainty_auroc": "uncertainty_quality",
+    "protocol": "protocol",
+    "per_fold": "protocol",
+    "baselines": "protocol",
+    "uncertainty": "protocol",
+    "dice": "protocol",
+    "hd95": "protocol",
+    "uncertainty_auroc": "protocol",
     "active_learning": "active_learning",
     "train_iters_per_second": "training_speed",
 }
@@ -53,29 +62,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "–" if value is None else str(value)
 
 
-def _pair(case: dict[str, Any]) -> str:
-    """``ours / UNet`` for one case (per tissue when multi-class)."""
-    ours, base = case.get("medsegdiff"), case.get("unet")
-    if isinstance(ours, dict):
-        return ", ".join(f"{t} {_fmt(ours[t])} / {_fmt(base[t])}" for t in ours)
-    return f"{_fmt(ours)} / {_fmt(base)}"
-
-
 def _summary(report: dict[str, Any]) -> str:
-    """One readable line per contract key."""
+    """One readable line per scalar contract key (the structured ones are in their sections' tables)."""
     rows = []
     for key in CONTRACT:
         value = report.get(key)
         if value is None:
             text = "–"
         elif key in ("dice", "hd95"):
-            text = "; ".join(f"{case}: {_pair(v)}" for case, v in value.items()) + " (MedSegDiff / UNet)"
+            text = ", ".join(f"{m} {_fmt(v)}" for m, v in value.items()) + " (mean over folds x seeds)"
         elif key == "slice_seconds":
             text = ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
-        elif key == "active_learning":
-            text = "; ".join(
-                f"{name}: " + " → ".join(_fmt(h["dice"]) for h in history) for name, history in value.items()
-            ) + " (held-out Dice per round)"
+        elif isinstance(value, (dict, list)):
+            text = f"see the {CONTRACT[key]} section"
         else:
             text = _fmt(value)
         rows.append([key, text])

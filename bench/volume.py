@@ -22,18 +22,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .common import (
-    REPO,
-    Context,
-    Section,
-    current_rss_mb,
-    finite,
-    md_table,
-    peak_rss_mb,
-    run_worker,
-    synchronize,
-    worker_main,
-)
+from .context import Context
+from .machine import current_rss_mb, peak_rss_mb, run_worker, synchronize, worker_main
+from .report import Section, finite, md_table
+from .settings import REPO
 
 __all__ = ["run"]
 
@@ -182,7 +174,8 @@ def _inferer(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str,
     from medsegdiff.checkpoint import load_checkpoint
     from medsegdiff.sample_data import Scan
 
-    from .common import segment_diffusion, to_model_grid
+    from .grid import to_model_grid
+    from .segment import segment_diffusion
 
     network, diffusion, _ = load_checkpoint(payload["model"], payload["device"])
     before = current_rss_mb()
@@ -208,9 +201,8 @@ def _inferer(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str,
 def _work(payload: dict[str, Any]) -> dict[str, Any]:
     import torch
 
+    from medsegdiff.evaluation import auroc
     from medsegdiff.metrics import dice_per_class
-
-    from .common import auroc
 
     if payload["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()

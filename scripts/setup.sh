@@ -20,5 +20,10 @@ if [ ! -f /usr/share/mricron/templates/ch2.nii.gz ] && command -v apt-get >/dev/
   (apt-get update -qq && apt-get install -y -qq mricron-data) >/dev/null 2>&1 \
     || echo "[setup] mricron-data not installed (optional: Colin27 head)"
 fi
+# ITK's k-means example head (insighttoolkit5-examples): the bench's third labelled head (leave-one-head-out).
+if [ ! -f /usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq insighttoolkit5-examples) >/dev/null 2>&1 \
+    || echo "[setup] insighttoolkit5-examples not installed (optional: ITK k-means head for the bench)"
+fi
 echo "$HASH" > "$STAMP"
 echo "[setup] done"

@@ -19,40 +19,50 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.active_learning import region_score  # noqa: E402
-from bench.common import GridVolume, auroc, finite, md_table  # noqa: E402
-from bench.cross_subject import slab_split  # noqa: E402
+from bench.active_learning import STRATEGIES, region_score, slabs  # noqa: E402
+from bench.grid import GridVolume  # noqa: E402
+from bench.models import NetworkCalls  # noqa: E402
+from bench.protocol_report import UNCERTAINTY_METHODS, UNCERTAINTY_METRICS  # noqa: E402
+from bench.report import finite, md_table  # noqa: E402
 from bench.run_all import CONTRACT, SECTIONS  # noqa: E402
-from bench.uncertainty_quality import reliability  # noqa: E402
+from bench.stats import paired_difference  # noqa: E402
+from medsegdiff.diffusion import DiffusionConfig  # noqa: E402
+from medsegdiff.network import MedSegDiffUNet  # noqa: E402
+from medsegdiff.sampling import EnsembleSampler  # noqa: E402
 
-QUICK_RUN_TIMEOUT_S = 14 * 60  # the quick run takes about 5 min on 2 idle cores; this only stops a hung run
+QUICK_RUN_TIMEOUT_S = 25 * 60  # a few minutes on 2 idle cores; this only stops a hung run
 
 
 # ------------------------------------------------------------------ helpers (fast)
-def test_auroc_matches_definition():
-    scores = np.array([0.1, 0.4, 0.35, 0.8])
-    positives = np.array([0, 0, 1, 1])
-    assert auroc(scores, positives) == pytest.approx(0.75)
-    assert auroc(np.ones(4), positives) == pytest.approx(0.5)  # ties count half
-    assert auroc(scores, np.zeros(4)) is None
+def test_paired_difference_t_interval():
+    # differences .1, .2, .3: mean .2, sd .1, t(.975, 2) = 4.3027 -> half width 4.3027 * .1 / sqrt(3) = .2484
+    out = paired_difference({"a": 0.9, "b": 0.8, "c": 0.7}, {"a": 0.8, "b": 0.6, "c": 0.4})
+    assert out["mean"] == pytest.approx(0.2)
+    assert out["ci95"] == pytest.approx([0.2 - 0.24841, 0.2 + 0.24841], abs=1e-4)
+    assert out["verdict"] == "tie"
+    assert paired_difference({"a": 0.9, "b": 0.91}, {"a": 0.5, "b": 0.5})["verdict"] == "ahead"
+    assert paired_difference({"a": 0.9}, {"a": 0.5})["verdict"] == "undecided"
 
 
-def test_reliability_of_calibrated_probabilities_has_small_ece():
-    rng = np.random.default_rng(0)
-    prob = rng.uniform(size=200_000)
-    truth = rng.uniform(size=prob.size) < prob
-    table = reliability(prob, truth)
-    assert table["ece"] < 0.01
-    assert sum(table["count"]) == prob.size
-    overconfident = reliability(np.where(prob > 0.5, 1.0, 0.0), truth)
-    assert overconfident["ece"] > 0.2
+@pytest.mark.parametrize("members,member_batch", [(3, None), (3, 1), (4, 3)])
+def test_network_calls_counted_by_the_hook_match_the_sampler(members, member_batch):
+    torch.manual_seed(0)
+    net = MedSegDiffUNet(2, 1, 1, (16, 16), channels=(8, 16), attention_levels=(False, False), norm_num_groups=4,
+                         num_head_channels=8).eval()
+    sampler = EnsembleSampler(DiffusionConfig(num_train_timesteps=20), "ddim", 4, members, member_batch_size=member_batch)
+    with NetworkCalls(net) as counter:
+        result = sampler(net, torch.randn(2, 1, 16, 16))
+    chunks = math.ceil(members / (member_batch or members))
+    assert counter.calls == result.nfe == 4 * chunks
+    assert counter.images == 4 * members * 2  # every member of both images, at every step
+    with NetworkCalls(net) as counter:
+        pass
+    assert counter.calls == 0
 
 
-def test_slab_split_is_a_partition():
-    train, test = slab_split(63)
-    held = [z for a, b in test for z in range(a, b)]
-    assert sorted(train + held) == list(range(63))
-    assert test[0] == (8, 16) and all(b - a <= 8 for a, b in test)
+def test_slabs_partition_the_axial_slices():
+    units = slabs(19, 8)
+    assert units == [(0, 8), (8, 16), (16, 19)]
 
 
 def test_grid_round_trip_keeps_the_label():
@@ -69,6 +79,9 @@ def test_grid_round_trip_keeps_the_label():
     assert back.shape == native.shape
     overlap = 2 * (back & native).sum() / (back.sum() + native.sum())
     assert overlap > 0.85
+    slab = volume.slab(4, 8)  # grid slices 4..7 ~ native slices 8..15 (position i * 9 / 19)
+    assert slab.image.shape == (12, 12, 4) and slab.native_label.shape[2] == 8
+    assert slab.labels_to_native(onehot[:, :, :, 4:8]).shape == slab.native_label.shape
 
 
 def test_region_score_uses_the_foreground_box():
@@ -87,58 +100,89 @@ def test_finite_and_table_formatting():
 
 
 # ------------------------------------------------------------------ the quick run (slow)
-def _check_contract(report: dict) -> None:
-    missing = [k for k in (*CONTRACT, "device", "torch", "cpu_count", "cpu_model", "mode") if k not in report]
-    assert not missing, f"latest.json lacks {missing}"
-    assert report["mode"] == "quick"
-    assert report["torch"] == torch.__version__
-    assert report["cpu_count"] == os.cpu_count()
-    assert report["device"] in ("cpu", "cuda") or report["device"].startswith("cuda")
+def _check_sampling(report: dict) -> None:
+    sampling = report["sampling"]
+    settings = report["settings"]
+    runs = [*sampling["ddim"], sampling["ddpm"], sampling["ddim_members_one_after_another"]]
+    for r in runs:
+        # the hook counted exactly the calls the sampler says it made, one per step and member chunk
+        assert r["nfe_counted"] == r["nfe_reported"], r
+        chunks = math.ceil(r["members"] / r["member_batch_size"])
+        assert r["nfe_counted"] == r["steps"] * chunks, r
+        assert r["member_evaluations_counted"] == r["steps"] * r["members"], r
+        assert len(r["dice_per_slice"]) == len(sampling["slices"]) == settings["held_out_slices"]
+    assert sampling["ddpm"]["steps"] == settings["ddpm_quality_steps"]
+    ours = next(r for r in sampling["ddim"] if r["steps"] == settings["default_steps"])
+    assert report["nfe_ratio"] == pytest.approx(sampling["ddpm"]["member_evaluations_counted"] / ours["member_evaluations_counted"])
+    assert sampling["speedup_original_protocol_derived"] == pytest.approx(
+        sampling["speedup_sampler"] * sampling["speedup_batching"], rel=1e-3)
 
-    assert report["nfe_ratio"] == pytest.approx(100.0)  # 1000 steps x 5 chains / 10 steps x 5 members
-    assert -1.0 <= report["dice_gap_vs_ddpm1000"] <= 1.0
-    slice_seconds = report["slice_seconds"]
-    assert all(v > 0 for v in slice_seconds.values())
-    assert slice_seconds["speedup"] > 1.0
 
-    assert report["volume_seconds"] > 0
-    assert 50 < report["volume_peak_mb"] < 64_000
+def _check_protocol(report: dict) -> None:
+    settings = report["settings"]
+    protocol = report["protocol"]
+    assert [f["test"] for f in protocol["folds"]] == list(settings["folds"])
+    assert all(f["test"] not in f["train"] for f in protocol["folds"])
+    for model, by_fold in report["per_fold"].items():
+        assert set(by_fold) == set(settings["folds"]), model
+        if model == "deep_ensemble":
+            continue
+        seeds = settings["ensemble_size"] if model == "unet" else settings["seeds"]
+        for fold, by_seed in by_fold.items():
+            assert sorted(by_seed) == [str(s) for s in range(seeds)], (model, fold)
+            for cell in by_seed.values():
+                assert cell["iterations"] == settings["iterations"], (model, fold)  # the same for every model
+                assert cell["curve"][-1]["iteration"] == settings["iterations"]
+    assert set(report["baselines"]) >= {"unet", "plain_segmenter", "medsegdiff_no_ff", "medsegdiff_no_fusion",
+                                        "mc_dropout", "deep_ensemble"}
+    assert set(report["uncertainty"]) == set(UNCERTAINTY_METHODS)
+    for name, entry in report["uncertainty"].items():
+        assert set(UNCERTAINTY_METRICS) <= set(entry) and "diversity" in entry, name
+    assert report["uncertainty"]["deep_ensemble"]["diversity"]["members"] == settings["ensemble_size"]
+    assert report["uncertainty"]["medsegdiff"]["diversity"]["members"] == settings["eval_members"]
+    assert report["uncertainty"]["unet_softmax"]["diversity"] is None
 
-    for case in ("robex_to_colin27", "colin27_to_robex", "mni152_tissue_slabs"):
-        for model in ("medsegdiff", "unet"):
-            dice, hd95 = report["dice"][case][model], report["hd95"][case][model]
-            dice_values = dice.values() if isinstance(dice, dict) else [dice]
-            hd95_values = hd95.values() if isinstance(hd95, dict) else [hd95]
-            assert all(0.0 <= d <= 1.0 for d in dice_values), (case, model, dice)
-            assert all(h is None or h >= 0.0 for h in hd95_values), (case, model, hd95)
-    assert set(report["dice"]["mni152_tissue_slabs"]["unet"]) == {"csf", "gm", "wm"}
 
-    assert 0.0 <= report["uncertainty_auroc"] <= 1.0
-
-    rounds = report["settings"]["al_rounds"]
-    for strategy in ("uncertainty", "random"):
-        history = report["active_learning"][strategy]
-        assert [h["round"] for h in history] == list(range(rounds + 1))
-        assert all(0.0 <= h["dice"] <= 1.0 for h in history)
-        assert len({h["added"] for h in history}) == len(history)  # a volume is added once
-
-    assert math.isfinite(report["train_iters_per_second"]) and report["train_iters_per_second"] > 0
-    assert set(report["sections"]) == set(SECTIONS)
-    assert not [name for name, s in report["sections"].items() if "error" in s]
+def _check_active_learning(report: dict) -> None:
+    al = report["active_learning"]
+    settings = report["settings"]
+    assert set(al["per_round"]) == set(STRATEGIES)
+    for name, runs in al["runs"].items():
+        assert len(runs) == settings["al_seeds"]
+        for history in runs:
+            assert [h["round"] for h in history] == list(range(settings["al_rounds"] + 1))
+            added = [h["added"] for h in history[1:]]
+            assert len(set(added)) == len(added) and all(a.startswith("itk_kmeans[") for a in added)
 
 
 @pytest.mark.slow
-def test_quick_bench_writes_every_contract_key(tmp_path):
+def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
     env = {**os.environ, "BENCH_QUICK": "1", "BENCH_OUT": str(tmp_path)}
     env.pop("BENCH_ONLY", None)
+    env.pop("BENCH_ITERATIONS", None)
     proc = subprocess.run(
         [sys.executable, "-m", "bench.run_all"], cwd=REPO, env=env, capture_output=True, text=True,
         timeout=QUICK_RUN_TIMEOUT_S,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads((tmp_path / "latest.json").read_text())
-    _check_contract(report)
-    for figure in ("dice_vs_nfe.png", "reliability.png", "head_overlay.png", "active_learning.png"):
+    missing = [k for k in (*CONTRACT, "device", "torch", "cpu_count", "mode") if k not in report]
+    assert not missing, f"latest.json lacks {missing}"
+    assert report["mode"] == "quick" and report["torch"] == torch.__version__
+    assert set(report["sections"]) == set(SECTIONS)
+    assert not [name for name, s in report["sections"].items() if "error" in s]
+    _check_sampling(report)
+    _check_protocol(report)
+    _check_active_learning(report)
+    for figure in ("dice_vs_nfe.png", "validation_curves.png", "active_learning.png"):
         assert (tmp_path / figure).stat().st_size > 10_000, figure
-    markdown = (tmp_path / "latest.md").read_text()
-    assert "| nfe_ratio |" in markdown and "smoother" in markdown
+
+    # a restart finds every cell and trains nothing again; the numbers stay the same
+    again = subprocess.run(
+        [sys.executable, "-m", "bench.run_all", "protocol", "active_learning"], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=QUICK_RUN_TIMEOUT_S,
+    )
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert "protocol: test" not in again.stdout and "active learning:" not in again.stdout
+    resumed = json.loads((tmp_path / "latest.json").read_text())
+    assert resumed["per_fold"] == report["per_fold"]

@@ -219,6 +219,10 @@ class MemoryMonitor(threading.Thread):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not (APP_DIR / "model" / "medsegdiff_brain_2d.pt").is_file(),
+    reason="the Dice floor needs the committed trained sample model (an untrained dev network segments nothing)",
+)
 def test_eight_concurrent_infers_during_training_all_complete_and_the_ninth_is_refused(tmp_path, capsys):
     from medsegdiff.metrics import dice_per_class
     from conftest import make_datastore, start_server, stop_server
@@ -299,8 +303,8 @@ def test_eight_concurrent_infers_during_training_all_complete_and_the_ninth_is_r
         if images[i] != "robex_head_lowres":
             reference = np.asarray(nib.load(str(server.reference_dir / f"{images[i]}_mask.nii.gz")).dataobj)
             dice[i] = float(dice_per_class(label > 0, reference > 0)[0])
-    if server.trained_checkpoint:  # an untrained dev network segments nothing useful
-        assert min(dice.values()) >= 0.85, dice
+    assert server.trained_checkpoint, "the server did not start from the committed sample model"
+    assert min(dice.values()) >= 0.85, dice
     assert monitor.peak_total < MEMORY_LIMIT_BYTES, monitor.report()
     assert sum(peak for _, peak in monitor.peaks.values()) < MEMORY_LIMIT_BYTES, monitor.report()
 

@@ -145,6 +145,8 @@ class CheckpointPublisher:
         finally:
             network.load_state_dict(current)
             self.val_dice = None
+            # the run's own best starts after this: MONAI Label reports the evaluator's best as the run's
+            self.evaluator.state.best_metric, self.evaluator.state.best_metric_epoch = -1, -1
         logger.info(
             "%s: the served model scores val Dice %.4f on this run's validation images; a checkpoint is published "
             "only when it beats that", self.files.name, dice,

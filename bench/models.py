@@ -1,0 +1,162 @@
+"""The compared models: how each is built, trained (fixed iterations, cosine schedule) and applied to a head.
+
+``medsegdiff`` is the sample model's architecture (``SAMPLE_MODEL_2D``, x0 prediction); ``medsegdiff_no_ff`` and
+``medsegdiff_no_fusion`` are its ablations; ``plain_segmenter`` is the same network without diffusion
+(``medsegdiff.baselines.PlainSegmenter``: zero noisy-mask input, t = 0, MSE on x0); ``unet`` is MONAI's ``UNet``
+sized to the same parameter count (Dice + CE, dropout 0.2 so MC-dropout can use it). All train with batch 8,
+AdamW 1e-3 and warm-up + cosine learning rate for the same number of iterations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsegdiff.baselines import (
+    MedSegDiffUNetNoFusion,
+    PlainSegmenter,
+    count_parameters,
+    diffusion_member_distributions,
+    mc_dropout_distributions,
+    size_matched_unet,
+    softmax_distributions,
+    train_segmenter,
+)
+from medsegdiff.diffusion import DiffusionConfig
+from medsegdiff.fusion import class_distribution
+from medsegdiff.network import MedSegDiffUNet
+from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
+from medsegdiff.sampling import EnsembleSampler
+from medsegdiff.training import train_on_arrays
+
+from .grid import GridVolume
+
+__all__ = ["MODELS", "DIFFUSION_MODELS", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
+
+MODELS = ("medsegdiff", "medsegdiff_no_ff", "medsegdiff_no_fusion", "plain_segmenter", "unet")
+DIFFUSION_MODELS = ("medsegdiff", "medsegdiff_no_ff", "medsegdiff_no_fusion")
+LEARNING_RATE = 1e-3
+BATCH_SIZE = 8
+
+
+def build(model: str, seed: int) -> nn.Module:
+    """A freshly initialised network for ``model`` (weights from ``torch.manual_seed(seed)``)."""
+    torch.manual_seed(seed)
+    if model == "medsegdiff":
+        return MedSegDiffUNet(**SAMPLE_MODEL_2D)
+    if model == "medsegdiff_no_ff":
+        return MedSegDiffUNet(**{**SAMPLE_MODEL_2D, "use_ff_parser": False})
+    if model == "medsegdiff_no_fusion":
+        return MedSegDiffUNetNoFusion(**SAMPLE_MODEL_2D)
+    if model == "plain_segmenter":
+        return PlainSegmenter(MedSegDiffUNet(**SAMPLE_MODEL_2D))
+    if model == "unet":
+        target = count_parameters(MedSegDiffUNet(**SAMPLE_MODEL_2D))
+        torch.manual_seed(seed)
+        return size_matched_unet(target, num_classes=1, dropout=0.2)
+    raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+
+
+def diffusion_config(model: str) -> DiffusionConfig:
+    """The sample model's diffusion settings (x0 prediction); the plain segmenter's loss is then MSE on x0."""
+    return sample_diffusion_config()
+
+
+class NetworkCalls:
+    """Counts the forward calls of a network (and the images they carried) with a forward hook."""
+
+    def __init__(self, network: nn.Module) -> None:
+        self.calls = 0
+        self.images = 0
+        self._handle = network.register_forward_hook(self._count)
+
+    def _count(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self.calls += 1
+        self.images += int(args[0].shape[0]) if args else 0
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> NetworkCalls:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+@dataclass
+class Trained:
+    network: nn.Module
+    stats: dict[str, Any]
+
+
+def train(
+    model: str, network: nn.Module, images: np.ndarray, labels: np.ndarray, iterations: int, seed: int,
+    device: torch.device, validate: Callable[[nn.Module], float] | None = None, val_every: int = 0,
+) -> Trained:
+    """Train for ``iterations`` (cosine schedule); ``validate(network)`` every ``val_every`` iterations gives the
+    curve (its time is not counted in ``seconds``; it never picks a checkpoint: the last iterate is kept)."""
+    curve: list[dict[str, float]] = []
+    spent = [0.0]
+
+    def callback(iteration: int, loss: float) -> None:
+        if validate is not None and val_every and (iteration % val_every == 0 or iteration == iterations):
+            start = time.perf_counter()
+            network.eval()
+            curve.append({"iteration": iteration, "loss": loss, "val_dice": validate(network)})
+            network.train()
+            spent[0] += time.perf_counter() - start
+
+    start = time.perf_counter()
+    if model == "unet":
+        losses = train_segmenter(network, images, labels, iterations, BATCH_SIZE, LEARNING_RATE, seed, device, callback)
+    else:
+        losses = train_on_arrays(
+            network, diffusion_config(model), images, labels, iterations, batch_size=BATCH_SIZE,
+            learning_rate=LEARNING_RATE, lr_schedule="cosine", seed=seed, device=device, log_every=0, callback=callback,
+        )
+    network.eval()
+    stats = {
+        "iterations": len(losses), "seconds": round(time.perf_counter() - start - spent[0], 1),
+        "final_loss": float(np.mean(losses[-10:])), "parameters": count_parameters(network), "curve": curve,
+    }
+    return Trained(network, stats)
+
+
+@torch.no_grad()
+def predict(
+    model: str, network: nn.Module, volume: GridVolume, z: list[int] | None = None, steps: int = 10,
+    members: int = 5, seed: int = 0, mc_passes: int = 0, slice_batch: int = 4,
+) -> dict[str, Any]:
+    """Member class distributions (N, K, H, W, Z') on the model grid for the axial slices ``z`` (all if None).
+
+    Diffusion models: DDIM ``steps`` x ``members`` (``EnsembleSampler``, members batched). Plain segmenter and
+    U-Net: one pass (N = 1); ``mc_passes`` > 1 turns the U-Net into MC-dropout with that many passes. Also
+    returns ``seconds`` and ``nfe`` (network calls counted by a forward hook).
+    """
+    device = next(network.parameters()).device
+    images, _ = volume.slices(z)
+    parts = []
+    start = time.perf_counter()
+    with NetworkCalls(network) as counter:
+        for first in range(0, len(images), slice_batch):
+            x = torch.from_numpy(images[first : first + slice_batch]).to(device)
+            if model in DIFFUSION_MODELS:
+                sampler = EnsembleSampler(diffusion_config(model), "ddim", steps, members)
+                dist = diffusion_member_distributions(sampler(network, x, seed=seed).member_probs)
+            elif model == "plain_segmenter":
+                dist = class_distribution(network.probabilities(x))[None]
+            elif mc_passes > 1:
+                dist = mc_dropout_distributions(network, x, mc_passes, seed=seed)
+            else:
+                dist = softmax_distributions(network, x)
+            parts.append(dist.float().cpu())
+    seconds = time.perf_counter() - start
+    members_grid = torch.cat(parts, dim=1).permute(0, 2, 3, 4, 1).numpy()  # (N, K, H, W, Z')
+    return {"members": members_grid, "seconds": seconds, "nfe": counter.calls}

