@@ -1,8 +1,9 @@
 """Checks of the 3D Slicer extension (slicer_ext/) that need neither Slicer nor a server.
 
-3D Slicer cannot be installed on dev/CI machines: the Slicer-side files are checked statically (they
-compile for Slicer's Python, the .ui declares every widget the module uses, CMake lists every file), and
-MedSegDiffLib - which must not import slicer/qt/vtk/ctk - is tested for real.
+The widget (MedSegDiff.py, Qt) only runs in a Slicer window: it is checked statically (it compiles for
+Slicer's Python, the .ui declares every widget it uses, CMake lists every file). MedSegDiffLib - which must
+not import slicer/qt/vtk/ctk - is tested for real here; the Logic (MedSegDiffSceneLib) runs on Slicer's own
+libraries in tests/test_slicer_core_*.py.
 """
 
 import ast
@@ -25,15 +26,20 @@ import urllib3
 EXT_DIR = Path(__file__).resolve().parents[1] / "slicer_ext"
 MODULE_DIR = EXT_DIR / "MedSegDiff"
 LIB_DIR = MODULE_DIR / "MedSegDiffLib"
+SCENE_LIB_DIR = MODULE_DIR / "MedSegDiffSceneLib"
 MODULE_FILE = MODULE_DIR / "MedSegDiff.py"
+LOGIC_FILE = SCENE_LIB_DIR / "logic.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSegDiff.ui"
 SLICER_ONLY_MODULES = {"slicer", "qt", "vtk", "ctk"}
 
 sys.path.insert(0, str(MODULE_DIR))
 import MedSegDiffLib as lib  # noqa: E402
+from MedSegDiffLib.controls import buttonStates  # noqa: E402
 
 PY_FILES = sorted(EXT_DIR.rglob("*.py"))
 LIB_FILES = sorted(LIB_DIR.rglob("*.py"))
+SCENE_LIB_FILES = sorted(SCENE_LIB_DIR.rglob("*.py"))
+MAX_LINES = 400
 
 MEDSEGDIFF_INFO = {
     "name": "MedSegDiff Label",
@@ -111,7 +117,7 @@ def test_importing_lib_loads_no_slicer_module():
     assert out.stdout.strip() == "[]"
 
 
-def test_module_defines_the_four_slicer_classes():
+def test_module_defines_the_slicer_classes_and_imports_the_logic():
     tree = ast.parse(MODULE_FILE.read_text())
     bases = {
         node.name: [getattr(b, "id", getattr(b, "attr", None)) for b in node.bases]
@@ -120,24 +126,29 @@ def test_module_defines_the_four_slicer_classes():
     }
     assert "ScriptedLoadableModule" in bases["MedSegDiff"]
     assert "ScriptedLoadableModuleWidget" in bases["MedSegDiffWidget"]
-    assert "ScriptedLoadableModuleLogic" in bases["MedSegDiffLogic"]
     assert "ScriptedLoadableModuleTest" in bases["MedSegDiffTest"]
-    process = next(
-        f
-        for c in tree.body
-        if isinstance(c, ast.ClassDef) and c.name == "MedSegDiffLogic"
-        for f in c.body
-        if isinstance(f, ast.FunctionDef) and f.name == "process"
-    )
+    imported = {a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert "MedSegDiffLogic" in imported, "MedSegDiff.MedSegDiffLogic must stay importable for scripts"
+    logic = next(c for c in ast.parse(LOGIC_FILE.read_text()).body if getattr(c, "name", "") == "MedSegDiffLogic")
+    process = next(f for f in logic.body if isinstance(f, ast.FunctionDef) and f.name == "process")
     assert [a.arg for a in process.args.args] == ["self", "volumeNode", "params", "progress"]
 
 
-def test_logic_opens_no_dialog():
-    tree = ast.parse(MODULE_FILE.read_text())
-    logic = next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "MedSegDiffLogic")
-    source = ast.get_source_segment(MODULE_FILE.read_text(), logic)
+@pytest.mark.parametrize("path", SCENE_LIB_FILES, ids=lambda p: p.name)
+def test_logic_imports_only_slicer_vtk_and_the_lib_and_opens_no_dialog(path):
+    imported = _imported_top_modules(path)
+    assert not imported & {"qt", "ctk"}, f"{path.name} imports Qt: the Logic must run without it"
+    source = path.read_text()
     for dialog in ("Display(", "messageBox", "QMessageBox", "QFileDialog", "QInputDialog", "tryWithErrorDisplay"):
-        assert dialog not in source, f"MedSegDiffLogic uses {dialog}: the logic must never open dialogs"
+        assert dialog not in source, f"{path.name} uses {dialog}: the logic must never open dialogs"
+
+
+@pytest.mark.parametrize("path", PY_FILES, ids=lambda p: str(p.relative_to(EXT_DIR)))
+def test_extension_files_are_small_and_only_the_widget_imports_qt(path):
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES})"
+    if path.name not in ("MedSegDiff.py", "run_slicer_test.py"):
+        assert not _imported_top_modules(path) & {"qt", "ctk"}, f"{path.name} imports Qt outside the widget"
 
 
 # -- .ui -------------------------------------------------------------------------------------------
@@ -167,6 +178,9 @@ def test_every_self_ui_name_exists_in_the_ui_file():
         and node.value.value.id == "self"
     }
     assert len(used) > 20, "the widget should use its .ui controls through self.ui"
+    states = buttonStates(lib.ServerInfo.from_json(MEDSEGDIFF_INFO), lib.BackgroundWork(), True,
+                                       None, None, None, None)  # fmt: skip
+    used |= set(states)
     widgets, _ = _ui_widgets()
     missing = sorted(used - set(widgets))
     assert not missing, f"MedSegDiff.py uses self.ui.{missing} that MedSegDiff.ui does not declare"

@@ -14,9 +14,11 @@ __all__ = [
     "label_colors",
     "label_items",
     "most_uncertain_slice",
+    "read_geometry",
     "read_image",
     "read_seg_nrrd",
     "remap_labels",
+    "transfer_to_grid",
     "uncertainty_display_range",
     "write_image",
     "write_label_as_seg_nrrd",
@@ -88,6 +90,45 @@ def read_image(path):
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"{path}: expected one component per voxel, found {image.GetNumberOfComponentsPerPixel()}")
     return sitk.GetArrayFromImage(image), _ijk_to_lps(image)
+
+
+def read_geometry(path):
+    """``(shape[k, j, i], ijk_to_lps)`` of an image file, from its header only (no voxels are read)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if reader.GetDimension() != 3:
+        raise ValueError(f"{path}: expected a 3D image, found {reader.GetDimension()}D")
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array(reader.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(reader.GetSpacing())
+    matrix[:3, 3] = reader.GetOrigin()
+    return tuple(int(n) for n in reversed(reader.GetSize())), matrix
+
+
+def transfer_to_grid(array, source_ijk_to_world, target_ijk_to_world, target_shape):
+    """Voxels of ``array[k, j, i]`` on another grid of the same space (nearest neighbour, 0 outside).
+
+    When both grids hold the same voxel centres in another axis order or direction (3D Slicer >= 5.8 loads a
+    left-handed image with its K axis flipped), the result is an exact reordering of ``array``.
+
+    Args:
+        array: voxels on the source grid.
+        source_ijk_to_world: 4x4 voxel-to-world matrix of the source grid.
+        target_ijk_to_world: 4x4 voxel-to-world matrix of the target grid (same world space).
+        target_shape: ``(k, j, i)`` size of the target grid.
+    """
+    array = np.asarray(array)
+    target_shape = tuple(int(n) for n in target_shape)
+    target_to_source = np.linalg.inv(np.asarray(source_ijk_to_world, float)) @ np.asarray(target_ijk_to_world, float)
+    target_ijk = np.indices(target_shape).reshape(3, -1)[::-1]  # rows i, j, k
+    source_ijk = np.rint(target_to_source[:3, :3] @ target_ijk + target_to_source[:3, 3:4]).astype(np.int64)
+    inside = np.all((source_ijk >= 0) & (source_ijk < np.array(array.shape[::-1])[:, None]), axis=0)
+    out = np.zeros(int(np.prod(target_shape)), dtype=array.dtype)
+    i, j, k = source_ijk[:, inside]
+    out[inside] = array[k, j, i]
+    return out.reshape(target_shape)
 
 
 def write_image(array, ijk_to_lps, path):
