@@ -68,3 +68,31 @@ class SlicerCoreApp:
 
     def sliceNode(self, name="Red"):
         return next(n for n in self.nodesByClass("vtkMRMLSliceNode") if n.GetLayoutName() == name)
+
+
+_usleep_holding_the_gil = __import__("ctypes").PyDLL(None).usleep  # PyDLL calls keep the GIL
+
+
+def run_like_slicer(work, wait_s=None, interval_ms=None, timeout_s=600.0):
+    """Drive ``work`` (a ``BackgroundWork``) the way 3D Slicer's main thread does; returns the seconds it took.
+
+    Slicer's PythonQt holds the GIL while the Qt event loop idles: between two ticks of the widget's
+    ``QTimer`` (``interval_ms``, default ``TIMER_INTERVAL_MS``) the main thread sits in C++ with the GIL held,
+    which a ``PyDLL`` call reproduces. Each tick is the widget's timer callback, ``work.tick(wait_s)`` (default
+    ``MAIN_THREAD_WAIT_S``). Stops once the work is done or after ``timeout_s`` seconds.
+    """
+    import time
+
+    from MedSegDiffLib import MAIN_THREAD_WAIT_S, TIMER_INTERVAL_MS
+
+    wait_s = MAIN_THREAD_WAIT_S if wait_s is None else wait_s
+    interval_s = (TIMER_INTERVAL_MS if interval_ms is None else interval_ms) / 1000
+    start = time.monotonic()
+    next_tick = start + interval_s
+    while work.active and time.monotonic() - start < timeout_s:
+        idle = next_tick - time.monotonic()
+        if idle > 0:
+            _usleep_holding_the_gil(int(idle * 1e6))
+        next_tick = max(next_tick + interval_s, time.monotonic())
+        work.tick(wait_s)
+    return time.monotonic() - start
