@@ -73,6 +73,7 @@ def test_extension_has_the_expected_files():
     for path in (
         EXT_DIR / "CMakeLists.txt",
         EXT_DIR / "README.md",
+        EXT_DIR / "MedSegDiff.s4ext",
         MODULE_DIR / "CMakeLists.txt",
         MODULE_FILE,
         UI_FILE,
@@ -227,6 +228,22 @@ def test_extension_cmakelists_has_the_extension_metadata():
     assert re.search(r"EXTENSION_HOMEPAGE\s+\"[^\"]*README\.md\"", text)
     assert "find_package(Slicer REQUIRED)" in text
     assert "add_subdirectory(MedSegDiff)" in text
+
+
+def test_s4ext_description_matches_the_cmake_metadata():
+    fields = {}
+    for line in (EXT_DIR / "MedSegDiff.s4ext").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            fields[key] = value.strip()
+    cmake = (EXT_DIR / "CMakeLists.txt").read_text()
+    url = re.search(r'set\(MEDSEGDIFF_REPOSITORY_URL "([^"]+)"', cmake).group(1)
+    assert fields["scm"] == "git" and fields["scmurl"] == url + ".git"
+    assert fields["build_subdirectory"] == "slicer_ext", "the extension's CMakeLists.txt is in slicer_ext/"
+    assert fields["homepage"] == url + "/blob/main/slicer_ext/README.md"
+    assert fields["iconurl"] == url + "/raw/main/slicer_ext/MedSegDiff.png"
+    assert fields["category"] == re.search(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', cmake).group(1)
+    assert fields["description"] == re.search(r'set\(EXTENSION_DESCRIPTION "([^"]+)"\)', cmake).group(1)
 
 
 # -- parameters --------------------------------------------------------------------------------------
