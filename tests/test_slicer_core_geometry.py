@@ -6,6 +6,7 @@ export leaves no temporary node in the scene; an empty segment exports as zeros.
 Logic gets a real ``ServerInfo`` and never sends a request here.
 """
 
+import os
 import shutil
 
 import nibabel as nib
@@ -119,6 +120,19 @@ def test_label_round_trip_through_slicer_is_voxel_identical_on_the_server_grid(a
     np.testing.assert_array_equal(np.asarray(written.dataobj), _label_ijk())
 
 
+def test_every_server_label_gets_a_segment_and_undeclared_values_are_refused(app, logic, tmp_path):
+    sample, label_path = _server_files(tmp_path, GRIDS["LAS"])
+    volume = logic.loadSample(sample)
+    brain_only = np.where(_label_ijk() == 1, 1, 0).astype(np.uint8)
+    nib.save(nib.Nifti1Image(brain_only, GRIDS["LAS"]), label_path)
+    segmentation = _import(logic, volume, label_path)
+    lesion = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, "lesion", volume)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 2 and not lesion.any()  # to paint what was missed
+    nib.save(nib.Nifti1Image((_label_ijk() * 3).astype(np.uint8), GRIDS["LAS"]), label_path)
+    with pytest.raises(ValueError, match=r"values \[3, 6\]"):
+        _import(logic, volume, label_path)
+
+
 def test_edits_made_with_slicer_util_reach_the_exported_label(app, logic, tmp_path):
     sample, label_path = _server_files(tmp_path, GRIDS["LAS"])
     volume = logic.loadSample(sample)
@@ -187,3 +201,23 @@ def test_uncertainty_overlay_and_jump_use_the_scene(app, logic, tmp_path):
     assert round(file_k[2]) == 6 and k in (6, SHAPE_IJK[2] - 1 - 6)
     offset = app.sliceNode("Red").GetSliceOffset()
     assert offset == pytest.approx(ras[2], abs=1e-3)
+
+
+def test_temporary_files_are_removed(app, tmp_path):
+    logic = MedSegDiffLogic(app.scene, app.fileIO)
+    logic.serverInfo, logic.model = ServerInfo.from_json(INFO), "medsegdiff"
+    logic.client = MedSegDiffClient("http://127.0.0.1:9")
+    sample, label_path = _server_files(tmp_path, GRIDS["LAS"])
+    volume = logic.loadSample(sample)
+    assert not os.path.exists(os.path.dirname(sample["path"])), "the download stays on disk after loading"
+    remote_folder = tmp_path / "remote"
+    remote_folder.mkdir()
+    shutil.copy(label_path, remote_folder / "label.nii.gz")
+    remote = {"imageId": "img", "labelPath": str(remote_folder / "label.nii.gz"), "folder": str(remote_folder)}
+    segmentation = logic.importResults(volume, remote)["segmentation"]
+    assert not remote_folder.exists(), "the inference results stay on disk after importing them"
+    path, _ = logic.exportLabel(segmentation, volume)
+    logic.discard(path)
+    assert os.listdir(logic.tempDir) == []
+    logic.cleanup()
+    assert not os.path.exists(logic.tempDir)

@@ -339,7 +339,7 @@ def test_label_colors_from_server_in_0_1_or_0_255():
     }
 
 
-# -- files: NIfTI, seg.nrrd ------------------------------------------------------------------------------
+# -- files: NIfTI ------------------------------------------------------------------------------
 
 # An oblique, anisotropic grid: catches axis-order and direction mistakes.
 IJK_TO_LPS = np.array(
@@ -363,31 +363,6 @@ def test_nifti_round_trip_keeps_voxels_and_geometry(tmp_path):
     nifti = nib.load(str(path))
     np.testing.assert_allclose(np.diag([-1, -1, 1, 1]) @ nifti.affine, IJK_TO_LPS, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(nifti.dataobj).transpose(2, 1, 0), _label_array())
-
-
-def test_seg_nrrd_keeps_segment_names_colors_voxels_and_geometry(tmp_path):
-    labels = {"brain": 1, "lesion": 2}
-    colors = {"brain": (0.9, 0.7, 0.2), "lesion": (0.1, 0.2, 1.0)}
-    nifti = lib.write_image(_label_array(), IJK_TO_LPS, tmp_path / "label.nii.gz")
-    seg = lib.write_label_as_seg_nrrd(nifti, tmp_path / "result.seg.nrrd", labels, colors)
-    array, ijk_to_lps, segments = lib.read_seg_nrrd(seg)
-    np.testing.assert_array_equal(array, _label_array())
-    np.testing.assert_allclose(ijk_to_lps, IJK_TO_LPS, atol=1e-5)
-    assert [(s["id"], s["name"], s["labelValue"]) for s in segments] == [("brain", "brain", 1), ("lesion", "lesion", 2)]
-    for segment in segments:
-        np.testing.assert_allclose(segment["color"], colors[segment["name"]], atol=1e-6)
-    header = (tmp_path / "result.seg.nrrd").read_bytes().split(b"\n\n")[0].decode()
-    assert "space: left-posterior-superior" in header and "Segment1_Name:=lesion" in header
-
-
-def test_seg_nrrd_keeps_empty_segments_and_rejects_undeclared_values(tmp_path):
-    array = np.zeros((3, 4, 5), np.uint8)
-    lib.write_seg_nrrd(tmp_path / "empty.seg.nrrd", array, np.eye(4), {"brain": 1})
-    _, _, segments = lib.read_seg_nrrd(tmp_path / "empty.seg.nrrd")
-    assert [s["name"] for s in segments] == ["brain"]
-    array[0, 0, 0] = 7
-    with pytest.raises(ValueError, match=r"values \[7\]"):
-        lib.write_seg_nrrd(tmp_path / "bad.seg.nrrd", array, np.eye(4), {"brain": 1})
 
 
 def test_remap_labels_maps_export_values_to_server_values():

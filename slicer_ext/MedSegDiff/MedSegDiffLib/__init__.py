@@ -12,13 +12,10 @@ from .conversions import (
     most_uncertain_slice,
     read_geometry,
     read_image,
-    read_seg_nrrd,
     remap_labels,
     transfer_to_grid,
     uncertainty_display_range,
     write_image,
-    write_label_as_seg_nrrd,
-    write_seg_nrrd,
 )
 from .jobs import MAIN_THREAD_WAIT_S, TIMER_INTERVAL_MS, BackgroundJob, BackgroundWork
 from .params import KNOWN_RANGES, ParameterSpec, declared_parameters, default_values, validate_params
@@ -50,13 +47,10 @@ __all__ = [
     "parse_multipart",
     "read_geometry",
     "read_image",
-    "read_seg_nrrd",
     "remap_labels",
     "training_progress",
     "transfer_to_grid",
     "uncertainty_display_range",
     "validate_params",
     "write_image",
-    "write_label_as_seg_nrrd",
-    "write_seg_nrrd",
 ]
