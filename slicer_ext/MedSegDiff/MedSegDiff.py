@@ -113,9 +113,9 @@ class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onReload(self):
         """Developer mode "Reload": Slicer reloads MedSegDiff.py only, so reload the two libraries first."""
-        for name in sorted(sys.modules, reverse=True):  # submodules before their package
-            if name.split(".")[0] in ("MedSegDiffLib", "MedSegDiffSceneLib"):
-                importlib.reload(sys.modules[name])
+        for package in ("MedSegDiffLib", "MedSegDiffSceneLib"):  # the Logic uses MedSegDiffLib: reload that first
+            for name in sorted((n for n in sys.modules if n.split(".")[0] == package), reverse=True):
+                importlib.reload(sys.modules[name])  # submodules before their package
         super().onReload()
 
     def cleanup(self):
