@@ -8,6 +8,11 @@ runs) and once for the LAS ``robex_head_flipped`` (Slicer flips its K axis on lo
 a background job driven the way Slicer's main thread drives it (``run_like_slicer``).
 """
 
+import colorsys
+import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -16,7 +21,7 @@ import pytest
 import requests
 from slicer_core_app import SlicerCoreApp, run_like_slicer
 
-from MedSegDiffLib import BackgroundWork, transfer_to_grid  # noqa: E402
+from MedSegDiffLib import BackgroundWork, read_image, transfer_to_grid, uncertainty_display_range  # noqa: E402
 from MedSegDiffSceneLib import FINAL_TAG, MedSegDiffLogic, ijkToRasArray  # noqa: E402
 from MedSegDiffSceneLib.roundtrip import FAST_PARAMS, editSegment, roundTripProblems, runRoundTrip  # noqa: E402
 
@@ -25,6 +30,9 @@ LAS_IMAGE = "robex_head_flipped"
 TINY_TRAINING = {"max_epochs": 1, "samples_per_epoch": 2, "batch_size": 2, "val_split": 0.5,
                  "val_num_inference_steps": 1, "val_num_ensemble": 1}  # fmt: skip
 POLL_INTERVAL_S = 0.5
+REPO = Path(__file__).resolve().parents[1]
+RENDER_PYTHON = REPO / ".venv-slicer" / "bin" / "python"  # trame-slicer's environment (scripts/setup.sh)
+OVERLAY_OPACITY = 0.5
 pytestmark = pytest.mark.slow
 
 
@@ -57,6 +65,38 @@ def _datastore_final(server, image_id):
 
 def _image_affine(server, image_id):
     return nib.load(str(next(Path(server.datastore).glob(f"{image_id}.nii*")))).affine
+
+
+def _check_rendered_view(server, info, kept, out):
+    """Slicer's own renderer (trame-slicer, headless) shows the volume, the segment outline and the overlay."""
+    if not RENDER_PYTHON.is_file():
+        pytest.skip(f"{RENDER_PYTHON} is missing: scripts/setup.sh makes trame-slicer's environment")
+    from PIL import Image
+
+    uncertainty = next(kept.glob("uncertaintyPath*"))
+    low, high = uncertainty_display_range(read_image(uncertainty)[0])
+    colors = {name: list(rgb) for name, rgb in info.colors(MODEL).items()}
+    command = [
+        str(RENDER_PYTHON), str(REPO / "scripts" / "render_slicer_view.py"),
+        str(next(Path(server.datastore).glob(f"{LAS_IMAGE}.nii*"))), str(next(kept.glob("labelPath*"))),
+        str(uncertainty), str(out), "--labels", json.dumps(info.labels(MODEL)), "--colors", json.dumps(colors),
+        "--threshold", str(low + 0.1 * (high - low)), "--opacity", str(OVERLAY_OPACITY), "--size", "384",
+    ]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "DISPLAY"}  # EGL, no X server
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and out.is_file(), f"rendering failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    if os.environ.get("MEDSEGDIFF_VIEW_PNG"):  # to refresh the README picture
+        shutil.copy(out, os.environ["MEDSEGDIFF_VIEW_PNG"])
+    pixels = np.asarray(Image.open(out).convert("RGB")).astype(float)
+    assert pixels.std() > 20, "the rendered view is blank"
+    segment = np.array(colors["brain"]) * 255
+    outline = np.linalg.norm(pixels - segment, axis=-1) < 30
+    assert outline.sum() > 50, f"the segment colour {segment.round()} is not in the view"
+    hsv = np.array([colorsys.rgb_to_hsv(*p) for p in (pixels.reshape(-1, 3)[::7] / 255)])
+    segment_hue = colorsys.rgb_to_hsv(*(segment / 255))[0]
+    hue_distance = np.minimum(abs(hsv[:, 0] - segment_hue), 1 - abs(hsv[:, 0] - segment_hue))
+    overlay = (hsv[:, 1] > 0.5) & (hsv[:, 2] > 0.3) & (hue_distance > 0.15)
+    assert overlay.sum() > 50, "no uncertainty overlay (colours other than the segment's) in the view"
 
 
 def test_round_trip_on_the_strategys_next_sample(monailabel_server, logic):
@@ -98,8 +138,13 @@ def test_round_trip_on_a_left_handed_image_in_background_jobs_then_training(mona
     server_s = float(remote["result"]["latencies"]["total"])
     # Downloading the label and the float uncertainty map must not crawl between Slicer's timer ticks.
     assert infer_s <= server_s + 2.0, f"inference took {infer_s:.1f} s, the server worked {server_s:.1f} s"
+    kept = tmp_path / "server_result"  # for the picture below (importResults removes its files)
+    kept.mkdir()
+    for key in ("labelPath", "uncertaintyPath"):
+        shutil.copy(remote[key], kept / f"{key}{''.join(Path(remote[key]).suffixes)}")
     segmentation = logic.importResults(volume, remote)["segmentation"]
     assert [segmentation.GetSegmentation().GetNthSegment(0).GetName()] == list(info.labels(MODEL))
+    _check_rendered_view(monailabel_server, info, kept, tmp_path / "axial.png")
     inferred = np.array(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, "brain", volume))
 
     # An emptied segment is submitted as an empty label (no crash), on the server image's own grid.

@@ -242,6 +242,8 @@ def test_s4ext_description_matches_the_cmake_metadata():
     assert fields["build_subdirectory"] == "slicer_ext", "the extension's CMakeLists.txt is in slicer_ext/"
     assert fields["homepage"] == url + "/blob/main/slicer_ext/README.md"
     assert fields["iconurl"] == url + "/raw/main/slicer_ext/MedSegDiff.png"
+    assert fields["screenshoturls"] == url + "/raw/main/slicer_ext/MedSegDiff-view.png"
+    assert (EXT_DIR / "MedSegDiff-view.png").is_file()
     assert fields["category"] == re.search(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', cmake).group(1)
     assert fields["description"] == re.search(r'set\(EXTENSION_DESCRIPTION "([^"]+)"\)', cmake).group(1)
 
