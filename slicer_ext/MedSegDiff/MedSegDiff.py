@@ -26,7 +26,7 @@ from MedSegDiffLib.controls import (
     applyServerParameters, buttonStates, choiceParams, fillComboBox, serverDefaults, setUncertaintyControls,
 )
 from MedSegDiffSceneLib import MedSegDiffLogic
-from MedSegDiffSceneLib.roundtrip import SERVER_URL_ENV, roundTripProblems, runRoundTrip
+from MedSegDiffSceneLib.roundtrip import roundTripProblems, runRoundTrip, serverUrlFromEnvironment
 
 SERVER_URL_SETTING = "MedSegDiff/serverUrl"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
@@ -103,10 +103,8 @@ class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.uncertaintyWindowWidget.connect("valuesChanged(double,double)", self.onUncertaintyDisplayChanged)
         for slider in (self.ui.uncertaintyThresholdSlider, self.ui.uncertaintyOpacitySlider):
             slider.connect("valueChanged(double)", self.onUncertaintyDisplayChanged)
-        self._spinBoxes = {"num_inference_steps": self.ui.numInferenceStepsSpinBox,
-                           "num_ensemble": self.ui.numEnsembleSpinBox, "seed": self.ui.seedSpinBox}  # fmt: skip
-        self._combos = {"sampler": self.ui.samplerComboBox, "device": self.ui.deviceComboBox,
-                        "fusion": self.ui.fusionComboBox}  # fmt: skip
+        self._spinBoxes = {name: getattr(self.ui, f"{field}SpinBox") for field, name in UI_PARAMETERS.items()}
+        self._combos = {name: getattr(self.ui, f"{name}ComboBox") for name in ("sampler", "device", "fusion")}
         self.ui.progressBar.hide()
         self.initializeParameterNode()
         self._updateGui()
@@ -144,8 +142,7 @@ class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolume and firstVolume.GetAttribute(MedSegDiffLogic.UNCERTAINTY_ATTRIBUTE) is None:
                 parameterNode.inputVolume = firstVolume
-        # The last URL that connected is remembered across sessions; a URL saved in the scene wins.
-        savedUrl = qt.QSettings().value(SERVER_URL_SETTING)
+        savedUrl = qt.QSettings().value(SERVER_URL_SETTING)  # the last URL that connected; one in the scene wins
         if savedUrl and parameterNode.serverUrl == DEFAULT_SERVER_URL:
             parameterNode.serverUrl = str(savedUrl)
         self.setParameterNode(parameterNode)
@@ -384,16 +381,19 @@ class MedSegDiffTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         slicer.mrmlScene.Clear()
-        if not os.environ.get(SERVER_URL_ENV):  # "Reload and Test" runs this directly: a skip is no failure
-            message = f"{SERVER_URL_ENV} is not set (e.g. http://127.0.0.1:8000): skipping the MedSegDiff round trip."
-            logging.warning(message)
-            return self.delayDisplay(message)
+        url, skipped = serverUrlFromEnvironment()
+        if skipped:  # "Reload and Test" calls runTest directly: a skip is no failure there
+            logging.warning(skipped)
+            return self.delayDisplay(skipped)
         self.test_MedSegDiffRoundTrip()
 
     def test_MedSegDiffRoundTrip(self):
+        url, skipped = serverUrlFromEnvironment()
+        if skipped:
+            self.skipTest(skipped)
         logic = MedSegDiffLogic()
         try:
-            run = runRoundTrip(logic, os.environ[SERVER_URL_ENV], report=self.delayDisplay)
+            run = runRoundTrip(logic, url, report=self.delayDisplay)
         finally:
             logic.cleanup()
         self.assertEqual(roundTripProblems(run), [])

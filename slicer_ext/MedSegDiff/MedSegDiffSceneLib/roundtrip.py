@@ -16,10 +16,21 @@ from MedSegDiffLib import read_image, transfer_to_grid
 from .logic import FINAL_TAG
 from .segments import ijkToRasArray
 
-__all__ = ["FAST_PARAMS", "SERVER_URL_ENV", "editSegment", "roundTripProblems", "runRoundTrip", "submitAndFetch"]
+__all__ = [
+    "FAST_PARAMS", "SERVER_URL_ENV", "editSegment", "roundTripProblems", "runRoundTrip", "serverUrlFromEnvironment",
+    "submitAndFetch",
+]
 
 SERVER_URL_ENV = "MEDSEGDIFF_SERVER_URL"
 FAST_PARAMS = {"num_inference_steps": 1, "num_ensemble": 2, "seed": 0}
+
+
+def serverUrlFromEnvironment():
+    """``(url, None)``, or ``(None, why the round trip is skipped)`` when ``MEDSEGDIFF_SERVER_URL`` is unset."""
+    url = os.environ.get(SERVER_URL_ENV)
+    if url:
+        return url, None
+    return None, f"{SERVER_URL_ENV} is not set (e.g. http://127.0.0.1:8000): skipping the MedSegDiff round trip."
 
 
 def editSegment(segmentationNode, volumeNode, segmentId, empty=False):
