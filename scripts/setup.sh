@@ -15,6 +15,13 @@ echo "[setup] creating .venv (first run takes a few minutes)"
 # stardist carries one real 2D nuclei image; its own dependencies (tensorflow) are not needed.
 .venv/bin/python -m pip install --quiet --no-deps stardist==0.9.2
 .venv/bin/python -m pip install --quiet --no-deps -e .
+# trame-slicer (3D Slicer's slice views rendered headless through EGL) pins slicer-core < 5.12, the tests run the
+# extension on slicer-core 5.13 (requirements.txt): it gets its own environment, used by
+# scripts/render_slicer_view.py (tests/test_slicer_core_roundtrip.py runs it in a subprocess).
+[ -x .venv-slicer/bin/python ] || "$PY" -m venv .venv-slicer
+.venv-slicer/bin/python -m pip install --quiet \
+  "trame-slicer[standalone]==2.0.0" slicer-core==5.11.0.6 slicer-layer-dm==2.0.0 vtk==9.6.0 \
+  numpy SimpleITK requests
 # Colin27 (mricron-data) is optional: added to the sample datastore when apt can install it.
 if [ ! -f /usr/share/mricron/templates/ch2.nii.gz ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq mricron-data) >/dev/null 2>&1 \

@@ -100,18 +100,6 @@ def test_infer_returns_a_label_on_the_image_grid(inference, monailabel_server, s
 
 
 @pytest.mark.slow
-def test_label_converts_to_seg_nrrd_with_server_names_and_colors(inference, server_info, tmp_path):
-    labels, colors = server_info.labels(MODEL), server_info.colors(MODEL)
-    seg = lib.write_label_as_seg_nrrd(inference["result"].label_path, tmp_path / "r.seg.nrrd", labels, colors)
-    array, _, segments = lib.read_seg_nrrd(seg)
-    label, _ = lib.read_image(inference["result"].label_path)
-    np.testing.assert_array_equal(array, label)
-    assert {s["name"]: s["labelValue"] for s in segments} == labels
-    for segment in segments:
-        np.testing.assert_allclose(segment["color"], colors[segment["name"]], atol=1e-6)
-
-
-@pytest.mark.slow
 def test_uncertainty_map_is_stored_for_the_image(client, inference, tmp_path):
     image_id = inference["sample"]["id"]
     image_path = client.download_image(image_id, dest_dir=str(tmp_path))

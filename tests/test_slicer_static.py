@@ -1,8 +1,9 @@
 """Checks of the 3D Slicer extension (slicer_ext/) that need neither Slicer nor a server.
 
-3D Slicer cannot be installed on dev/CI machines: the Slicer-side files are checked statically (they
-compile for Slicer's Python, the .ui declares every widget the module uses, CMake lists every file), and
-MedSegDiffLib - which must not import slicer/qt/vtk/ctk - is tested for real.
+The widget (MedSegDiff.py, Qt) only runs in a Slicer window: it is checked statically (it compiles for
+Slicer's Python, the .ui declares every widget it uses, CMake lists every file). MedSegDiffLib - which must
+not import slicer/qt/vtk/ctk - is tested for real here; the Logic (MedSegDiffSceneLib) runs on Slicer's own
+libraries in tests/test_slicer_core_*.py.
 """
 
 import ast
@@ -25,15 +26,20 @@ import urllib3
 EXT_DIR = Path(__file__).resolve().parents[1] / "slicer_ext"
 MODULE_DIR = EXT_DIR / "MedSegDiff"
 LIB_DIR = MODULE_DIR / "MedSegDiffLib"
+SCENE_LIB_DIR = MODULE_DIR / "MedSegDiffSceneLib"
 MODULE_FILE = MODULE_DIR / "MedSegDiff.py"
+LOGIC_FILE = SCENE_LIB_DIR / "logic.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedSegDiff.ui"
 SLICER_ONLY_MODULES = {"slicer", "qt", "vtk", "ctk"}
 
 sys.path.insert(0, str(MODULE_DIR))
 import MedSegDiffLib as lib  # noqa: E402
+from MedSegDiffLib.controls import buttonStates  # noqa: E402
 
 PY_FILES = sorted(EXT_DIR.rglob("*.py"))
 LIB_FILES = sorted(LIB_DIR.rglob("*.py"))
+SCENE_LIB_FILES = sorted(SCENE_LIB_DIR.rglob("*.py"))
+MAX_LINES = 400
 
 MEDSEGDIFF_INFO = {
     "name": "MedSegDiff Label",
@@ -67,6 +73,7 @@ def test_extension_has_the_expected_files():
     for path in (
         EXT_DIR / "CMakeLists.txt",
         EXT_DIR / "README.md",
+        EXT_DIR / "MedSegDiff.s4ext",
         MODULE_DIR / "CMakeLists.txt",
         MODULE_FILE,
         UI_FILE,
@@ -111,7 +118,7 @@ def test_importing_lib_loads_no_slicer_module():
     assert out.stdout.strip() == "[]"
 
 
-def test_module_defines_the_four_slicer_classes():
+def test_module_defines_the_slicer_classes_and_imports_the_logic():
     tree = ast.parse(MODULE_FILE.read_text())
     bases = {
         node.name: [getattr(b, "id", getattr(b, "attr", None)) for b in node.bases]
@@ -120,24 +127,29 @@ def test_module_defines_the_four_slicer_classes():
     }
     assert "ScriptedLoadableModule" in bases["MedSegDiff"]
     assert "ScriptedLoadableModuleWidget" in bases["MedSegDiffWidget"]
-    assert "ScriptedLoadableModuleLogic" in bases["MedSegDiffLogic"]
     assert "ScriptedLoadableModuleTest" in bases["MedSegDiffTest"]
-    process = next(
-        f
-        for c in tree.body
-        if isinstance(c, ast.ClassDef) and c.name == "MedSegDiffLogic"
-        for f in c.body
-        if isinstance(f, ast.FunctionDef) and f.name == "process"
-    )
+    imported = {a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert "MedSegDiffLogic" in imported, "MedSegDiff.MedSegDiffLogic must stay importable for scripts"
+    logic = next(c for c in ast.parse(LOGIC_FILE.read_text()).body if getattr(c, "name", "") == "MedSegDiffLogic")
+    process = next(f for f in logic.body if isinstance(f, ast.FunctionDef) and f.name == "process")
     assert [a.arg for a in process.args.args] == ["self", "volumeNode", "params", "progress"]
 
 
-def test_logic_opens_no_dialog():
-    tree = ast.parse(MODULE_FILE.read_text())
-    logic = next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "MedSegDiffLogic")
-    source = ast.get_source_segment(MODULE_FILE.read_text(), logic)
+@pytest.mark.parametrize("path", SCENE_LIB_FILES, ids=lambda p: p.name)
+def test_logic_imports_only_slicer_vtk_and_the_lib_and_opens_no_dialog(path):
+    imported = _imported_top_modules(path)
+    assert not imported & {"qt", "ctk"}, f"{path.name} imports Qt: the Logic must run without it"
+    source = path.read_text()
     for dialog in ("Display(", "messageBox", "QMessageBox", "QFileDialog", "QInputDialog", "tryWithErrorDisplay"):
-        assert dialog not in source, f"MedSegDiffLogic uses {dialog}: the logic must never open dialogs"
+        assert dialog not in source, f"{path.name} uses {dialog}: the logic must never open dialogs"
+
+
+@pytest.mark.parametrize("path", PY_FILES, ids=lambda p: str(p.relative_to(EXT_DIR)))
+def test_extension_files_are_small_and_only_the_widget_imports_qt(path):
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path.name} has {lines} lines (at most {MAX_LINES})"
+    if path.name not in ("MedSegDiff.py", "run_slicer_test.py"):
+        assert not _imported_top_modules(path) & {"qt", "ctk"}, f"{path.name} imports Qt outside the widget"
 
 
 # -- .ui -------------------------------------------------------------------------------------------
@@ -166,7 +178,12 @@ def test_every_self_ui_name_exists_in_the_ui_file():
         and isinstance(node.value.value, ast.Name)
         and node.value.value.id == "self"
     }
-    assert len(used) > 20, "the widget should use its .ui controls through self.ui"
+    assert len(used) > 15, "the widget should use its .ui controls through self.ui"
+    states = buttonStates(lib.ServerInfo.from_json(MEDSEGDIFF_INFO), lib.BackgroundWork(), True,
+                                       None, None, None, None)  # fmt: skip
+    used |= set(states)
+    used |= {f"{field}SpinBox" for field in ("numInferenceSteps", "numEnsemble", "seed")}  # getattr in setup()
+    used |= {f"{name}ComboBox" for name in ("sampler", "device", "fusion")}
     widgets, _ = _ui_widgets()
     missing = sorted(used - set(widgets))
     assert not missing, f"MedSegDiff.py uses self.ui.{missing} that MedSegDiff.ui does not declare"
@@ -213,6 +230,24 @@ def test_extension_cmakelists_has_the_extension_metadata():
     assert re.search(r"EXTENSION_HOMEPAGE\s+\"[^\"]*README\.md\"", text)
     assert "find_package(Slicer REQUIRED)" in text
     assert "add_subdirectory(MedSegDiff)" in text
+
+
+def test_s4ext_description_matches_the_cmake_metadata():
+    fields = {}
+    for line in (EXT_DIR / "MedSegDiff.s4ext").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition(" ")
+            fields[key] = value.strip()
+    cmake = (EXT_DIR / "CMakeLists.txt").read_text()
+    url = re.search(r'set\(MEDSEGDIFF_REPOSITORY_URL "([^"]+)"', cmake).group(1)
+    assert fields["scm"] == "git" and fields["scmurl"] == url + ".git"
+    assert fields["build_subdirectory"] == "slicer_ext", "the extension's CMakeLists.txt is in slicer_ext/"
+    assert fields["homepage"] == url + "/blob/main/slicer_ext/README.md"
+    assert fields["iconurl"] == url + "/raw/main/slicer_ext/MedSegDiff.png"
+    assert fields["screenshoturls"] == url + "/raw/main/slicer_ext/MedSegDiff-view.png"
+    assert (EXT_DIR / "MedSegDiff-view.png").is_file()
+    assert fields["category"] == re.search(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', cmake).group(1)
+    assert fields["description"] == re.search(r'set\(EXTENSION_DESCRIPTION "([^"]+)"\)', cmake).group(1)
 
 
 # -- parameters --------------------------------------------------------------------------------------
@@ -308,7 +343,7 @@ def test_label_colors_from_server_in_0_1_or_0_255():
     }
 
 
-# -- files: NIfTI, seg.nrrd ------------------------------------------------------------------------------
+# -- files: NIfTI ------------------------------------------------------------------------------
 
 # An oblique, anisotropic grid: catches axis-order and direction mistakes.
 IJK_TO_LPS = np.array(
@@ -332,31 +367,6 @@ def test_nifti_round_trip_keeps_voxels_and_geometry(tmp_path):
     nifti = nib.load(str(path))
     np.testing.assert_allclose(np.diag([-1, -1, 1, 1]) @ nifti.affine, IJK_TO_LPS, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(nifti.dataobj).transpose(2, 1, 0), _label_array())
-
-
-def test_seg_nrrd_keeps_segment_names_colors_voxels_and_geometry(tmp_path):
-    labels = {"brain": 1, "lesion": 2}
-    colors = {"brain": (0.9, 0.7, 0.2), "lesion": (0.1, 0.2, 1.0)}
-    nifti = lib.write_image(_label_array(), IJK_TO_LPS, tmp_path / "label.nii.gz")
-    seg = lib.write_label_as_seg_nrrd(nifti, tmp_path / "result.seg.nrrd", labels, colors)
-    array, ijk_to_lps, segments = lib.read_seg_nrrd(seg)
-    np.testing.assert_array_equal(array, _label_array())
-    np.testing.assert_allclose(ijk_to_lps, IJK_TO_LPS, atol=1e-5)
-    assert [(s["id"], s["name"], s["labelValue"]) for s in segments] == [("brain", "brain", 1), ("lesion", "lesion", 2)]
-    for segment in segments:
-        np.testing.assert_allclose(segment["color"], colors[segment["name"]], atol=1e-6)
-    header = (tmp_path / "result.seg.nrrd").read_bytes().split(b"\n\n")[0].decode()
-    assert "space: left-posterior-superior" in header and "Segment1_Name:=lesion" in header
-
-
-def test_seg_nrrd_keeps_empty_segments_and_rejects_undeclared_values(tmp_path):
-    array = np.zeros((3, 4, 5), np.uint8)
-    lib.write_seg_nrrd(tmp_path / "empty.seg.nrrd", array, np.eye(4), {"brain": 1})
-    _, _, segments = lib.read_seg_nrrd(tmp_path / "empty.seg.nrrd")
-    assert [s["name"] for s in segments] == ["brain"]
-    array[0, 0, 0] = 7
-    with pytest.raises(ValueError, match=r"values \[7\]"):
-        lib.write_seg_nrrd(tmp_path / "bad.seg.nrrd", array, np.eye(4), {"brain": 1})
 
 
 def test_remap_labels_maps_export_values_to_server_values():

@@ -10,21 +10,23 @@ from .conversions import (
     label_colors,
     label_items,
     most_uncertain_slice,
+    read_geometry,
     read_image,
-    read_seg_nrrd,
     remap_labels,
+    transfer_to_grid,
     uncertainty_display_range,
     write_image,
-    write_label_as_seg_nrrd,
-    write_seg_nrrd,
 )
-from .jobs import BackgroundJob
+from .jobs import MAIN_THREAD_WAIT_S, TIMER_INTERVAL_MS, BackgroundJob, BackgroundWork
 from .params import KNOWN_RANGES, ParameterSpec, declared_parameters, default_values, validate_params
 from .serverinfo import DEFAULT_MODEL, DEFAULT_STRATEGY, ServerInfo
 from .training import FINISHED_STATES, TrainingPoller, TrainingProgress, training_progress
 
 __all__ = [
+    "MAIN_THREAD_WAIT_S",
+    "TIMER_INTERVAL_MS",
     "BackgroundJob",
+    "BackgroundWork",
     "DEFAULT_MODEL",
     "DEFAULT_PALETTE",
     "DEFAULT_STRATEGY",
@@ -43,13 +45,12 @@ __all__ = [
     "label_items",
     "most_uncertain_slice",
     "parse_multipart",
+    "read_geometry",
     "read_image",
-    "read_seg_nrrd",
     "remap_labels",
     "training_progress",
+    "transfer_to_grid",
     "uncertainty_display_range",
     "validate_params",
     "write_image",
-    "write_label_as_seg_nrrd",
-    "write_seg_nrrd",
 ]

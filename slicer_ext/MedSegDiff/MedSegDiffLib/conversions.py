@@ -1,10 +1,10 @@
-"""Conversions between the server's files (NIfTI label / uncertainty) and numpy arrays, and ``.seg.nrrd``.
+"""Conversions between the server's files (NIfTI label / uncertainty) and numpy arrays, and between grids.
 
 Array convention: numpy arrays are indexed ``[k, j, i]`` (slice, row, column), the order of
 ``slicer.util.arrayFromVolume`` and ``SimpleITK.GetArrayFromImage``. Geometry is a 4x4 ``ijk_to_lps``
-matrix (ITK / DICOM physical space), the convention of ``slicerio``.
+matrix (ITK / DICOM physical space).
 
-SimpleITK ships with 3D Slicer; ``slicerio`` (and ``pynrrd``) are installed on first use by the module.
+SimpleITK ships with 3D Slicer.
 """
 
 import numpy as np
@@ -14,13 +14,12 @@ __all__ = [
     "label_colors",
     "label_items",
     "most_uncertain_slice",
+    "read_geometry",
     "read_image",
-    "read_seg_nrrd",
     "remap_labels",
+    "transfer_to_grid",
     "uncertainty_display_range",
     "write_image",
-    "write_label_as_seg_nrrd",
-    "write_seg_nrrd",
 ]
 
 # Fallback colours (0-1 RGB) when the server declares no label_colors; the first ones follow Slicer's
@@ -90,6 +89,45 @@ def read_image(path):
     return sitk.GetArrayFromImage(image), _ijk_to_lps(image)
 
 
+def read_geometry(path):
+    """``(shape[k, j, i], ijk_to_lps)`` of an image file, from its header only (no voxels are read)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if reader.GetDimension() != 3:
+        raise ValueError(f"{path}: expected a 3D image, found {reader.GetDimension()}D")
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array(reader.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(reader.GetSpacing())
+    matrix[:3, 3] = reader.GetOrigin()
+    return tuple(int(n) for n in reversed(reader.GetSize())), matrix
+
+
+def transfer_to_grid(array, source_ijk_to_world, target_ijk_to_world, target_shape):
+    """Voxels of ``array[k, j, i]`` on another grid of the same space (nearest neighbour, 0 outside).
+
+    When both grids hold the same voxel centres in another axis order or direction (3D Slicer >= 5.8 loads a
+    left-handed image with its K axis flipped), the result is an exact reordering of ``array``.
+
+    Args:
+        array: voxels on the source grid.
+        source_ijk_to_world: 4x4 voxel-to-world matrix of the source grid.
+        target_ijk_to_world: 4x4 voxel-to-world matrix of the target grid (same world space).
+        target_shape: ``(k, j, i)`` size of the target grid.
+    """
+    array = np.asarray(array)
+    target_shape = tuple(int(n) for n in target_shape)
+    target_to_source = np.linalg.inv(np.asarray(source_ijk_to_world, float)) @ np.asarray(target_ijk_to_world, float)
+    target_ijk = np.indices(target_shape).reshape(3, -1)[::-1]  # rows i, j, k
+    source_ijk = np.rint(target_to_source[:3, :3] @ target_ijk + target_to_source[:3, 3:4]).astype(np.int64)
+    inside = np.all((source_ijk >= 0) & (source_ijk < np.array(array.shape[::-1])[:, None]), axis=0)
+    out = np.zeros(int(np.prod(target_shape)), dtype=array.dtype)
+    i, j, k = source_ijk[:, inside]
+    out[inside] = array[k, j, i]
+    return out.reshape(target_shape)
+
+
 def write_image(array, ijk_to_lps, path):
     """Write ``array[k, j, i]`` with the given geometry to ``path`` (format from the extension)."""
     import SimpleITK as sitk
@@ -102,81 +140,6 @@ def write_image(array, ijk_to_lps, path):
     image.SetOrigin([float(o) for o in matrix[:3, 3]])
     sitk.WriteImage(image, str(path), useCompression=str(path).endswith(".gz"))
     return str(path)
-
-
-def write_seg_nrrd(path, label_array, ijk_to_lps, labels, colors=None):
-    """Write a label array as a Slicer segmentation (``.seg.nrrd``), one segment per label.
-
-    Every declared label gets a segment (empty ones too, so the annotator can paint what the model
-    missed); the segment ID and name are the label name, the colour comes from ``colors``.
-
-    Args:
-        path: output file, normally ending in ``.seg.nrrd``.
-        label_array: integer ``array[k, j, i]``.
-        ijk_to_lps: 4x4 voxel-to-LPS matrix.
-        labels: ``{name: value}`` (or list of names).
-        colors: ``{name: (r, g, b)}`` 0-1; ``label_colors(labels)`` when None.
-
-    Raises:
-        ValueError: if the array holds a value that no label declares.
-    """
-    import slicerio
-
-    items = label_items(labels)
-    colors = colors or label_colors(labels)
-    label_array = np.asarray(label_array)
-    known = {0} | {value for _, value in items}
-    unknown = sorted(int(v) for v in np.unique(label_array) if int(v) not in known)
-    if unknown:
-        raise ValueError(f"label image holds values {unknown} that the server's labels {dict(items)} do not declare")
-    max_value = max(known)
-    dtype = np.uint8 if max_value < 256 else np.uint16
-    segmentation = {
-        "voxels": np.ascontiguousarray(label_array.astype(dtype).transpose(2, 1, 0)),  # [i, j, k] for NRRD
-        "ijkToLPS": np.asarray(ijk_to_lps, dtype=float),
-        "containedRepresentationNames": ["Binary labelmap"],
-        "masterRepresentation": "Binary labelmap",
-        "segments": [
-            {
-                "id": name,
-                "name": name,
-                "labelValue": value,
-                "layer": 0,
-                "color": [float(c) for c in colors.get(name, DEFAULT_PALETTE[0])],
-                "nameAutoGenerated": False,
-                "colorAutoGenerated": False,
-            }
-            for name, value in items
-        ],
-    }
-    slicerio.write_segmentation(str(path), segmentation)
-    return str(path)
-
-
-def write_label_as_seg_nrrd(label_path, seg_path, labels, colors=None):
-    """Convert the server's label file (NIfTI) to a ``.seg.nrrd`` with segment names and colours."""
-    array, ijk_to_lps = read_image(label_path)
-    return write_seg_nrrd(seg_path, array, ijk_to_lps, labels, colors)
-
-
-def read_seg_nrrd(path):
-    """Read a ``.seg.nrrd`` written by Slicer or ``write_seg_nrrd``.
-
-    Returns:
-        ``(label_array[k, j, i], ijk_to_lps, segments)`` where ``segments`` is a list of dicts with
-        ``id``, ``name``, ``labelValue``, ``layer`` and ``color``. Single-layer files only.
-    """
-    import slicerio
-
-    segmentation = slicerio.read_segmentation(str(path))
-    voxels = np.asarray(segmentation["voxels"])
-    if voxels.ndim != 3:
-        raise ValueError(f"{path}: segments overlap (several layers); merge them before reading")
-    segments = [
-        {key: segment.get(key) for key in ("id", "name", "labelValue", "layer", "color")}
-        for segment in segmentation.get("segments", [])
-    ]
-    return voxels.transpose(2, 1, 0), np.asarray(segmentation["ijkToLPS"], dtype=float), segments
 
 
 def remap_labels(array, mapping):

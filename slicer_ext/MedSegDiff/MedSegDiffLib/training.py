@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .client import ServerError
+from .jobs import MAIN_THREAD_WAIT_S
 
 __all__ = ["FINISHED_STATES", "TrainingPoller", "TrainingProgress", "training_progress"]
 
@@ -41,6 +42,12 @@ class TrainingProgress:
     message: str = ""
     error: Optional[str] = None
     task: dict = field(default_factory=dict)
+
+    def summary(self):
+        """One line for the module: status, epochs, the error or the best Dice."""
+        epochs = f"{self.epoch}/{self.total_epochs}" if self.total_epochs else f"{self.epoch}"
+        text = self.error or f"{self.status}, epoch {epochs}"
+        return text if self.best_dice is None else f"{text}, best Dice {self.best_dice:.3f}"
 
     @property
     def finished(self):
@@ -111,6 +118,7 @@ class TrainingPoller:
         self.stop_event = stop_event or threading.Event()
         self.baseline_start_ts = baseline_start_ts
         self.latest = TrainingProgress()
+        self.finished = threading.Event()
 
     def poll_once(self):
         """Ask the server once; returns (and stores in ``latest``) the progress."""
@@ -127,6 +135,12 @@ class TrainingPoller:
 
     def run(self, timeout=None):
         """Poll until the run finishes, ``stop_event`` is set or ``timeout`` seconds pass; returns the last progress."""
+        try:
+            return self._run(timeout)
+        finally:
+            self.finished.set()
+
+    def _run(self, timeout):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             progress = self.poll_once()
@@ -136,6 +150,14 @@ class TrainingPoller:
                 return progress
             if self.stop_event.wait(self.interval):
                 return progress
+
+    def tick(self, wait_s=MAIN_THREAD_WAIT_S):
+        """Main thread's timer tick: let the polling thread run for up to ``wait_s`` seconds (see ``jobs``).
+
+        Returns:
+            True once polling has ended.
+        """
+        return self.finished.wait(wait_s)
 
     def start(self):
         """Run ``run()`` in a daemon thread and return the thread."""
