@@ -55,6 +55,8 @@ class Settings:
     fallback_model_iterations: int
     members: int = 5
     default_steps: int = 10
+    diversity_steps: tuple[int, ...] = (2, 10)  # DDIM steps x eta of the member-diversity sweep
+    diversity_etas: tuple[float, ...] = (0.0, 0.5, 1.0)
 
 
 def _iterations(default: int) -> int:
@@ -115,5 +117,7 @@ QUICK_SETTINGS = Settings(
     speed_iterations=4,
     fallback_model_iterations=20,
     default_steps=2,
+    diversity_steps=(2,),
+    diversity_etas=(0.0, 1.0),
 )
 SETTINGS = QUICK_SETTINGS if QUICK else FULL

@@ -93,7 +93,9 @@ class PlainSegmenter(nn.Module):
         self.network = network
         self.spatial_dims = network.spatial_dims
         self.num_classes = network.num_classes
+        self.out_channels = network.out_channels
         self.in_channels = network.in_channels
+        self.config = network.config
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return self.network.encode_image(image)
@@ -118,24 +120,9 @@ class PlainSegmenter(nn.Module):
         return diffusion_to_probabilities(self(x, t, context=image).float())
 
 
-class _ImageOnly(nn.Module):
-    """A fusion level that hands the image features on untouched (the mask features are ignored)."""
-
-    def forward(self, image_features: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
-        return image_features
-
-
-class MedSegDiffUNetNoFusion(MedSegDiffUNet):
-    """``MedSegDiffUNet`` with attentive fusion (and so the FF-Parser) off: the image branch never sees the mask.
-
-    Image and mask features still meet at the bottleneck (their sum), as in the full network. Same arguments
-    as :class:`MedSegDiffUNet`; ``config["use_fusion"]`` is False.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fusions = nn.ModuleList([_ImageOnly() for _ in self.fusions])
-        self.config["use_fusion"] = False
+def MedSegDiffUNetNoFusion(**kwargs: Any) -> MedSegDiffUNet:  # noqa: N802 - reads as the class it builds
+    """``MedSegDiffUNet`` with attentive fusion (and so the FF-Parser) off (``use_fusion=False``)."""
+    return MedSegDiffUNet(**{**kwargs, "use_fusion": False})
 
 
 def train_segmenter(

@@ -215,6 +215,13 @@ class AttentiveFusion(nn.Module):
         return image_features + fused
 
 
+class ImageOnly(nn.Module):
+    """Fusion switched off: hands the image features on untouched (the mask features are ignored)."""
+
+    def forward(self, image_features: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+        return image_features
+
+
 class Downsample(nn.Module):
     """Strided 3x3 convolution halving every spatial size."""
 

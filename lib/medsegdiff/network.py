@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from .blocks import AttentionBlock, AttentiveFusion, Downsample, ResidualBlock, TimestepEmbedding, Upsample
+from .blocks import AttentionBlock, AttentiveFusion, Downsample, ImageOnly, ResidualBlock, TimestepEmbedding, Upsample
 
 __all__ = ["MedSegDiffUNet", "SKIP_SOURCES"]
 
@@ -52,6 +52,8 @@ class MedSegDiffUNet(nn.Module):
         num_head_channels: channels per attention head.
         time_injection: ``"adagn"`` (scale/shift of the group norm) or ``"add"``.
         use_ff_parser: False ablates the FF-Parser (attentive fusion stays).
+        use_fusion: False ablates attentive fusion (and with it the FF-Parser): the image features pass every level
+            unchanged and meet the mask features only at the bottleneck.
         skip_source: ``"mask"``, ``"fused"`` or ``"concat"`` (what the decoder skips carry).
         background_channel: diffuse an explicit background channel (C + 1 mask channels).
         context_slices: neighbour slices per side given as extra image channels (2D networks only).
@@ -70,6 +72,7 @@ class MedSegDiffUNet(nn.Module):
         num_head_channels: int = 32,
         time_injection: str = "adagn",
         use_ff_parser: bool = True,
+        use_fusion: bool = True,
         skip_source: str = "mask",
         background_channel: bool = False,
         context_slices: int = 0,
@@ -100,6 +103,7 @@ class MedSegDiffUNet(nn.Module):
             "num_head_channels": num_head_channels,
             "time_injection": time_injection,
             "use_ff_parser": use_ff_parser,
+            "use_fusion": bool(use_fusion),
             "skip_source": skip_source,
             "background_channel": bool(background_channel),
             "context_slices": int(context_slices),
@@ -134,7 +138,7 @@ class MedSegDiffUNet(nn.Module):
             self.mask_blocks.append(nn.ModuleList([res(ch, ch) for _ in range(num_res_blocks)]))
             self.mask_attention.append(AttentionBlock(ch, num_head_channels) if attention_levels[level] else nn.Identity())
             level_size = tuple(s // 2**level for s in padded)
-            self.fusions.append(AttentiveFusion(spatial_dims, ch, level_size, use_ff_parser))
+            self.fusions.append(AttentiveFusion(spatial_dims, ch, level_size, use_ff_parser) if use_fusion else ImageOnly())
 
         deepest = channels[-1]
         self.middle = nn.ModuleList([res(deepest, deepest), AttentionBlock(deepest, num_head_channels), res(deepest, deepest)])
