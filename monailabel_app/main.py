@@ -154,6 +154,12 @@ class MedSegDiffApp(MONAILabelApp):
             methods.update(config.scoring_method())
         return methods
 
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The strategy's choice, without the server ``path`` MONAI Label adds (clients download by id)."""
+        sample = super().next_sample(request)
+        sample.pop("path", None)
+        return sample
+
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Run inference; keep the uncertainty volume of a datastore image as its ``uncertainty`` label."""
         try:  # only a datastore id or the file uploaded with the request, never a server path
