@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,11 @@ def test_suggest_two_edits_on_long_names():
     assert suggest("lerning_rt", ["learning_rate", "batch_size"]) is None  # three edits
 
 
+def test_suggest_plural_or_singular_beyond_two_edits():
+    assert suggest("max_entries", ["max_entry", "seed"]) == "max_entry"  # 3 edits, the same words
+    assert suggest("nums_inferences_step", INFER_NAMES) == "num_inference_steps"
+
+
 def test_unread_keys_refuses_typos_and_reports_the_rest():
     with pytest.raises(UnknownParameter, match=r"unknown parameter `num_ensembles`; did you mean `num_ensemble`\?"):
         unread_keys({"num_ensembles": 20}, INFER_NAMES, "infer")
@@ -108,7 +114,8 @@ def _server_paths(server) -> set[str]:
 
 
 def _leaks(text: str, server) -> list[str]:
-    return sorted(p for p in _server_paths(server) if p in text)
+    """The server folders ``text`` names (as whole path components: ``/a/b`` is not in ``/a/b-c``)."""
+    return sorted(p for p in _server_paths(server) if re.search(re.escape(p) + r"(?![\w.-])", text))
 
 
 # ---------------------------------------------------------------------------------------------- typos → 422
