@@ -140,37 +140,29 @@ def test_infer_typo_or_bad_eta_is_refused_naming_it(monailabel_server, params, f
 
 
 @pytest.mark.parametrize(
-    "body, fragment",
+    "kind, body, fragment",
     [
-        ({"max_epoch": 1}, "unknown parameter `max_epoch`; did you mean `max_epochs`?"),
-        ({"learning_rates": 1e-4}, "did you mean `learning_rate`?"),
-        ({"pretrain": False}, "did you mean `pretrained`?"),
-        ({"learning_rate": -1}, "learning_rate must be in"),
-        ({"max_epochs": "many"}, "max_epochs must be an integer"),
-        ({"name": "../../escape"}, "name must match"),
-        ({"pretrained": "maybe"}, "pretrained must be true or false"),
-        ({"gpus": "0;rm"}, "gpus must match"),
+        ("train", {"max_epoch": 1}, "unknown parameter `max_epoch`; did you mean `max_epochs`?"),
+        ("train", {"learning_rates": 1e-4}, "did you mean `learning_rate`?"),
+        ("train", {"pretrain": False}, "did you mean `pretrained`?"),
+        ("train", {"learning_rate": -1}, "learning_rate must be in"),
+        ("train", {"max_epochs": "many"}, "max_epochs must be an integer"),
+        ("train", {"name": "../../escape"}, "name must match"),
+        ("train", {"pretrained": "maybe"}, "pretrained must be true or false"),
+        ("train", {"gpus": "0;rm"}, "gpus must match"),
+        ("scoring", {"num_ensembles": 3}, "unknown parameter `num_ensembles`; did you mean `num_ensemble`?"),
+        ("scoring", {"forse": True}, "did you mean `force`?"),
+        ("scoring", {"num_ensemble": 1}, "num_ensemble must be in [2, 32]"),
     ],
 )
-def test_train_typo_or_bad_value_is_refused_before_a_task_starts(monailabel_server, body, fragment):
-    before = requests.get(f"{monailabel_server.url}/train/", params={"all": "true"}, timeout=30)
-    response = requests.post(f"{monailabel_server.url}/train/{MODEL}", json=body, timeout=30)
+def test_task_typo_or_bad_value_is_refused_before_a_task_starts(monailabel_server, kind, body, fragment):
+    name = MODEL if kind == "train" else SCORING
+    status = f"{monailabel_server.url}/{kind}/"
+    before = requests.get(status, params={"all": "true"}, timeout=30)
+    response = requests.post(f"{monailabel_server.url}/{kind}/{name}", json=body, timeout=30)
     assert response.status_code == 422 and fragment in response.json()["detail"], response.text
-    after = requests.get(f"{monailabel_server.url}/train/", params={"all": "true"}, timeout=30)
+    after = requests.get(status, params={"all": "true"}, timeout=30)
     assert after.text == before.text  # no task was submitted
-
-
-@pytest.mark.parametrize(
-    "body, fragment",
-    [
-        ({"num_ensembles": 3}, "unknown parameter `num_ensembles`; did you mean `num_ensemble`?"),
-        ({"forse": True}, "did you mean `force`?"),
-        ({"num_ensemble": 1}, "num_ensemble must be in [2, 32]"),
-    ],
-)
-def test_scoring_typo_or_bad_value_is_refused(monailabel_server, body, fragment):
-    response = requests.post(f"{monailabel_server.url}/scoring/{SCORING}", json=body, timeout=30)
-    assert response.status_code == 422 and fragment in response.json()["detail"], response.text
 
 
 # ---------------------------------------------------------------------------------------------- accepted requests
