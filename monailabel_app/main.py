@@ -26,6 +26,7 @@ from lib.auth import install_token_decoder
 from lib.capacity import InferenceGate, InferenceGateMiddleware
 from lib.infers import UNCERTAINTY_FILE_KEY
 from lib.safe_datastore import SafeLocalDatastore
+from lib.task_requests import PathRedactor, TaskRequestMiddleware
 from lib.validation import (
     UploadSizeLimitMiddleware,
     ValidationError,
@@ -105,6 +106,21 @@ class MedSegDiffApp(MONAILabelApp):
         if server is not None:
             install_asgi_middleware(server.app, UploadSizeLimitMiddleware)
             install_asgi_middleware(server.app, InferenceGateMiddleware, gate=InferenceGate.from_env())
+            redact = PathRedactor.for_server(app_dir, studies, str(model_dir))
+            install_asgi_middleware(server.app, TaskRequestMiddleware, check=self.check_task_request, redact=redact)
+
+    def check_task_request(self, kind: str, name: str, request: dict[str, Any]) -> list[str] | None:
+        """Check the body of ``POST /train/<name>`` or ``/scoring/<name>`` before MONAI Label starts the task.
+
+        Returns:
+            the keys nobody reads, or None when no task of this app has that name (MONAI Label answers).
+
+        Raises:
+            InvalidParameter: a bad value or a near-miss of a declared parameter (the middleware answers 422).
+        """
+        task = (self._trainers if kind == "train" else self._scoring_methods).get(name)
+        check = getattr(task, "check_request", None)
+        return check(request) if check else None
 
     def init_datastore(self) -> Datastore:
         """Local datastores validate every upload and write atomically (``lib.safe_datastore``)."""
@@ -137,6 +153,12 @@ class MedSegDiffApp(MONAILabelApp):
         for config in self.models.values():
             methods.update(config.scoring_method())
         return methods
+
+    def next_sample(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The strategy's choice, without the server ``path`` MONAI Label adds (clients download by id)."""
+        sample = super().next_sample(request)
+        sample.pop("path", None)
+        return sample
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
         """Run inference; keep the uncertainty volume of a datastore image as its ``uncertainty`` label."""

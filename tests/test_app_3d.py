@@ -90,7 +90,8 @@ def test_3d_model_starts_untrained_infers_trains_and_serves_the_trained_checkpoi
     label = nib.load(result["file"])
     assert label.shape == image.shape
     np.testing.assert_allclose(label.affine, image.affine, atol=1e-4)
-    assert result["params"]["checkpoint"]["path"] == str(files / "initial.pt")
+    assert result["params"]["checkpoint"]["file"] == "initial.pt"
+    assert result["params"]["checkpoint"]["mtime"] == (files / "initial.pt").stat().st_mtime
 
     stats = app.train({
         "model": "medsegdiff_3d", "max_epochs": 1, "samples_per_epoch": 2, "batch_size": 2, "multi_gpu": False,
@@ -101,5 +102,6 @@ def test_3d_model_starts_untrained_infers_trains_and_serves_the_trained_checkpoi
     assert stats["best_metric"] == pytest.approx(load_checkpoint(files / "best.pt")[2]["val_dice"], abs=1e-6)
     assert "UNTRAINED" not in app.info()["models"]["medsegdiff_3d"]["description"]
     again = app.infer({"model": "medsegdiff_3d", "image": "slab_b", **FAST})
-    assert again["params"]["checkpoint"]["path"] == str(files / "best.pt")
+    assert again["params"]["checkpoint"]["file"] == "best.pt"
+    assert again["params"]["checkpoint"]["mtime"] == (files / "best.pt").stat().st_mtime
     assert again["params"]["checkpoint"]["epochs_trained"] == 1

@@ -7,15 +7,20 @@ exists, a fresh untrained network is written to ``<training folder>/initial.pt``
 
 The checkpoint's ``network_config`` defines the architecture; its metadata carries ``spacing``,
 ``slice_axis``, ``labels`` and ``label_colors`` (defaults below when absent).
+
+Clients see a checkpoint by model, file name, modification time, epochs and validation Dice
+(:func:`describe_checkpoint`), never by its path: paths stay in the server log.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ from medsegdiff.checkpoint import load_checkpoint, read_checkpoint, save_checkpo
 from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.network import MedSegDiffUNet
 
-__all__ = ["DEFAULT_METADATA", "ModelInfo", "ModelFiles", "LoadedModel", "CheckpointCache"]
+__all__ = ["DEFAULT_METADATA", "ModelInfo", "ModelFiles", "LoadedModel", "CheckpointCache", "describe_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,29 @@ DEFAULT_METADATA: dict[str, Any] = {
     "label_colors": {"brain": [0.86, 0.6, 0.47]},
 }
 """Used for every key a checkpoint's metadata does not have."""
+
+
+_DESCRIBED_METADATA = ("trained", "epochs_trained", "val_dice", "saved_at")
+
+
+def describe_checkpoint(model: str, path: str | Path, mtime: float, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What clients are told about a checkpoint: model, file name, modification time, epochs, validation Dice.
+
+    No directory: the server's folder layout is not a client's business (the path is in the server log).
+    """
+    return {
+        "model": model,
+        "file": Path(path).name,
+        "mtime": mtime,
+        "modified": datetime.fromtimestamp(mtime, timezone.utc).isoformat(timespec="seconds"),
+        **{k: metadata[k] for k in _DESCRIBED_METADATA if k in metadata},
+    }
+
+
+@functools.lru_cache(maxsize=16)
+def _metadata(path: str, mtime: float) -> dict[str, Any]:
+    """A checkpoint file's metadata, read once per file version (``/info`` is polled by clients)."""
+    return dict(read_checkpoint(path).get("metadata", {}))
 
 
 def _labels(value: Any) -> dict[str, int]:
@@ -124,6 +152,12 @@ class ModelFiles:
         """The checkpoint inference uses now."""
         return self.best if self.best.is_file() else self.initial
 
+    def describe_current(self) -> dict[str, Any]:
+        """:func:`describe_checkpoint` of the checkpoint inference uses now."""
+        path = str(self.current())
+        mtime = os.stat(path).st_mtime
+        return describe_checkpoint(self.name, path, mtime, _metadata(path, mtime))
+
     @classmethod
     def resolve(
         cls,
@@ -171,13 +205,9 @@ class LoadedModel:
     path: str
     mtime: float
 
-    def describe(self) -> dict[str, Any]:
-        keys = ("trained", "epochs_trained", "val_dice", "saved_at")
-        return {
-            "path": self.path,
-            "mtime": self.mtime,
-            **{k: self.metadata[k] for k in keys if k in self.metadata},
-        }
+    def describe(self, model: str) -> dict[str, Any]:
+        """:func:`describe_checkpoint` of this version (``model``: the model's name)."""
+        return describe_checkpoint(model, self.path, self.mtime, self.metadata)
 
 
 class CheckpointCache:

@@ -22,11 +22,15 @@ __all__ = [
     "FloatParam",
     "ChoiceParam",
     "BoolParam",
+    "TextParam",
+    "UnknownParameter",
     "INFER_PARAMS",
+    "MONAILABEL_TRAIN_PARAMS",
     "SCORING_PARAMS",
     "TRAIN_PARAMS",
     "declare",
     "parse",
+    "check_values",
 ]
 
 SEED_MAX = 2**31 - 1
@@ -38,6 +42,14 @@ class InvalidParameter(ValueError):
     def __init__(self, name: str, message: str) -> None:
         super().__init__(message)
         self.name = name
+
+
+class UnknownParameter(InvalidParameter):
+    """A request key the task does not declare, close to one it does (``suggestion``): most likely a typo."""
+
+    def __init__(self, name: str, suggestion: str) -> None:
+        super().__init__(name, f"unknown parameter `{name}`; did you mean `{suggestion}`?")
+        self.suggestion = suggestion
 
 
 @dataclass(frozen=True)
@@ -135,7 +147,25 @@ class BoolParam:
         raise InvalidParameter(self.name, f"{self.name} must be true or false, got {value!r}")
 
 
-Param = IntParam | FloatParam | ChoiceParam | BoolParam
+@dataclass(frozen=True)
+class TextParam:
+    """A string that matches ``pattern`` as a whole (the pattern also bounds its length)."""
+
+    name: str
+    default: str
+    pattern: str
+    help: str = ""
+
+    def declared(self) -> Any:
+        return self.default
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str) or not re.fullmatch(self.pattern, value):
+            raise InvalidParameter(self.name, f"{self.name} must match {self.pattern}, got {value!r}")
+        return value
+
+
+Param = IntParam | FloatParam | ChoiceParam | BoolParam | TextParam
 
 INFER_PARAMS: tuple[Param, ...] = (
     IntParam("num_inference_steps", 10, 1, 1000, "reverse-diffusion steps per ensemble member"),
@@ -144,6 +174,7 @@ INFER_PARAMS: tuple[Param, ...] = (
     IntParam("seed", 0, 0, SEED_MAX, "seed of ensemble member 0 (member m uses seed + m): same seed, same result"),
     ChoiceParam("device", ("auto", "cpu", "cuda"), "auto: CUDA when the server has a GPU, else CPU"),
     ChoiceParam("fusion", ("mean", "vote", "staple"), "how members are fused: soft mean, majority vote or STAPLE"),
+    FloatParam("eta", 0.0, 0.0, 1.0, help="DDIM stochasticity: 0 deterministic given the seed, 1 as noisy as DDPM (ddim only)"),
 )
 """Parameters of ``POST /infer/<model>``."""
 
@@ -171,6 +202,19 @@ TRAIN_PARAMS: tuple[Param, ...] = (
 )
 """Parameters of ``POST /train/<model>`` added to MONAI Label's own (``name``, ``pretrained``, ``multi_gpu``, …)."""
 
+MONAILABEL_TRAIN_PARAMS: tuple[Param, ...] = (
+    TextParam("name", "train_01", r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", "run name (a folder in the training folder)"),
+    BoolParam("pretrained", True, "false: start from fresh weights"),
+    TextParam("device", "cpu", r"[A-Za-z0-9 _.:-]{1,64}", "MONAI Label's device name (cpu, cuda, cuda:N, a GPU name)"),
+    IntParam("early_stop_patience", -1, -1, 100000, "epochs without a better Dice before stopping (-1: never)"),
+    BoolParam("multi_gpu", True, "one worker process per GPU"),
+    TextParam("gpus", "all", r"all|\d+(,\d+)*", "GPUs of a multi_gpu run: all, or indices like 0,1"),
+    ChoiceParam("tracking", ("None", "mlflow"), "mlflow: log the run to tracking_uri"),
+    TextParam("tracking_uri", "", r"\S{0,2000}", "MLflow database or server URI"),
+    TextParam("tracking_experiment_name", "", r"[^\x00-\x1f]{0,200}", "MLflow experiment (default: the model name)"),
+)
+"""MONAI Label's own train parameters: declared (with their defaults) by ``BasicTrainTask``, checked here."""
+
 
 def declare(params: Sequence[Param]) -> dict[str, Any]:
     """The ``config()`` entries of ``params``: defaults, and choice lists (first = default)."""
@@ -188,3 +232,16 @@ def parse(request: Mapping[str, Any], params: Sequence[Param]) -> dict[str, Any]
         value = request.get(p.name)
         values[p.name] = p.parse(p.declared() if value is None else value)
     return values
+
+
+def check_values(request: Mapping[str, Any], params: Sequence[Param], declared: Mapping[str, Any]) -> None:
+    """Check the values ``request`` gives to ``params``; a value equal to its ``declared`` default passes as is.
+
+    For parameters another layer reads and converts (MONAI Label's own): nothing is replaced.
+
+    Raises:
+        InvalidParameter: a value is not of the declared kind or range.
+    """
+    for p in params:
+        if p.name in request and request[p.name] is not None and request[p.name] != declared.get(p.name):
+            p.parse(request[p.name])

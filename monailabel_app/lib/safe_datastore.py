@@ -10,6 +10,7 @@ inference saves goes through it:
   label-vs-image geometry) → 413 / 422 naming the problem;
 * re-uploading an image id that already has labels with a different image → 409 (the labels would no
   longer match); the same voxels again are accepted without a write;
+* image info (``GET /datastore/image/info``, merged into ``/activelearning`` answers) has no server ``path``;
 * NRRD uploads are stored as NIfTI (``.nii.gz``): the app reads images with nibabel;
 * files and ``datastore_v2.json`` are written to a hidden temporary name in the same folder, then
   ``os.replace``-d: a crash leaves the old or the new file, never a broken one; the hidden ``.part`` file a
@@ -154,6 +155,12 @@ class SafeLocalDatastore(LocalDatastore):
         with _http_errors():
             self._require_image(image_id)
         super().remove_image(image_id)
+
+    def get_image_info(self, image_id: str) -> dict[str, Any]:
+        """The stored info of an image, without ``LocalDatastore``'s absolute ``path`` (clients get ids, not paths)."""
+        info = super().get_image_info(image_id)
+        info.pop("path", None)
+        return info
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
         with _http_errors():

@@ -3,7 +3,8 @@
 Pipeline (``BasicInferTask``): pre-transforms (RAS, model spacing, ``normalize_intensity``, padding) →
 ``MedSegDiffInferer`` (2D network slice by slice, 3D network by sliding window) → fused probabilities and
 predictive entropy resampled onto the grid of the image that was sent → label (uint8) and uncertainty
-(float32) NIfTI files. Bad request parameters are answered with HTTP 422 naming the parameter.
+(float32) NIfTI files. Bad request parameters, and near-misses of declared ones (``num_ensembles``), are
+answered with HTTP 422 naming the parameter; keys nobody reads are listed in the result's ``ignored_parameters``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..model_files import CheckpointCache, LoadedModel, ModelFiles, ModelInfo
-from ..params import INFER_PARAMS, ChoiceParam, IntParam, InvalidParameter, declare, parse
+from ..params import INFER_PARAMS, ChoiceParam, FloatParam, IntParam, InvalidParameter, declare, parse
+from ..request_keys import log_ignored, unread_keys
 from ..transforms import ToOriginalGridd, min_volume_size, volume_transforms
 from ..uncertainty import summarize
 
@@ -105,17 +107,22 @@ class MedSegDiffInfer(BasicInferTask):
         info = super().info()
         info["label_colors"] = self.model_info.label_colors
         info["parameters"] = {p.name: _parameter_spec(p) for p in INFER_PARAMS}
-        info["checkpoint"] = {"path": str(self.files.current()), "spatial_dims": self.model_info.spatial_dims}
+        info["checkpoint"] = {**self.files.describe_current(), "spatial_dims": self.model_info.spatial_dims}
         return info
 
     # ------------------------------------------------------------------ request
     def __call__(self, request: dict, callbacks=None):
         """Validate the parameters (HTTP 422 naming the bad one), load the current checkpoint, run the pipeline."""
         try:
+            ignored = unread_keys(request, self._config, "infer")
             values = parse(request, INFER_PARAMS)
+            if values["eta"] and values["sampler"] != "ddim":
+                raise InvalidParameter("eta", f"eta applies to the ddim sampler only, got eta {values['eta']} with "
+                                       f"sampler {values['sampler']!r}")
             device = select_device(values["device"])
         except (InvalidParameter, ValueError) as e:
             raise HTTPException(status_code=422, detail=str(e)) from e
+        log_ignored(f"infer {self.files.name}", ignored)
         loaded = self.cache.get(device)
         num_train = loaded.diffusion.num_train_timesteps
         if values["num_inference_steps"] > num_train:
@@ -125,6 +132,7 @@ class MedSegDiffInfer(BasicInferTask):
                 f"{num_train} diffusion steps), got {values['num_inference_steps']}",
             )
         self._request.loaded, self._request.values, self._request.device = loaded, values, device.type
+        self._request.ignored = ignored
         request = {**request, **values, "device": device.type}
         logger.info("%s: %s on %s with %s", self.files.name, request.get("image"), device, values)
         return super().__call__(request, callbacks)
@@ -148,6 +156,7 @@ class MedSegDiffInfer(BasicInferTask):
             num_inference_steps=values["num_inference_steps"],
             num_ensemble=values["num_ensemble"],
             fusion=values["fusion"],
+            eta=values["eta"],
             amp=cuda,
         )
         inferer = MedSegDiffInferer(
@@ -181,12 +190,13 @@ class MedSegDiffInfer(BasicInferTask):
         label_file = _save_nifti(label, affine, np.uint8)
         result = {
             "model": self.files.name,
-            "checkpoint": loaded.describe(),
+            "checkpoint": loaded.describe(self.files.name),
             "params": dict(self._request.values),
             "device": self._request.device,
             "nfe": self._request.inferer.nfe,
             "uncertainty": summarize(uncertainty, label),
             "shape": list(label.shape),
+            "ignored_parameters": self._request.ignored,
             UNCERTAINTY_FILE_KEY: _save_nifti(uncertainty, affine, np.float32),
         }
         return label_file, result
@@ -201,6 +211,6 @@ def _parameter_spec(param) -> dict[str, Any]:
     if isinstance(param, ChoiceParam):
         return {"default": param.choices[0], "choices": list(param.choices), "help": param.help}
     described = {"default": param.default, "help": param.help}
-    if isinstance(param, IntParam):
+    if isinstance(param, (IntParam, FloatParam)):
         described.update(min=param.low, max=param.high)
     return described

@@ -3,13 +3,13 @@
 The score is the mean predictive entropy inside the bounding box of the predicted foreground (see
 ``lib.uncertainty.region_score``), from a quick few-step, few-member run of the model's infer task. It is stored
 in the image's datastore info under ``<model>_uncertainty``, with the checkpoint it came from under
-``<model>_uncertainty_info``; images already scored with the current checkpoint are skipped.
+``<model>_uncertainty_info``; images already scored with the current checkpoint are skipped. The checkpoint is
+recorded by model, file name and modification time, not by path (image info reaches clients).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -18,6 +18,7 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from ..infers.medsegdiff import MedSegDiffInfer
 from ..params import SCORING_PARAMS, declare, parse
+from ..request_keys import log_ignored, unread_keys
 from ..uncertainty import region_score
 
 __all__ = ["UncertaintyScoring"]
@@ -41,10 +42,22 @@ class UncertaintyScoring(ScoringMethod):
     def info(self) -> dict[str, Any]:
         return {**super().info(), "key": self.key, "config": declare(SCORING_PARAMS)}
 
+    def check_request(self, request: dict) -> list[str]:
+        """Validate a scoring request; returns the keys nobody reads.
+
+        Raises:
+            InvalidParameter: a bad value, or a near-miss of a declared parameter.
+        """
+        ignored = unread_keys(request, [p.name for p in SCORING_PARAMS], "scoring")
+        parse(request, SCORING_PARAMS)
+        return ignored
+
     def __call__(self, request: dict, datastore: Datastore) -> dict[str, Any]:
+        ignored = self.check_request(request)
+        log_ignored(f"scoring {self.key}", ignored)
         values = parse(request, SCORING_PARAMS)
-        checkpoint = self.task.files.current()
-        version = {"checkpoint": str(checkpoint), "mtime": os.stat(checkpoint).st_mtime}
+        current = self.task.files.describe_current()
+        version = {k: current[k] for k in ("model", "file", "mtime")}
         settings = {k: values[k] for k in ("num_inference_steps", "num_ensemble", "seed")}
         scored: dict[str, Any] = {}
         images = datastore.get_unlabeled_images()
@@ -70,4 +83,4 @@ class UncertaintyScoring(ScoringMethod):
             scored[image_id] = score
             logger.info("%s: %s scored %.4f in %.1f s", self.key, image_id, score, time.perf_counter() - start)
         logger.info("%s: %d of %d unlabelled image(s) scored", self.key, len(scored), len(images))
-        return {"scored": scored, "skipped": len(images) - len(scored)}
+        return {"scored": scored, "skipped": len(images) - len(scored), "ignored_parameters": ignored}

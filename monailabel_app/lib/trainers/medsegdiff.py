@@ -37,7 +37,8 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import strtobool
 
 from ..model_files import ModelFiles, ModelInfo
-from ..params import TRAIN_PARAMS, declare, parse
+from ..params import MONAILABEL_TRAIN_PARAMS, TRAIN_PARAMS, check_values, declare, parse
+from ..request_keys import log_ignored, unread_keys
 from ..transforms import min_volume_size, sample_transforms, volume_transforms
 from .data import RandomSampleDataset, cache_volumes, make_loader
 from .handlers import CheckpointPublisher, unwrap
@@ -102,8 +103,23 @@ class MedSegDiffTrain(BasicTrainTask):
         self.model_info = model_info
 
     # ------------------------------------------------------------------ request
+    def check_request(self, request: dict) -> list[str]:
+        """Validate a train request (ours and MONAI Label's declared parameters); returns the keys nobody reads.
+
+        The server runs this before MONAI Label starts the training process (HTTP 422 on an error), the task
+        again when it starts.
+
+        Raises:
+            InvalidParameter: a bad value, or a near-miss of a declared parameter.
+        """
+        ignored = unread_keys(request, self._config, "train")
+        check_values(request, MONAILABEL_TRAIN_PARAMS, self._config)
+        parse(request, TRAIN_PARAMS)
+        return ignored
+
     def __call__(self, request: dict, datastore: Datastore):
-        values = parse(request, TRAIN_PARAMS)  # a bad value fails the task with a message naming it
+        log_ignored(f"train {self.files.name}", self.check_request(request))
+        values = parse(request, TRAIN_PARAMS)
         request = {**request, **values, **_FIXED, "train_batch_size": values["batch_size"]}
         if not torch.cuda.is_available():  # multi_gpu on a CPU server: worker processes talk through gloo
             request.setdefault("distributed_backend", "gloo")
