@@ -331,6 +331,58 @@ def test_nrrd_geometry_is_reported_in_ras(tmp_path):
     assert (nrd.minimum, nrd.maximum) == (nii.minimum, nii.maximum)
 
 
+@pytest.mark.parametrize(
+    "encoding, extra",
+    [("raw", {}), ("raw", {"endian": "big"}), ("gzip", {}), ("bzip2", {}), ("ascii", {})],
+    ids=["raw", "raw_big_endian", "gzip", "bzip2", "ascii"],
+)
+def test_nrrd_voxels_are_read_as_stored(encoding, extra, tmp_path):
+    """Every NRRD encoding yields the voxels that were written (range and distinct label values)."""
+    data = head_phantom().astype(">i2" if extra else np.int16)
+    data[0, 0, 0], data[-1, -1, -1] = -7, 4321  # the first and the last voxel of the stream
+    info = validate_image_file(write_nrrd(tmp_path / "v.nrrd", data, encoding=encoding, **extra))
+    assert (info.minimum, info.maximum) == (-7, 4321)
+    label = label_for(head_phantom()) * 3
+    image = write_nifti(tmp_path / "image.nii.gz", head_phantom())
+    assert validate_label_file(write_nrrd(tmp_path / "l.nrrd", label, encoding=encoding), image, {0, 3}).values == (0, 3)
+
+
+def test_scaled_nifti_values_are_checked_after_scaling(tmp_path):
+    image = write_nifti(tmp_path / "image.nii.gz", head_phantom())
+    img = nib.Nifti1Image(label_for(head_phantom()).astype(np.int16), affine_for())
+    img.header.set_slope_inter(2.0, 0.0)  # stored 0/1, meaning 0/2
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    with pytest.raises(ValidationError, match=r"label values \[2\] outside"):
+        validate_label_file(tmp_path / "scaled.nii.gz", image, {0, 1})
+    assert validate_label_file(tmp_path / "scaled.nii.gz", image, {0, 2}).values == (0, 2)
+
+
+def test_a_large_volume_is_scanned_slab_by_slab(tmp_path):
+    """A 128 MiB volume (sparse file) is checked to its last voxel with far less memory than the volume."""
+    import tracemalloc
+
+    shape = (512, 512, 128)
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header.set_sform(affine_for(), code=1)
+    header["vox_offset"] = 352
+    path = tmp_path / "large.nii"
+    with open(path, "wb") as f:
+        f.write(header.binaryblock + b"\x00" * 4)
+        f.seek(352 + 4 * (int(np.prod(shape)) - 1))  # zeros up to the last voxel, which is NaN
+        f.write(np.array([np.nan], np.float32).tobytes())
+    volume_bytes = 4 * int(np.prod(shape))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValidationError, match="has 1 NaN"):
+            validate_image_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < volume_bytes / 4, f"peak {peak / 2**20:.0f} MiB for a {volume_bytes / 2**20:.0f} MiB volume"
+
+
 # ---------------------------------------------------------------------------------------------- labels
 @pytest.fixture
 def image_path(tmp_path):
