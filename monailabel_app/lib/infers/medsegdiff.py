@@ -9,12 +9,10 @@ predictive entropy resampled onto the grid of the image that was sent → label 
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from fastapi import HTTPException
@@ -25,13 +23,13 @@ from monai.transforms import DeleteItemsd, SpatialPadd
 from medsegdiff.device import select_device
 from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.inferer import MedSegDiffInferer
-from medsegdiff.nifti import nifti_image
 from medsegdiff.sampling import EnsembleSampler
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..model_files import CheckpointCache, LoadedModel, ModelFiles, ModelInfo
 from ..params import INFER_PARAMS, ChoiceParam, IntParam, InvalidParameter, declare, parse
+from ..result_files import save_result_nifti
 from ..transforms import ToOriginalGridd, min_volume_size, volume_transforms
 from ..uncertainty import summarize
 
@@ -41,12 +39,6 @@ logger = logging.getLogger(__name__)
 
 UNCERTAINTY_FILE_KEY = "_uncertainty_file"
 """Result-JSON key of the temporary uncertainty NIfTI; the app moves the file into the datastore and drops the key."""
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, dtype: type) -> str:
-    path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-    nib.save(nifti_image(np.asarray(array, dtype=dtype), affine), path)
-    return path
 
 
 def _split_outputs(data: dict) -> dict:
@@ -178,7 +170,7 @@ class MedSegDiffInfer(BasicInferTask):
         label = data["pred"][0].cpu().numpy().astype(np.uint8)
         uncertainty = data["uncertainty"][0].cpu().numpy().astype(np.float32)
         affine = data["pred"].affine.cpu().numpy()
-        label_file = _save_nifti(label, affine, np.uint8)
+        label_file = save_result_nifti(label, affine, np.uint8)
         result = {
             "model": self.files.name,
             "checkpoint": loaded.describe(),
@@ -187,7 +179,7 @@ class MedSegDiffInfer(BasicInferTask):
             "nfe": self._request.inferer.nfe,
             "uncertainty": summarize(uncertainty, label),
             "shape": list(label.shape),
-            UNCERTAINTY_FILE_KEY: _save_nifti(uncertainty, affine, np.float32),
+            UNCERTAINTY_FILE_KEY: save_result_nifti(uncertainty, affine, np.float32),
         }
         return label_file, result
 
