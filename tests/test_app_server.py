@@ -160,7 +160,9 @@ def test_infer_returns_label_on_the_image_grid_and_echoes_parameters(monailabel_
     assert label.shape == image.shape and dtype == np.uint8
     np.testing.assert_allclose(affine, image.affine, atol=1e-4)
     assert set(np.unique(label)) <= {0, 1}
-    assert result["params"] == {**FAST, "sampler": "ddim", "seed": 0, "device": "auto", "fusion": "mean"}
+    assert result["params"] == {
+        **FAST, "sampler": "ddim", "seed": 0, "device": "auto", "fusion": "mean", "output_probability": False
+    }
     assert result["nfe"] > 0 and result["latencies"]["infer"] > 0 and result["latencies"]["total"] > 0
     summary = result["uncertainty"]
     assert 0.0 <= summary["mean"] <= summary["max"] <= 1.0 and 0.0 <= summary["uncertain_fraction"] <= 1.0

@@ -417,6 +417,14 @@ def test_valid_label_passes(tmp_path, image_path, data, allowed):
         assert set(info.values) <= {0, 1}
 
 
+def test_maps_may_hold_one_value_per_class(tmp_path, image_path):
+    probs = write_nifti(tmp_path / "p.nii.gz", np.random.default_rng(2).random((*SHAPE, 3)).astype(np.float32))
+    assert validate_label_file(probs, image_path, None, max_components=3).shape == SHAPE
+    for components in (1, 2):
+        with pytest.raises(ValidationError, match="4D volume"):
+            validate_label_file(probs, image_path, None, max_components=components)
+
+
 def test_label_geometry_is_compared_across_formats(tmp_path, image_path):
     label = write_nrrd(tmp_path / "label.nrrd", label_for(head_phantom()))
     assert validate_label_file(label, image_path, {0, 1}).values == (0, 1)
@@ -581,6 +589,20 @@ def test_valid_writes_are_stored_without_temporary_files(store, tmp_path):
     reopened = SafeLocalDatastore(str(root))
     assert set(reopened.list_images()) == {"img_a", "img_b", "img_c"}
     assert set(reopened.get_labels_by_image_id("img_a")) == {"final", "uncertainty"}
+
+
+def test_probability_maps_of_a_multi_class_model_are_stored(store, tmp_path):
+    """A 'probability' map holds one channel per foreground class; a 'final' label of that shape is refused."""
+    root = Path(store._datastore_path)
+    tissue = SafeLocalDatastore(str(root), label_values={"csf": 1, "gm": 2, "wm": 3})
+    probs = np.random.default_rng(3).random((*SHAPE, 3)).astype(np.float32)
+    tissue.save_label("img_b", str(write_nifti(tmp_path / "p.nii.gz", probs)), "probability", {})
+    stored = nib.load(str(root / "labels" / "probability" / "img_b.nii.gz"))
+    np.testing.assert_array_equal(np.asanyarray(stored.dataobj), probs)
+    before = snapshot(root)
+    with pytest.raises(HTTPException, match="4D volume"):
+        tissue.save_label("img_b", str(tmp_path / "p.nii.gz"), "final", {})
+    assert snapshot(root) == before
 
 
 def test_nrrd_uploads_are_stored_as_nifti(store, tmp_path):

@@ -144,6 +144,11 @@ INFER_PARAMS: tuple[Param, ...] = (
     IntParam("seed", 0, 0, SEED_MAX, "seed of ensemble member 0 (member m uses seed + m): same seed, same result"),
     ChoiceParam("device", ("auto", "cpu", "cuda"), "auto: CUDA when the server has a GPU, else CPU"),
     ChoiceParam("fusion", ("mean", "vote", "staple"), "how members are fused: soft mean, majority vote or STAPLE"),
+    BoolParam(
+        "output_probability", False,
+        "true: also store the fused class probabilities (float32, one channel per foreground class) in the "
+        "datastore as the image's 'probability' label",
+    ),
 )
 """Parameters of ``POST /infer/<model>``."""
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from medsegdiff.nifti import nifti_image
 
-__all__ = ["result_dir", "save_result_nifti"]
+__all__ = ["result_dir", "save_result_nifti", "probability_volume"]
 
 _lock = threading.Lock()
 _folder: str | None = None
@@ -43,3 +43,10 @@ def save_result_nifti(array: np.ndarray, affine: np.ndarray, dtype: type) -> str
     os.close(fd)
     nib.save(nifti_image(np.asarray(array, dtype=dtype), affine), path)
     return path
+
+
+def probability_volume(probs: np.ndarray) -> np.ndarray:
+    """Fused foreground probabilities ``(C, X, Y, Z)`` → the stored layout: ``(X, Y, Z)`` for one class, else
+    ``(X, Y, Z, C)`` (channel c is class c + 1 in label order; background is 1 - their sum)."""
+    probs = np.asarray(probs, dtype=np.float32)
+    return probs[0] if probs.shape[0] == 1 else np.moveaxis(probs, 0, -1)

@@ -29,16 +29,18 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..model_files import CheckpointCache, LoadedModel, ModelFiles, ModelInfo
 from ..params import INFER_PARAMS, ChoiceParam, IntParam, InvalidParameter, declare, parse
-from ..result_files import save_result_nifti
+from ..result_files import probability_volume, save_result_nifti
 from ..transforms import ToOriginalGridd, min_volume_size, volume_transforms
 from ..uncertainty import summarize
 
-__all__ = ["MedSegDiffInfer", "UNCERTAINTY_FILE_KEY"]
+__all__ = ["MedSegDiffInfer", "PROBABILITY_FILE_KEY", "UNCERTAINTY_FILE_KEY"]
 
 logger = logging.getLogger(__name__)
 
 UNCERTAINTY_FILE_KEY = "_uncertainty_file"
 """Result-JSON key of the temporary uncertainty NIfTI; the app moves the file into the datastore and drops the key."""
+PROBABILITY_FILE_KEY = "_probability_file"
+"""Result-JSON key of the temporary probability NIfTI (``output_probability``); handled like the uncertainty."""
 
 
 def _split_outputs(data: dict) -> dict:
@@ -50,9 +52,10 @@ def _split_outputs(data: dict) -> dict:
 
 
 def _probabilities_to_label(data: dict) -> dict:
-    """Fused probabilities on the image's grid → label map (uint8, 0 = background) on the same grid."""
+    """Fused probabilities on the image's grid → label map (uint8, 0 = background) on the same grid (``probability``
+    keeps the probabilities)."""
     d = dict(data)
-    probs = d["pred"]
+    probs = d["probability"] = d["pred"]
     d["pred"] = MetaTensor(probabilities_to_labels(probs[None].as_tensor())[0].to(torch.uint8), affine=probs.affine)
     return d
 
@@ -181,6 +184,10 @@ class MedSegDiffInfer(BasicInferTask):
             "shape": list(label.shape),
             UNCERTAINTY_FILE_KEY: save_result_nifti(uncertainty, affine, np.float32),
         }
+        if self._request.values["output_probability"]:
+            probs = data["probability"].cpu().numpy()
+            result["probability"] = {"classes": list(self.model_info.labels), "channels": int(probs.shape[0])}
+            result[PROBABILITY_FILE_KEY] = save_result_nifti(probability_volume(probs), affine, np.float32)
         return label_file, result
 
     def clear(self) -> None:

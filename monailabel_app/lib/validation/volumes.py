@@ -62,13 +62,13 @@ def _fmt(shape: Iterable[int]) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def _spatial_shape(header: VolumeHeader, name: str) -> tuple[int, int, int]:
-    """The 3 spatial sizes; refuses 4D / multi-component data, 2D images and single voxels."""
+def _spatial_shape(header: VolumeHeader, name: str, max_components: int = 1) -> tuple[int, int, int]:
+    """The 3 spatial sizes; refuses 4D / multi-component data (beyond ``max_components``), 2D images, single voxels."""
     shape = header.shape
     if any(s <= 0 for s in shape):
         raise ValidationError(f"{name}: the header declares an empty image (shape {_fmt(shape)})")
     extra = [shape[i] for i in range(len(shape)) if i not in header.spatial_axes]
-    if any(s > 1 for s in extra):
+    if math.prod(extra) > max_components:
         if header.format == "NIfTI" and len(shape) >= 4:
             raise ValidationError(
                 f"{name} is a 4D volume (shape {_fmt(shape)}, {math.prod(shape[3:])} volumes): send one 3D volume"
@@ -111,10 +111,10 @@ def _check_affine(affine: np.ndarray, name: str) -> tuple[float, float, float]:
 
 
 def _checked_header(
-    path: str, name: str, max_vox: float
+    path: str, name: str, max_vox: float, max_components: int = 1
 ) -> tuple[VolumeHeader, tuple[int, int, int], tuple[float, float, float]]:
     header = read_header(path, name)
-    shape = _spatial_shape(header, name)
+    shape = _spatial_shape(header, name, max_components)
     total = math.prod(header.shape)
     if total > max_vox:
         raise TooLargeError(
@@ -178,6 +178,7 @@ def validate_label_file(
     max_bytes: int | None = None,
     affine_tolerance_mm: float = AFFINE_TOLERANCE_MM,
     name: str | None = None,
+    max_components: int = 1,
 ) -> VolumeInfo:
     """Check a label against its image; return what it holds or raise :class:`ValidationError`.
 
@@ -194,6 +195,7 @@ def validate_label_file(
         max_bytes: largest file; default ``MEDSEGDIFF_MAX_UPLOAD_MB``.
         affine_tolerance_mm: largest difference per affine entry.
         name: how messages call the label file (default: its file name).
+        max_components: values per voxel a map may hold (a 4th NIfTI axis, e.g. one probability per class).
     """
     label_path, image_path = os.fspath(label_path), os.fspath(image_path)
     name = name or os.path.basename(label_path)
@@ -201,8 +203,8 @@ def validate_label_file(
         raise NotFoundError(f"{name}: no such file")
     validate_upload_size(label_path, max_bytes)
     image, image_shape, _ = _checked_header(image_path, "the image", math.inf)
-    # The label may not be larger than its image, so the image bounds its voxel count.
-    label, shape, spacing = _checked_header(label_path, name, max(math.prod(image.shape), 1))
+    most_voxels = max(math.prod(image.shape), 1) * max_components  # the image bounds the label's size
+    label, shape, spacing = _checked_header(label_path, name, most_voxels, max_components)
     if shape != image_shape:
         raise ValidationError(f"{name}: label shape {_fmt(shape)} does not match the image shape {_fmt(image_shape)}")
     difference = float(np.max(np.abs(label.affine[:3] - image.affine[:3])))
