@@ -8,7 +8,8 @@ Conf keys (``--conf KEY VALUE``):
     models: comma-separated names from ``CONFIGS`` (default ``medsegdiff``).
     model_dir: writable folder for trained checkpoints (default ``<studies>/model``; ``<app>/model/trained``
         for a remote datastore).
-    <model>_checkpoint: initial checkpoint of a model instead of the committed ``model/<file>``.
+    <model>_checkpoint: initial checkpoint of a model instead of the committed ``model/<file>``, or a MONAI
+        bundle folder written by ``python -m medsegdiff.bundle export`` (the app serves its ``models/model.pt``).
     preload: ``true`` loads the networks at start-up.
 """
 

@@ -14,23 +14,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import HTTPException
-from monai.data import MetaTensor
 from monai.inferers import Inferer
-from monai.transforms import DeleteItemsd, SpatialPadd
+from monai.transforms import CopyItemsd, DeleteItemsd
 
 from medsegdiff.device import select_device
-from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.sampling import EnsembleSampler
+from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..model_files import CheckpointCache, LoadedModel, ModelFiles, ModelInfo
 from ..params import INFER_PARAMS, ChoiceParam, IntParam, InvalidParameter, declare, parse
 from ..result_files import probability_volume, save_result_nifti
-from ..transforms import ToOriginalGridd, min_volume_size, volume_transforms
 from ..uncertainty import summarize
 
 __all__ = ["MedSegDiffInfer", "PROBABILITY_FILE_KEY", "UNCERTAINTY_FILE_KEY"]
@@ -48,15 +45,6 @@ def _split_outputs(data: dict) -> dict:
     d = dict(data)
     outputs = d["pred"]
     d["pred"], d["uncertainty"] = outputs["probs"], outputs["entropy"]
-    return d
-
-
-def _probabilities_to_label(data: dict) -> dict:
-    """Fused probabilities on the image's grid → label map (uint8, 0 = background) on the same grid (``probability``
-    keeps the probabilities)."""
-    d = dict(data)
-    probs = d["probability"] = d["pred"]
-    d["pred"] = MetaTensor(probabilities_to_labels(probs[None].as_tensor())[0].to(torch.uint8), affine=probs.affine)
     return d
 
 
@@ -130,8 +118,7 @@ class MedSegDiffInfer(BasicInferTask):
         return [
             # MONAI's Spacingd treats every "image_*" key as a metadata dict: drop MONAI Label's "image_path"
             DeleteItemsd(keys="image_path"),
-            *volume_transforms(["image"], self.model_info.spacing),
-            SpatialPadd(keys="image", spatial_size=pad),
+            *inference_transforms(self.model_info.spacing, pad),
         ]
 
     def inferer(self, data=None) -> Inferer:
@@ -164,7 +151,8 @@ class MedSegDiffInfer(BasicInferTask):
         return [
             _split_outputs,
             ToOriginalGridd(keys=["pred", "uncertainty"], ref_key="image", mode="bilinear"),
-            _probabilities_to_label,
+            CopyItemsd(keys="pred", names="probability"),  # the probabilities on the image's grid, for output_probability
+            ProbabilitiesToLabelsd(keys="pred"),
         ]
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:

@@ -4,7 +4,9 @@ The ``SupervisedTrainer`` gets ``prepare_batch=SegDiffusionPrepareBatch`` (noise
 *image*), ``inferer=DiffusionInferer`` and ``MSELoss``; samples are random slices (2D model) or patches (3D)
 of the datastore's final labels, pre-processed exactly as at inference. Validation samples whole volumes with
 a few-step ensemble and its mean Dice decides ``best.pt``, the checkpoint inference uses. Training resumes from
-``last.pt``. MONAI Label's ``multi_gpu`` path (``torch.multiprocessing.spawn`` + ``torch.distributed``) also runs
+``last.pt``. Training curves: MONAI's ``TensorBoardStatsHandler`` writes TensorBoard event files into the model
+folder (``<model_dir>/<model>/events_<run id>/``): ``train_loss`` per iteration, ``train_epoch_loss`` and
+``val_mean_dice`` per epoch. MONAI Label's ``multi_gpu`` path (``torch.multiprocessing.spawn`` + ``torch.distributed``) also runs
 on CPU workers with the gloo backend.
 """
 
@@ -12,11 +14,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import operator
 import os
 import socket
 from typing import Any
 
 import torch
+from ignite.metrics import Average
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import (
     LrScheduleHandler, MeanDice, StatsHandler, TensorBoardStatsHandler, ValidationHandler, from_engine
@@ -30,19 +34,22 @@ from medsegdiff.diffusion import SegDiffusionPrepareBatch, make_scheduler
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
+from medsegdiff.transforms import min_volume_size, sample_transforms, volume_transforms
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import strtobool
 
 from ..model_files import ModelFiles, ModelInfo
 from ..params import TRAIN_PARAMS, declare, parse
-from ..transforms import min_volume_size, sample_transforms, volume_transforms
 from .data import RandomSampleDataset, cache_volumes, make_loader
 from .handlers import CheckpointPublisher, unwrap
 
-__all__ = ["MedSegDiffTrain", "SamplingValidationInferer"]
+__all__ = ["MedSegDiffTrain", "SamplingValidationInferer", "TRAIN_EPOCH_LOSS"]
 
 logger = logging.getLogger(__name__)
+
+TRAIN_EPOCH_LOSS = "train_epoch_loss"
+"""TensorBoard tag (and trainer metric) of each epoch's mean loss; ``train_loss`` is each iteration's."""
 
 # MONAI Label's own choices that this task fixes (the loaders are its own)
 _FIXED = {"train_batch_size": None, "val_batch_size": 1, "dataset": "CacheDataset", "dataloader": "DataLoader"}
@@ -267,6 +274,10 @@ class MedSegDiffTrain(BasicTrainTask):
             amp=self._amp,
             decollate=False,
             train_handlers=self.train_handlers(context),
+            # the epoch's mean loss in engine.state.metrics (TensorBoardStatsHandler writes it once per epoch); MONAI
+            # attaches train metrics only as a key metric, whose best is here the lowest
+            key_train_metric={TRAIN_EPOCH_LOSS: Average(output_transform=_loss_value)},
+            metric_cmp_fn=operator.lt,
         )
 
     def finalize(self, context: Context) -> None:
