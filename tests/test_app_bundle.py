@@ -38,7 +38,8 @@ def _run(command: list[str], cwd: Path) -> None:
 def bundle(monailabel_server, tmp_path_factory) -> tuple[Path, Path]:
     """The bundle of the checkpoint the server infers with, and its label of IMAGE (a subprocess each)."""
     root = tmp_path_factory.mktemp("bundle")
-    _run([sys.executable, "-m", "medsegdiff.bundle", "export", str(monailabel_server.checkpoint), str(root / "b")], REPO)
+    checkpoint = str(monailabel_server.checkpoint)
+    _run([sys.executable, "-m", "medsegdiff.bundle", "export", checkpoint, str(root / "b")], REPO)
     (root / "images").mkdir()
     shutil.copy2(monailabel_server.datastore / f"{IMAGE}.nii.gz", root / "images")
     overrides = [arg for key, value in PARAMS.items() for arg in (f"--{key}", str(value))]

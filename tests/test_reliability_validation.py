@@ -344,7 +344,8 @@ def test_nrrd_voxels_are_read_as_stored(encoding, extra, tmp_path):
     assert (info.minimum, info.maximum) == (-7, 4321)
     label = label_for(head_phantom()) * 3
     image = write_nifti(tmp_path / "image.nii.gz", head_phantom())
-    assert validate_label_file(write_nrrd(tmp_path / "l.nrrd", label, encoding=encoding), image, {0, 3}).values == (0, 3)
+    label_file = write_nrrd(tmp_path / "l.nrrd", label, encoding=encoding)
+    assert validate_label_file(label_file, image, {0, 3}).values == (0, 3)
 
 
 def test_scaled_nifti_values_are_checked_after_scaling(tmp_path):

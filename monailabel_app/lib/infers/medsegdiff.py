@@ -151,7 +151,7 @@ class MedSegDiffInfer(BasicInferTask):
         return [
             _split_outputs,
             ToOriginalGridd(keys=["pred", "uncertainty"], ref_key="image", mode="bilinear"),
-            CopyItemsd(keys="pred", names="probability"),  # the probabilities on the image's grid, for output_probability
+            CopyItemsd(keys="pred", names="probability"),  # on the image's grid, for output_probability
             ProbabilitiesToLabelsd(keys="pred"),
         ]
 

@@ -5,9 +5,9 @@ The ``SupervisedTrainer`` gets ``prepare_batch=SegDiffusionPrepareBatch`` (noise
 of the datastore's final labels, pre-processed exactly as at inference. Validation samples whole volumes with
 a few-step ensemble and its mean Dice decides ``best.pt``, the checkpoint inference uses. Training resumes from
 ``last.pt``. Training curves: MONAI's ``TensorBoardStatsHandler`` writes TensorBoard event files into the model
-folder (``<model_dir>/<model>/events_<run id>/``): ``train_loss`` per iteration, ``train_epoch_loss`` and
-``val_mean_dice`` per epoch. MONAI Label's ``multi_gpu`` path (``torch.multiprocessing.spawn`` + ``torch.distributed``) also runs
-on CPU workers with the gloo backend.
+folder (``<model_dir>/<model>/<train task>/events_<run id>/``): ``train_loss`` per iteration, ``train_epoch_loss``,
+and ``val_mean_dice`` per epoch. MONAI Label's ``multi_gpu`` path (``torch.multiprocessing.spawn`` +
+``torch.distributed``) also runs on CPU workers with the gloo backend.
 """
 
 from __future__ import annotations
