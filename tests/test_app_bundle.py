@@ -72,14 +72,26 @@ def test_bundle_label_is_the_server_label(monailabel_server, bundle, tmp_path) -
     np.testing.assert_array_equal(bundle_label, server_label)
 
 
-def test_the_app_serves_a_bundle_folder(bundle, tmp_path) -> None:
-    sys.path.insert(0, str(REPO / "monailabel_app"))
-    from lib.model_files import ModelFiles, ModelInfo
+def test_the_app_serves_a_bundle_folder(monailabel_server, bundle, tmp_path) -> None:
+    """A server started with ``--conf medsegdiff_checkpoint <bundle folder>`` infers with the bundle's model."""
+    from conftest import make_datastore, start_server, stop_server
 
-    folder, _ = bundle
-    files = ModelFiles.resolve(MODEL, tmp_path / "none.pt", tmp_path / "out", str(folder), fresh_network={})
-    assert files.current() == (folder / "models" / "model.pt").resolve()
-    assert ModelInfo.read(files.current()).labels == {"brain": 1}
+    folder, bundle_label = bundle
+    server = start_server(tmp_path, make_datastore(tmp_path), conf={"medsegdiff_checkpoint": folder})
+    try:
+        client = MONAILabelClient(server.url, tmpdir=str(tmp_path))
+        assert client.info()["models"][MODEL]["checkpoint"]["path"] == str((folder / "models" / "model.pt").resolve())
+        label_path, _ = client.infer(MODEL, IMAGE, dict(PARAMS))
+    finally:
+        stop_server(server)
+    served = np.asarray(nib.load(label_path).dataobj)
+    np.testing.assert_array_equal(served, np.asarray(nib.load(str(bundle_label)).dataobj))
+
+
+def test_a_folder_that_is_no_bundle_is_refused(tmp_path) -> None:
+    sys.path.insert(0, str(REPO / "monailabel_app"))
+    from lib.model_files import ModelFiles
+
     (tmp_path / "not_a_bundle").mkdir()
     with pytest.raises(FileNotFoundError, match="not a MedSegDiff bundle"):
         ModelFiles.resolve(MODEL, tmp_path / "none.pt", tmp_path / "out", str(tmp_path / "not_a_bundle"), {})
