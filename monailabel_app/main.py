@@ -8,7 +8,8 @@ Conf keys (``--conf KEY VALUE``):
     models: comma-separated names from ``CONFIGS`` (default ``medsegdiff``).
     model_dir: writable folder for trained checkpoints (default ``<studies>/model``; ``<app>/model/trained``
         for a remote datastore).
-    <model>_checkpoint: initial checkpoint of a model instead of the committed ``model/<file>``.
+    <model>_checkpoint: initial checkpoint of a model instead of the committed ``model/<file>``, or a MONAI
+        bundle folder written by ``python -m medsegdiff.bundle export`` (the app serves its ``models/model.pt``).
     preload: ``true`` loads the networks at start-up.
 """
 
@@ -24,7 +25,7 @@ import lib.configs
 from lib.activelearning import MostUncertain
 from lib.auth import install_token_decoder
 from lib.capacity import InferenceGate, InferenceGateMiddleware
-from lib.infers import UNCERTAINTY_FILE_KEY
+from lib.infers import PROBABILITY_FILE_KEY, UNCERTAINTY_FILE_KEY
 from lib.safe_datastore import SafeLocalDatastore
 from lib.task_requests import PathRedactor, TaskRequestMiddleware
 from lib.validation import (
@@ -57,6 +58,10 @@ CONFIGS: dict[str, type[TaskConfig]] = {
 
 UNCERTAINTY_TAG = "uncertainty"
 """Datastore label tag of the per-voxel uncertainty volumes."""
+PROBABILITY_TAG = "probability"
+"""Datastore label tag of the fused class probabilities (infer parameter ``output_probability``)."""
+MAP_OUTPUTS = {UNCERTAINTY_FILE_KEY: UNCERTAINTY_TAG, PROBABILITY_FILE_KEY: PROBABILITY_TAG}
+"""Result-JSON key of a map file the infer task wrote → the datastore tag it is kept under (and its JSON section)."""
 
 
 def _selected_models(conf: dict[str, str]) -> list[str]:
@@ -132,7 +137,7 @@ class MedSegDiffApp(MONAILabelApp):
         return SafeLocalDatastore(
             self.studies,
             label_values=labels,
-            map_tags=(UNCERTAINTY_TAG,),
+            map_tags=tuple(MAP_OUTPUTS.values()),
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
@@ -161,24 +166,25 @@ class MedSegDiffApp(MONAILabelApp):
         return sample
 
     def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
-        """Run inference; keep the uncertainty volume of a datastore image as its ``uncertainty`` label."""
+        """Run inference; keep the uncertainty (and, on request, probability) volume of a datastore image as its
+        ``uncertainty`` (``probability``) label."""
         try:  # only a datastore id or the file uploaded with the request, never a server path
             validate_infer_image(request.get("image"), (datastore or self.datastore()).list_images())
         except ValidationError as e:
             raise to_http_exception(e) from e
         result = super().infer(request, datastore)
         params = result.get("params") or {}
-        uncertainty_file = params.pop(UNCERTAINTY_FILE_KEY, None)
-        if not uncertainty_file:
-            return result
+        files = {tag: params.pop(key) for key, tag in MAP_OUTPUTS.items() if params.get(key)}
         try:
             image_id = request.get("image")
             datastore = datastore or self.datastore()
             stored = isinstance(image_id, str) and not os.path.exists(image_id) and image_id in datastore.list_images()
-            if stored:
-                info = {"model": request.get("model"), "params": params.get("params"), "summary": params.get("uncertainty")}
-                datastore.save_label(image_id, uncertainty_file, UNCERTAINTY_TAG, info)
-            params.setdefault("uncertainty", {})["label_tag"] = UNCERTAINTY_TAG if stored else None
+            for tag, path in files.items():
+                if stored:
+                    info = {"model": request.get("model"), "params": params.get("params"), "summary": params.get(tag)}
+                    datastore.save_label(image_id, path, tag, info)
+                params.setdefault(tag, {})["label_tag"] = tag if stored else None
         finally:
-            os.unlink(uncertainty_file)
+            for path in files.values():
+                os.unlink(path)
         return result

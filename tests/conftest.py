@@ -132,14 +132,15 @@ def start_server(
     is_up: Callable[[requests.Response], bool] = _answers_info,
     timeout_s: float = START_TIMEOUT_S,
     initial_checkpoint: Path | None = None,
+    conf: Mapping[str, str] | None = None,
 ) -> MonaiLabelServer:
     """Start ``monailabel start_server`` on ``datastore`` with the MedSegDiff app; return once it is up.
 
     Checkpoints go to ``root/models``; the log ``root/server.log`` is appended to, so a restarted server on the
     same datastore keeps one log. ``env`` is added to this process's environment after removing the variables
     that start with one of ``drop_env_prefixes``; ``is_up(response of GET /info/)`` says when it is ready
-    (``200`` by default). ``initial_checkpoint`` replaces the committed sample model as the served one.
-    Stop it with :func:`stop_server` or :func:`kill_server`.
+    (``200`` by default); ``conf`` adds app ``--conf KEY VALUE`` pairs; ``initial_checkpoint`` replaces the
+    committed sample model as the served one. Stop it with :func:`stop_server` or :func:`kill_server`.
     """
     trained = COMMITTED_CHECKPOINT.is_file() and initial_checkpoint is None
     checkpoint = initial_checkpoint or COMMITTED_CHECKPOINT
@@ -158,6 +159,8 @@ def start_server(
     ]  # fmt: skip
     if not trained:
         command += ["--conf", "medsegdiff_checkpoint", str(checkpoint)]
+    for key, value in (conf or {}).items():
+        command += ["--conf", key, str(value)]
     full_env = {k: v for k, v in os.environ.items() if not (drop_env_prefixes and k.startswith(drop_env_prefixes))}
     full_env = {
         **full_env,

@@ -162,7 +162,9 @@ def test_infer_returns_label_on_the_image_grid_and_echoes_parameters(monailabel_
     assert label.shape == image.shape and dtype == np.uint8
     np.testing.assert_allclose(affine, image.affine, atol=1e-4)
     assert set(np.unique(label)) <= {0, 1}
-    assert result["params"] == {**FAST, "sampler": "ddim", "seed": 0, "device": "auto", "fusion": "mean", "eta": 0.0}
+    assert result["params"] == {
+        **FAST, "sampler": "ddim", "seed": 0, "device": "auto", "fusion": "mean", "eta": 0.0, "output_probability": False
+    }
     assert result["nfe"] > 0 and result["latencies"]["infer"] > 0 and result["latencies"]["total"] > 0
     summary = result["uncertainty"]
     assert 0.0 <= summary["mean"] <= summary["max"] <= 1.0 and 0.0 <= summary["uncertain_fraction"] <= 1.0
@@ -271,6 +273,26 @@ def test_bad_parameters_get_4xx_naming_the_parameter(client, params: dict, name:
     message = error.value.msg
     assert message.startswith("Status: 422;") and name in message, message
     assert MODEL in client.info()["models"]  # the server keeps serving
+
+
+def test_training_writes_tensorboard_curves(monailabel_server, trained) -> None:
+    """Loss per iteration and per epoch, validation Dice per epoch, as TensorBoard event files in the model folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted((monailabel_server.model_dir / MODEL).glob("*/events_*"), key=lambda p: p.name)  # <train task>/
+    assert runs and list(runs[-1].glob("events.out.tfevents.*")), f"no event files in {monailabel_server.model_dir}"
+    events = EventAccumulator(str(runs[-1]))
+    events.Reload()
+    scalars = {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    # the `trained` run: 2 epochs of 8 samples in batches of 4
+    assert [step for step, _ in scalars["train_epoch_loss"]] == [1, 2]
+    assert len(scalars["train_loss"]) == 4
+    per_epoch = [np.mean([v for _, v in scalars["train_loss"][i : i + 2]]) for i in (0, 2)]
+    np.testing.assert_allclose([v for _, v in scalars["train_epoch_loss"]], per_epoch, rtol=1e-5)
+    # the served model is scored first (logged at step 1 too), then each epoch of the run
+    assert [step for step, _ in scalars["val_mean_dice"]] == [1, 1, 2]
+    stats = json.loads((monailabel_server.model_dir / MODEL / "train_stats.json").read_text())
+    assert max(v for _, v in scalars["val_mean_dice"][1:]) == pytest.approx(stats["best_metric"], abs=1e-6)
 
 
 # --------------------------------------------------------------------- a fine-tune worse than the served model

@@ -331,6 +331,59 @@ def test_nrrd_geometry_is_reported_in_ras(tmp_path):
     assert (nrd.minimum, nrd.maximum) == (nii.minimum, nii.maximum)
 
 
+@pytest.mark.parametrize(
+    "encoding, extra",
+    [("raw", {}), ("raw", {"endian": "big"}), ("gzip", {}), ("bzip2", {}), ("ascii", {})],
+    ids=["raw", "raw_big_endian", "gzip", "bzip2", "ascii"],
+)
+def test_nrrd_voxels_are_read_as_stored(encoding, extra, tmp_path):
+    """Every NRRD encoding yields the voxels that were written (range and distinct label values)."""
+    data = head_phantom().astype(">i2" if extra else np.int16)
+    data[0, 0, 0], data[-1, -1, -1] = -7, 4321  # the first and the last voxel of the stream
+    info = validate_image_file(write_nrrd(tmp_path / "v.nrrd", data, encoding=encoding, **extra))
+    assert (info.minimum, info.maximum) == (-7, 4321)
+    label = label_for(head_phantom()) * 3
+    image = write_nifti(tmp_path / "image.nii.gz", head_phantom())
+    label_file = write_nrrd(tmp_path / "l.nrrd", label, encoding=encoding)
+    assert validate_label_file(label_file, image, {0, 3}).values == (0, 3)
+
+
+def test_scaled_nifti_values_are_checked_after_scaling(tmp_path):
+    image = write_nifti(tmp_path / "image.nii.gz", head_phantom())
+    img = nib.Nifti1Image(label_for(head_phantom()).astype(np.int16), affine_for())
+    img.header.set_slope_inter(2.0, 0.0)  # stored 0/1, meaning 0/2
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    with pytest.raises(ValidationError, match=r"label values \[2\] outside"):
+        validate_label_file(tmp_path / "scaled.nii.gz", image, {0, 1})
+    assert validate_label_file(tmp_path / "scaled.nii.gz", image, {0, 2}).values == (0, 2)
+
+
+def test_a_large_volume_is_scanned_slab_by_slab(tmp_path):
+    """A 128 MiB volume (sparse file) is checked to its last voxel with far less memory than the volume."""
+    import tracemalloc
+
+    shape = (512, 512, 128)
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.float32)
+    header.set_sform(affine_for(), code=1)
+    header["vox_offset"] = 352
+    path = tmp_path / "large.nii"
+    with open(path, "wb") as f:
+        f.write(header.binaryblock + b"\x00" * 4)
+        f.seek(352 + 4 * (int(np.prod(shape)) - 1))  # zeros up to the last voxel, which is NaN
+        f.write(np.array([np.nan], np.float32).tobytes())
+    volume_bytes = 4 * int(np.prod(shape))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValidationError, match="has 1 NaN"):
+            validate_image_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < volume_bytes / 4, f"peak {peak / 2**20:.0f} MiB for a {volume_bytes / 2**20:.0f} MiB volume"
+
+
 # ---------------------------------------------------------------------------------------------- labels
 @pytest.fixture
 def image_path(tmp_path):
@@ -363,6 +416,14 @@ def test_valid_label_passes(tmp_path, image_path, data, allowed):
     assert info.shape == SHAPE
     if allowed is not None:
         assert set(info.values) <= {0, 1}
+
+
+def test_maps_may_hold_one_value_per_class(tmp_path, image_path):
+    probs = write_nifti(tmp_path / "p.nii.gz", np.random.default_rng(2).random((*SHAPE, 3)).astype(np.float32))
+    assert validate_label_file(probs, image_path, None, max_components=3).shape == SHAPE
+    for components in (1, 2):
+        with pytest.raises(ValidationError, match="4D volume"):
+            validate_label_file(probs, image_path, None, max_components=components)
 
 
 def test_label_geometry_is_compared_across_formats(tmp_path, image_path):
@@ -529,6 +590,20 @@ def test_valid_writes_are_stored_without_temporary_files(store, tmp_path):
     reopened = SafeLocalDatastore(str(root))
     assert set(reopened.list_images()) == {"img_a", "img_b", "img_c"}
     assert set(reopened.get_labels_by_image_id("img_a")) == {"final", "uncertainty"}
+
+
+def test_probability_maps_of_a_multi_class_model_are_stored(store, tmp_path):
+    """A 'probability' map holds one channel per foreground class; a 'final' label of that shape is refused."""
+    root = Path(store._datastore_path)
+    tissue = SafeLocalDatastore(str(root), label_values={"csf": 1, "gm": 2, "wm": 3})
+    probs = np.random.default_rng(3).random((*SHAPE, 3)).astype(np.float32)
+    tissue.save_label("img_b", str(write_nifti(tmp_path / "p.nii.gz", probs)), "probability", {})
+    stored = nib.load(str(root / "labels" / "probability" / "img_b.nii.gz"))
+    np.testing.assert_array_equal(np.asanyarray(stored.dataobj), probs)
+    before = snapshot(root)
+    with pytest.raises(HTTPException, match="4D volume"):
+        tissue.save_label("img_b", str(tmp_path / "p.nii.gz"), "final", {})
+    assert snapshot(root) == before
 
 
 def test_nrrd_uploads_are_stored_as_nifti(store, tmp_path):

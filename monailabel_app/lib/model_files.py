@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from medsegdiff.bundle import bundle_checkpoint
 from medsegdiff.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.network import MedSegDiffUNet
@@ -170,13 +171,16 @@ class ModelFiles:
         """Pick the initial checkpoint; write a fresh untrained one when there is nothing to start from.
 
         Args:
-            configured: ``--conf <name>_checkpoint`` value; a missing configured file is an error (a typo must
-                not silently serve an untrained network).
+            configured: ``--conf <name>_checkpoint`` value: a checkpoint, or a MONAI bundle folder (its
+                ``models/model.pt``); a missing configured file is an error (a typo must not silently serve an
+                untrained network).
             fresh_network: ``MedSegDiffUNet`` arguments of the fresh network (metadata: ``DEFAULT_METADATA``).
         """
         output_dir.mkdir(parents=True, exist_ok=True)
         if configured:
             initial = Path(configured).expanduser().resolve()
+            if initial.is_dir():  # a MONAI bundle written by `python -m medsegdiff.bundle export`
+                initial = bundle_checkpoint(initial)
             if not initial.is_file():
                 raise FileNotFoundError(f"--conf {name}_checkpoint {configured}: no such file")
             return cls(name, initial, output_dir)

@@ -175,6 +175,11 @@ INFER_PARAMS: tuple[Param, ...] = (
     ChoiceParam("device", ("auto", "cpu", "cuda"), "auto: CUDA when the server has a GPU, else CPU"),
     ChoiceParam("fusion", ("mean", "vote", "staple"), "how members are fused: soft mean, majority vote or STAPLE"),
     FloatParam("eta", 0.0, 0.0, 1.0, help="DDIM stochasticity: 0 deterministic given the seed, 1 as noisy as DDPM (ddim only)"),
+    BoolParam(
+        "output_probability", False,
+        "true: also store the fused class probabilities (float32, one channel per foreground class) in the "
+        "datastore as the image's 'probability' label",
+    ),
 )
 """Parameters of ``POST /infer/<model>``."""
 

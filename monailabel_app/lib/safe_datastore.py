@@ -58,8 +58,9 @@ __all__ = ["SafeLocalDatastore", "DEFAULT_MAP_TAGS", "STALE_TEMP_AGE_S"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAP_TAGS = ("uncertainty",)
-"""Label tags that hold continuous maps (checked for geometry and finiteness, not for label values)."""
+DEFAULT_MAP_TAGS = ("uncertainty", "probability")
+"""Label tags that hold continuous maps (checked for geometry and finiteness, not for label values); a map may hold
+one value per foreground class (a 4th axis)."""
 
 STALE_TEMP_AGE_S = 3600.0
 """A temporary ``.part`` file this old (seconds since its last write) is a crash's leftover, never a live write."""
@@ -72,7 +73,7 @@ class SafeLocalDatastore(LocalDatastore):
         datastore_path: the datastore folder (as for ``LocalDatastore``).
         label_values: values a segmentation label may hold: ``{name: value}`` (MONAI Label's ``labels``,
             background 0 added) or an iterable of ints.
-        map_tags: tags whose "labels" are continuous maps (e.g. ``uncertainty``).
+        map_tags: tags whose "labels" are continuous maps (e.g. ``uncertainty``, ``probability``).
         max_voxels: image voxel limit; default ``MEDSEGDIFF_MAX_VOXELS``.
         max_bytes: upload size limit; default ``MEDSEGDIFF_MAX_UPLOAD_MB``.
         affine_tolerance_mm: largest per-entry difference between a label's and its image's affine.
@@ -174,14 +175,15 @@ class SafeLocalDatastore(LocalDatastore):
             validate_tag(label_tag)
             self._require_image(image_id)
             image_path = self.get_image_uri(image_id)
-            allowed = None if label_tag in self.map_tags else self.label_values
+            is_map = label_tag in self.map_tags
             info = validate_label_file(
                 label_filename,
                 image_path,
-                allowed,
+                None if is_map else self.label_values,
                 max_bytes=self.max_bytes,
                 affine_tolerance_mm=self.affine_tolerance_mm,
                 name=f"label {label_tag!r} of {image_id!r}",
+                max_components=max(len(self.label_values) - 1, 1) if is_map else 1,  # a map: one value per class
             )
             source, ext, cleanup = _nifti_source(label_filename, info)
             try:

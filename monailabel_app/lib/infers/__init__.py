@@ -1,3 +1,3 @@
-from .medsegdiff import UNCERTAINTY_FILE_KEY, MedSegDiffInfer
+from .medsegdiff import PROBABILITY_FILE_KEY, UNCERTAINTY_FILE_KEY, MedSegDiffInfer
 
-__all__ = ["MedSegDiffInfer", "UNCERTAINTY_FILE_KEY"]
+__all__ = ["MedSegDiffInfer", "PROBABILITY_FILE_KEY", "UNCERTAINTY_FILE_KEY"]

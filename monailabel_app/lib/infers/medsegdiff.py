@@ -10,45 +10,36 @@ answered with HTTP 422 naming the parameter; keys nobody reads are listed in the
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-import torch
 from fastapi import HTTPException
-from monai.data import MetaTensor
 from monai.inferers import Inferer
-from monai.transforms import DeleteItemsd, SpatialPadd
+from monai.transforms import CopyItemsd, DeleteItemsd
 
 from medsegdiff.device import select_device
-from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.inferer import MedSegDiffInferer
-from medsegdiff.nifti import nifti_image
 from medsegdiff.sampling import EnsembleSampler
+from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from ..model_files import CheckpointCache, LoadedModel, ModelFiles, ModelInfo
 from ..params import INFER_PARAMS, ChoiceParam, FloatParam, IntParam, InvalidParameter, declare, parse
 from ..request_keys import log_ignored, unread_keys
-from ..transforms import ToOriginalGridd, min_volume_size, volume_transforms
+from ..result_files import probability_volume, save_result_nifti
 from ..uncertainty import summarize
 
-__all__ = ["MedSegDiffInfer", "UNCERTAINTY_FILE_KEY"]
+__all__ = ["MedSegDiffInfer", "PROBABILITY_FILE_KEY", "UNCERTAINTY_FILE_KEY"]
 
 logger = logging.getLogger(__name__)
 
 UNCERTAINTY_FILE_KEY = "_uncertainty_file"
 """Result-JSON key of the temporary uncertainty NIfTI; the app moves the file into the datastore and drops the key."""
-
-
-def _save_nifti(array: np.ndarray, affine: np.ndarray, dtype: type) -> str:
-    path = tempfile.NamedTemporaryFile(suffix=".nii.gz", delete=False).name
-    nib.save(nifti_image(np.asarray(array, dtype=dtype), affine), path)
-    return path
+PROBABILITY_FILE_KEY = "_probability_file"
+"""Result-JSON key of the temporary probability NIfTI (``output_probability``); handled like the uncertainty."""
 
 
 def _split_outputs(data: dict) -> dict:
@@ -56,14 +47,6 @@ def _split_outputs(data: dict) -> dict:
     d = dict(data)
     outputs = d["pred"]
     d["pred"], d["uncertainty"] = outputs["probs"], outputs["entropy"]
-    return d
-
-
-def _probabilities_to_label(data: dict) -> dict:
-    """Fused probabilities on the image's grid → label map (uint8, 0 = background) on the same grid."""
-    d = dict(data)
-    probs = d["pred"]
-    d["pred"] = MetaTensor(probabilities_to_labels(probs[None].as_tensor())[0].to(torch.uint8), affine=probs.affine)
     return d
 
 
@@ -143,8 +126,7 @@ class MedSegDiffInfer(BasicInferTask):
         return [
             # MONAI's Spacingd treats every "image_*" key as a metadata dict: drop MONAI Label's "image_path"
             DeleteItemsd(keys="image_path"),
-            *volume_transforms(["image"], self.model_info.spacing),
-            SpatialPadd(keys="image", spatial_size=pad),
+            *inference_transforms(self.model_info.spacing, pad),
         ]
 
     def inferer(self, data=None) -> Inferer:
@@ -178,7 +160,8 @@ class MedSegDiffInfer(BasicInferTask):
         return [
             _split_outputs,
             ToOriginalGridd(keys=["pred", "uncertainty"], ref_key="image", mode="bilinear"),
-            _probabilities_to_label,
+            CopyItemsd(keys="pred", names="probability"),  # on the image's grid, for output_probability
+            ProbabilitiesToLabelsd(keys="pred"),
         ]
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
@@ -187,7 +170,7 @@ class MedSegDiffInfer(BasicInferTask):
         label = data["pred"][0].cpu().numpy().astype(np.uint8)
         uncertainty = data["uncertainty"][0].cpu().numpy().astype(np.float32)
         affine = data["pred"].affine.cpu().numpy()
-        label_file = _save_nifti(label, affine, np.uint8)
+        label_file = save_result_nifti(label, affine, np.uint8)
         result = {
             "model": self.files.name,
             "checkpoint": loaded.describe(self.files.name),
@@ -197,8 +180,12 @@ class MedSegDiffInfer(BasicInferTask):
             "uncertainty": summarize(uncertainty, label),
             "shape": list(label.shape),
             "ignored_parameters": self._request.ignored,
-            UNCERTAINTY_FILE_KEY: _save_nifti(uncertainty, affine, np.float32),
+            UNCERTAINTY_FILE_KEY: save_result_nifti(uncertainty, affine, np.float32),
         }
+        if self._request.values["output_probability"]:
+            probs = data["probability"].cpu().numpy()
+            result["probability"] = {"classes": list(self.model_info.labels), "channels": int(probs.shape[0])}
+            result[PROBABILITY_FILE_KEY] = save_result_nifti(probability_volume(probs), affine, np.float32)
         return label_file, result
 
     def clear(self) -> None:

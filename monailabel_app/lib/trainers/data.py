@@ -16,7 +16,7 @@ class RandomSampleDataset(Dataset):
 
     Args:
         volumes: pre-processed ``{"image", "label"}`` volumes (e.g. a ``CacheDataset``).
-        transform: random crop + augmentation (:func:`lib.transforms.sample_transforms`).
+        transform: random crop + augmentation (:func:`medsegdiff.transforms.sample_transforms`).
         length: samples per epoch.
     """
 

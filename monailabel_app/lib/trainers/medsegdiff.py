@@ -6,7 +6,9 @@ of the datastore's final labels, pre-processed exactly as at inference. Validati
 a few-step ensemble; ``best.pt``, the checkpoint inference uses, is written only by an epoch whose Dice beats the
 served model's on the same images (see :mod:`.handlers`). Training resumes from ``last.pt``: weights and
 optimizer state always; an interrupted run (fewer epochs done than it asked for, asked again with the same
-``max_epochs`` and schedule) also continues its epoch count and learning-rate schedule. MONAI Label's ``multi_gpu`` path (``torch.multiprocessing.spawn`` + ``torch.distributed``) also runs
+``max_epochs`` and schedule) also continues its epoch count and learning-rate schedule. Training curves: MONAI's ``TensorBoardStatsHandler`` writes TensorBoard event files into the model
+folder (``<model_dir>/<model>/<train task>/events_<run id>/``): ``train_loss`` per iteration, ``train_epoch_loss``,
+and ``val_mean_dice`` per epoch. MONAI Label's ``multi_gpu`` path (``torch.multiprocessing.spawn`` + ``torch.distributed``) also runs
 on CPU workers with the gloo backend.
 """
 
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import operator
 import os
 import socket
 from typing import Any
 
 import torch
+from ignite.metrics import Average
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import (
     LrScheduleHandler, MeanDice, StatsHandler, TensorBoardStatsHandler, ValidationHandler, from_engine
@@ -32,6 +36,7 @@ from medsegdiff.diffusion import SegDiffusionPrepareBatch, make_scheduler
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
+from medsegdiff.transforms import min_volume_size, sample_transforms, volume_transforms
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import strtobool
@@ -39,13 +44,15 @@ from monailabel.utils.others.generic import strtobool
 from ..model_files import ModelFiles, ModelInfo
 from ..params import MONAILABEL_TRAIN_PARAMS, TRAIN_PARAMS, check_values, declare, parse
 from ..request_keys import log_ignored, unread_keys
-from ..transforms import min_volume_size, sample_transforms, volume_transforms
 from .data import RandomSampleDataset, cache_volumes, make_loader
 from .handlers import CheckpointPublisher, unwrap
 
-__all__ = ["MedSegDiffTrain", "SamplingValidationInferer"]
+__all__ = ["MedSegDiffTrain", "SamplingValidationInferer", "TRAIN_EPOCH_LOSS"]
 
 logger = logging.getLogger(__name__)
+
+TRAIN_EPOCH_LOSS = "train_epoch_loss"
+"""TensorBoard tag (and trainer metric) of each epoch's mean loss; ``train_loss`` is each iteration's."""
 
 # MONAI Label's own choices that this task fixes (the loaders are its own)
 _FIXED = {"train_batch_size": None, "val_batch_size": 1, "dataset": "CacheDataset", "dataloader": "DataLoader"}
@@ -314,6 +321,10 @@ class MedSegDiffTrain(BasicTrainTask):
             amp=self._amp,
             decollate=False,
             train_handlers=self.train_handlers(context),
+            # the epoch's mean loss in engine.state.metrics (TensorBoardStatsHandler writes it once per epoch); MONAI
+            # attaches train metrics only as a key metric, whose best is here the lowest
+            key_train_metric={TRAIN_EPOCH_LOSS: Average(output_transform=_loss_value)},
+            metric_cmp_fn=operator.lt,
         )
 
     def finalize(self, context: Context) -> None:

@@ -31,13 +31,16 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type
 
-from medsegdiff.sample_data import normalize_intensity
-from medsegdiff.training import segmentation_augmentations
+from .fusion import probabilities_to_labels
+from .sample_data import normalize_intensity
+from .training import segmentation_augmentations
 
 __all__ = [
     "NormalizeIntensityd",
+    "ProbabilitiesToLabelsd",
     "RemapLabelsd",
     "ToOriginalGridd",
+    "inference_transforms",
     "volume_transforms",
     "min_volume_size",
     "sample_transforms",
@@ -108,7 +111,21 @@ class ToOriginalGridd(MapTransform):
             src = MetaTensor(torch.as_tensor(d[key]).float(), affine=ref.affine.clone())
             resample = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float64)
             out = resample(src, dst_affine=dst_affine, spatial_size=shape)
-            d[key] = MetaTensor(out.as_tensor().float(), affine=dst_affine)
+            # the loaded file's name travels on, so that MONAI's SaveImaged can name what it writes
+            meta = {"filename_or_obj": ref.meta.get("filename_or_obj", "")}
+            d[key] = MetaTensor(out.as_tensor().float(), affine=dst_affine, meta=meta)
+        return d
+
+
+class ProbabilitiesToLabelsd(MapTransform):
+    """Fused foreground probabilities ``(C, *spatial)`` → label map ``(1, *spatial)`` (uint8, 0 = background)."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            probs = d[key]
+            labels = probabilities_to_labels(torch.as_tensor(probs)[None])[0].to(torch.uint8)
+            d[key] = MetaTensor(labels, meta=dict(probs.meta)) if isinstance(probs, MetaTensor) else labels
         return d
 
 
@@ -127,6 +144,11 @@ def volume_transforms(keys: Sequence[str], spacing: Sequence[float], label_value
         transforms.append(RemapLabelsd(keys="label", label_values=label_values))
     transforms.append(EnsureTyped(keys=keys, dtype=torch.float32))
     return transforms
+
+
+def inference_transforms(spacing: Sequence[float], pad_size: Sequence[int]) -> list:
+    """Pre-processing of an image to segment: :func:`volume_transforms` then padding to ``pad_size``."""
+    return [*volume_transforms(["image"], spacing), SpatialPadd(keys="image", spatial_size=list(pad_size))]
 
 
 def min_volume_size(spatial_size: Sequence[int], spatial_dims: int, slice_axis: int) -> list[int]:
