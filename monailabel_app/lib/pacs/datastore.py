@@ -22,6 +22,7 @@ label is one SEG instance: the PACS holds the whole label or nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -270,19 +271,32 @@ class SafeDICOMwebDatastore(DICOMWebDatastore, SafeLocalDatastore):
 
 
 DEFAULT_SEARCH_FILTER = {"Modality": "MR"}
-"""Image series the app lists when ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER`` is not set (MONAI Label's is CT)."""
+"""Image series the app lists unless told otherwise (MONAI Label's default filter is ``{"Modality": "CT"}``)."""
+
+_MONAILABEL_DEFAULT_FILTER = {"Modality": "CT"}
+
+
+def search_filter() -> dict[str, Any]:
+    """``MEDSEGDIFF_PACS_SEARCH_FILTER`` (JSON), else ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER`` when it is not MONAI
+    Label's CT default (``monailabel start_server`` exports every setting, so being set says nothing), else
+    :data:`DEFAULT_SEARCH_FILTER`."""
+    from monailabel.config import settings
+
+    if os.environ.get("MEDSEGDIFF_PACS_SEARCH_FILTER"):
+        value = json.loads(os.environ["MEDSEGDIFF_PACS_SEARCH_FILTER"])
+        if not isinstance(value, dict):
+            raise ValueError(f"MEDSEGDIFF_PACS_SEARCH_FILTER must be a JSON object, got {value!r}")
+        return value
+    if settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER != _MONAILABEL_DEFAULT_FILTER:
+        return dict(settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER)
+    return dict(DEFAULT_SEARCH_FILTER)
 
 
 def pacs_datastore(url: str, label_names: Mapping[str, int], map_tags: tuple[str, ...]) -> SafeDICOMwebDatastore:
-    """The app's datastore for ``--studies http(s)://<pacs>/dicom-web``, from MONAI Label's settings.
-
-    ``MONAI_LABEL_DICOMWEB_SEARCH_FILTER`` (JSON) selects the image series (default :data:`DEFAULT_SEARCH_FILTER`);
-    ``MONAI_LABEL_DATASTORE_CACHE_PATH`` (or ``MONAI_LABEL_DICOMWEB_CACHE_PATH``) is the local cache folder.
-    """
+    """The app's datastore for ``--studies http(s)://<pacs>/dicom-web``, from the environment and MONAI Label's
+    settings: :func:`search_filter` selects the image series; ``MONAI_LABEL_DATASTORE_CACHE_PATH`` (or
+    ``MONAI_LABEL_DICOMWEB_CACHE_PATH``) is the local cache folder."""
     from monailabel.config import settings
 
-    search_filter = settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER
-    if "MONAI_LABEL_DICOMWEB_SEARCH_FILTER" not in os.environ:
-        search_filter = DEFAULT_SEARCH_FILTER
     cache = (settings.MONAI_LABEL_DATASTORE_CACHE_PATH or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
-    return SafeDICOMwebDatastore(make_client(url.rstrip("/")), search_filter, cache or None, label_names, map_tags)
+    return SafeDICOMwebDatastore(make_client(url.rstrip("/")), search_filter(), cache or None, label_names, map_tags)
