@@ -3,9 +3,9 @@
 ``orthanc`` (session scope) yields a :class:`PacsSetup`: the running ``OrthancServer`` (``url``,
 ``dicomweb_url``, ports, ``root``), the sample datastore its heads were converted from, and the SeriesInstanceUIDs
 of what was uploaded (``series["robex_head_lowres"]``, ``series["robex_head_flipped"]`` — sample heads written
-as MR series by ``lib.pacs.series`` — and ``series["pydicom_mr700"]``, a real oblique MR series of pydicom's
-test files). Orthanc listens on free loopback ports with its storage in a temporary folder, and is stopped at the
-end. ``pacs_server`` (session scope) is the MedSegDiff MONAI Label server started with
+as MR series by ``lib.pacs.series`` — and two real series of pydicom's test files: ``series["pydicom_ct5n"]``,
+a CT volume, and ``series["pydicom_mr700"]``, radial MR slices that do not form a volume). Orthanc listens
+on free loopback ports with its storage in a temporary folder, and is stopped at the end. ``pacs_server`` (session scope) is the MedSegDiff MONAI Label server started with
 ``--studies <orthanc>/dicom-web`` (its DICOMweb cache in a temporary folder).
 
 Import both into a test module (``from pacs_fixtures import orthanc, pacs_server``). Without Orthanc installed
@@ -21,6 +21,8 @@ import pytest
 from conftest import MonaiLabelServer, make_datastore, start_server, stop_server
 
 from monailabel_app.lib.pacs.orthanc import (
+    PYDICOM_RADIAL_MR,
+    PYDICOM_VOLUME,
     OrthancServer,
     find_orthanc,
     start_orthanc,
@@ -58,7 +60,8 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory):
     setup = PacsSetup(start_orthanc(root / "orthanc"), samples, {})
     try:
         setup.series.update(upload_sample_heads(setup.server.url, samples, UPLOADED_HEADS))
-        setup.series["pydicom_mr700"] = upload_pydicom_series(setup.server.url)
+        setup.series["pydicom_ct5n"] = upload_pydicom_series(setup.server.url, PYDICOM_VOLUME)
+        setup.series["pydicom_mr700"] = upload_pydicom_series(setup.server.url, PYDICOM_RADIAL_MR)
         yield setup
     finally:
         setup.stop()

@@ -10,6 +10,7 @@ its restart everything saved is there. Inference uses 1 step and 2 members.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 
@@ -97,7 +98,7 @@ def saved(client, orthanc, inferred) -> dict:
 # ---------------------------------------------------------------------------------------------- tests
 def test_info_lists_the_pacs_series_and_names_orthanc(client, orthanc) -> None:
     datastore = client.info()["datastore"]
-    assert datastore["total"] == len(orthanc.series) == 3
+    assert datastore["total"] == 3  # the MR series: two heads and the radial pydicom series (not the CT)
     assert "Orthanc" in datastore["pacs"] and "available" in datastore["pacs"]
 
 
@@ -140,6 +141,12 @@ def test_saved_label_is_a_dicom_seg_in_orthanc_referencing_the_series(saved, ort
         assert _dice(data, label) >= 0.99
 
 
+def test_a_series_that_is_not_a_volume_is_refused_with_422(client, orthanc) -> None:
+    with pytest.raises(MONAILabelClientException) as e:
+        client.infer(MODEL, orthanc.series["pydicom_mr700"], FAST)
+    assert _status(e.value) == 422 and "not a volume" in str(e.value.msg)
+
+
 def test_labelled_series_leave_the_next_sample_pool(client, orthanc, saved) -> None:
     datastore = client.info()["datastore"]
     assert datastore["completed"] == 2
@@ -153,6 +160,7 @@ def test_labelled_series_leave_the_next_sample_pool(client, orthanc, saved) -> N
         ("unknown series", 404, "not in the PACS"),
         ("wrong grid", 422, ""),
         ("unknown label value", 422, ""),
+        ("empty label", 422, "empty"),
         ("image upload", 405, "PACS"),
     ],
 )
@@ -169,6 +177,8 @@ def test_bad_input_on_the_pacs_path_is_refused_and_stores_nothing(
         data = data[:-1]
     if case == "unknown label value":
         data[data == 1] = 7
+    if case == "empty label":
+        data[:] = 0
     nib.save(nib.Nifti1Image(data, source.affine), path)
     with pytest.raises(MONAILabelClientException) as e:
         if case == "image upload":
@@ -184,10 +194,10 @@ def test_a_fresh_cache_gets_the_labels_back_from_the_pacs(orthanc, saved, tmp_pa
     from monailabel_app.lib.pacs.datastore import SafeDICOMwebDatastore, make_client
 
     store = SafeDICOMwebDatastore(make_client(orthanc.server.dicomweb_url), {"Modality": "MR"}, str(tmp_path), {"brain": 1})
-    items = {item["image"]: item["label"] for item in store.datalist()}
+    items = {os.path.realpath(item["image"]): item["label"] for item in store.datalist()}
     assert len(items) == 2
     for name, label_file in saved["files"].items():
-        image_path = store.get_image_uri(orthanc.series[name])
+        image_path = os.path.realpath(store.get_image_uri(orthanc.series[name]))
         data, affine = _load(items[image_path])
         label, label_affine = _load(label_file)
         np.testing.assert_allclose(affine, label_affine, atol=1e-3)

@@ -7,6 +7,8 @@ DICOM SEG) on top of :class:`~lib.safe_datastore.SafeLocalDatastore` for that ca
 * a final label is validated against its series before anything is written (ids, values, geometry → 4xx),
   then written as a DICOM SEG with ``pydicom-seg`` (segment labels from the app's label names, referencing the
   source series) — the stock path calls dcmqi's ``itkimage2segimage`` and would download it at start-up;
+* a downloaded series is converted only when its slices form one regular volume (one orientation, even
+  spacing: :func:`~.series.check_slice_stack`), else 422 naming it;
 * every cached file (the converted series, labels, uncertainty maps) is written atomically and validated as
   in the local datastore (a series with NaN voxels or over the voxel limit is refused);
 * images come from the PACS: ``PUT /datastore/image`` and deleting an image or a final label answer 405
@@ -31,6 +33,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+import pydicom
 import requests
 from fastapi import HTTPException
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
@@ -41,6 +44,7 @@ from pydicom.dataset import Dataset
 
 from ..safe_datastore import SafeLocalDatastore, _http_errors
 from ..validation import NotFoundError, ValidationError, validate_id, validate_label_file, validate_tag
+from .series import check_slice_stack
 
 __all__ = ["PacsUnavailableError", "PacsSession", "SafeDICOMwebDatastore", "make_client"]
 
@@ -177,7 +181,7 @@ class SafeDICOMwebDatastore(DICOMWebDatastore, SafeLocalDatastore):
         interrupted download is never taken for the series), converted with SimpleITK, stored through
         :meth:`SafeLocalDatastore.add_image` (validated, atomic)."""
         images = self._datastore.image_path()
-        cached = os.path.join(images, f"{image_id}.nii.gz")
+        cached = os.path.realpath(os.path.join(images, f"{image_id}.nii.gz"))
         if image_id in self._datastore.objects and os.path.isfile(cached):
             return cached
         validate_id(image_id)
@@ -193,6 +197,8 @@ class SafeDICOMwebDatastore(DICOMWebDatastore, SafeLocalDatastore):
                         raise
             finally:
                 shutil.rmtree(part, ignore_errors=True)  # gone after the rename; left over when it failed
+        with _http_errors():
+            _check_volume(series_dir, image_id)
         converted = dicom_to_nifti(series_dir)
         try:
             SafeLocalDatastore.add_image(self, image_id, converted, self._dicom_info(image_id))
@@ -268,6 +274,15 @@ class SafeDICOMwebDatastore(DICOMWebDatastore, SafeLocalDatastore):
             "StudyInstanceUID": image_info.get("StudyInstanceUID"),
             "segments": {s["name"]: v for s, v in zip(segments, present)},
         }
+
+
+def _check_volume(series_dir: str, image_id: str) -> None:
+    """:func:`check_slice_stack` on the downloaded instances' headers → 422 naming the series."""
+    datasets = [pydicom.dcmread(os.path.join(series_dir, f), stop_before_pixels=True) for f in sorted(os.listdir(series_dir))]
+    try:
+        check_slice_stack(datasets, name=f"series {image_id!r}")
+    except ValueError as e:
+        raise ValidationError(str(e)) from e
 
 
 DEFAULT_SEARCH_FILTER = {"Modality": "MR"}

@@ -9,7 +9,8 @@ DICOMweb plugin at ``/dicom-web/``, remote HTTP access off, C-STORE only from de
 none), starts ``Orthanc`` in its own process group and returns once ``/system`` and ``/dicom-web/studies``
 answer. :func:`upload_sample_heads` converts the sample datastore's NIfTI heads into MR series
 (:mod:`.series`, UIDs derived from the sample id, so uploading twice stores them once) and
-:func:`upload_pydicom_series` adds a real oblique MR series shipped with pydicom.
+:func:`upload_pydicom_series` adds real series shipped with pydicom (``pydicom-data`` holds no multi-slice
+series with geometry).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .series import SeriesInfo, volume_to_mr_series
 
 __all__ = [
     "DICOMWEB_PLUGIN", "OrthancServer", "find_orthanc", "start_orthanc", "stop_orthanc",
-    "store_instance", "upload_sample_heads", "upload_pydicom_series", "PYDICOM_MR_SERIES",
+    "store_instance", "upload_sample_heads", "upload_pydicom_series", "PYDICOM_VOLUME", "PYDICOM_RADIAL_MR",
 ]  # fmt: skip
 
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -44,8 +45,11 @@ DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 _INSTALL_HINT = "install it with `apt-get install orthanc orthanc-dicomweb` (scripts/setup.sh does, as root)"
 
-PYDICOM_MR_SERIES = "dicomdirtests/98892003/MR700"
-"""A real MR series shipped in pydicom's test files: 7 oblique 16 x 16 slices of one acquisition."""
+PYDICOM_VOLUME = "dicomdirtests/98892001/CT5N"
+"""A real CT series of pydicom's test files that forms a volume: 5 axial 16 x 16 slices, 2.5 mm apart."""
+
+PYDICOM_RADIAL_MR = "dicomdirtests/98892003/MR700"
+"""A real MR series of pydicom's test files that is *not* a volume: 7 radial slices, each rotated."""
 
 
 @dataclass
@@ -193,7 +197,7 @@ def upload_sample_heads(url: str, datastore: str | Path, ids: Iterable[str] | No
     return uids
 
 
-def upload_pydicom_series(url: str, folder: str = PYDICOM_MR_SERIES) -> str:
+def upload_pydicom_series(url: str, folder: str = PYDICOM_VOLUME) -> str:
     """Store a real DICOM series of pydicom's test files as it is; returns its SeriesInstanceUID."""
     files = sorted((Path(pydicom.data.__file__).parent / "test_files" / folder).iterdir())
     series = set()
@@ -218,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     server = start_orthanc(args.root, args.http_port, args.dicom_port)
     (server.root / "orthanc.pid").write_text(str(server.process.pid))
     uids = upload_sample_heads(server.url, args.studies)
-    uids["pydicom MR700"] = upload_pydicom_series(server.url)
+    uids["pydicom CT5N (CT: listed with MEDSEGDIFF_PACS_SEARCH_FILTER='{\"Modality\": \"CT\"}')"] = upload_pydicom_series(
+        server.url
+    )
     for name, uid in uids.items():
         print(f"[pacs] {name}: series {uid}", flush=True)
     print(server.dicomweb_url, flush=True)

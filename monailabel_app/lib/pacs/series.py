@@ -19,7 +19,9 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
-__all__ = ["SeriesInfo", "MR_IMAGE_STORAGE", "volume_to_mr_series", "write_series", "affine_to_lps_geometry"]
+__all__ = [
+    "SeriesInfo", "MR_IMAGE_STORAGE", "volume_to_mr_series", "write_series", "affine_to_lps_geometry", "check_slice_stack"
+]
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 """SOP Class UID of MR Image Storage."""
@@ -162,3 +164,40 @@ def write_series(data: np.ndarray, affine: np.ndarray, info: SeriesInfo, folder:
         ds.save_as(str(path), write_like_original=False)
         paths.append(path)
     return paths
+
+
+def check_slice_stack(datasets: list[Dataset], name: str = "series") -> None:
+    """Refuse a series whose slices do not form one regular volume (what a NIfTI grid can hold).
+
+    Checked from the headers: one orientation, pixel spacing and size for all slices, positions on one line
+    along the slice normal, distinct, evenly spaced (±5 %). A radial or scout series, or one with a missing
+    slice, would otherwise be converted to a volume with the wrong geometry.
+
+    Raises:
+        ValueError: naming what differs.
+    """
+    if not datasets:
+        raise ValueError(f"{name} has no image instances")
+    if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in datasets):
+        return  # one multi-frame instance carries its own per-frame geometry
+    try:
+        orientations = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
+        positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+        sizes = {(int(ds.Rows), int(ds.Columns), *(round(float(v), 4) for v in ds.PixelSpacing)) for ds in datasets}
+    except (AttributeError, TypeError, ValueError) as e:
+        raise ValueError(f"{name} lacks the geometry of a volume (ImageOrientationPatient, ImagePositionPatient, PixelSpacing): {e}") from e
+    if np.abs(orientations - orientations[0]).max() > _ORTHOGONAL_TOLERANCE * 10:
+        raise ValueError(f"{name} is not a volume: its {len(datasets)} slices have different orientations")
+    if len(sizes) > 1:
+        raise ValueError(f"{name} is not a volume: its slices differ in size or pixel spacing {sorted(sizes)}")
+    if len(datasets) == 1:
+        return
+    normal = np.cross(orientations[0, :3], orientations[0, 3:])
+    order = np.argsort(positions @ normal)
+    along = (positions @ normal)[order]
+    offsets = positions[order] - np.outer(along, normal)
+    steps = np.diff(along)
+    if np.abs(offsets - offsets[0]).max() > 0.1 or steps.min() <= 1e-3:
+        raise ValueError(f"{name} is not a volume: its slice positions are not distinct points on the slice normal")
+    if np.abs(steps - np.median(steps)).max() > 0.05 * np.median(steps):
+        raise ValueError(f"{name} is not a volume: uneven slice spacing {np.round(steps, 3).tolist()} mm (a missing slice?)")
