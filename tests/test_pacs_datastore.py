@@ -68,8 +68,12 @@ def test_a_real_pydicom_ct_volume_converts_with_the_geometry_its_headers_give(or
 def test_radial_slices_are_refused_as_not_a_volume(orthanc, tmp_path) -> None:
     from fastapi import HTTPException
 
+    store = _store(orthanc, tmp_path)
+    radial = orthanc.series["pydicom_mr700"]
+    assert "not a volume" in store.volume_problem(radial)
+    assert radial in store.list_images() and radial not in store.get_unlabeled_images()
     with pytest.raises(HTTPException) as e:
-        _store(orthanc, tmp_path).get_image_uri(orthanc.series["pydicom_mr700"])
+        store.get_image_uri(radial)
     assert e.value.status_code == 422 and "not a volume" in e.value.detail
 
 

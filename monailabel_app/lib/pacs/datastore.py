@@ -8,7 +8,8 @@ DICOM SEG) on top of :class:`~lib.safe_datastore.SafeLocalDatastore` for that ca
   then written as a DICOM SEG with ``pydicom-seg`` (segment labels from the app's label names, referencing the
   source series) — the stock path calls dcmqi's ``itkimage2segimage`` and would download it at start-up;
 * a downloaded series is converted only when its slices form one regular volume (one orientation, even
-  spacing: :func:`~.series.check_slice_stack`), else 422 naming it;
+  spacing: :func:`~.series.check_slice_stack`), else 422 naming it; such a series is never the next sample
+  (checked on its WADO-RS metadata, without pixel data);
 * every cached file (the converted series, labels, uncertainty maps) is written atomically and validated as
   in the local datastore (a series with NaN voxels or over the voxel limit is refused);
 * images come from the PACS: ``PUT /datastore/image`` and deleting an image or a final label answer 405
@@ -132,6 +133,8 @@ class SafeDICOMwebDatastore(DICOMWebDatastore, SafeLocalDatastore):
         map_tags: tuple[str, ...] = ("uncertainty",),
     ) -> None:
         self._seg_sources: dict[str, str | None] = {}  # SEG series → referenced image series (immutable)
+        self._studies: dict[str, str] = {}  # image series → its study
+        self._volume_problems: dict[str, str | None] = {}
         super().__init__(client=client, search_filter=dict(search_filter), cache_path=cache_path)
         self.label_names = {str(k): int(v) for k, v in label_names.items()}
         self.label_values = frozenset({0, *self.label_names.values()})
@@ -139,8 +142,26 @@ class SafeDICOMwebDatastore(DICOMWebDatastore, SafeLocalDatastore):
 
     # ------------------------------------------------------------------ listing (always asked from the PACS)
     def list_images(self) -> list[str]:
-        datasets = self._client.search_for_series(search_filters=self._search_filter)
-        return [str(Dataset.from_json(ds)["SeriesInstanceUID"].value) for ds in datasets]
+        series = []
+        for found in self._client.search_for_series(search_filters=self._search_filter):
+            ds = Dataset.from_json(found)
+            series.append(str(ds.SeriesInstanceUID))
+            self._studies[series[-1]] = str(ds.StudyInstanceUID)
+        return series
+
+    def volume_problem(self, series_uid: str) -> str | None:
+        """Why the series is not one regular volume (:func:`check_slice_stack` on its WADO-RS metadata, no pixel
+        data), or None; remembered per series."""
+        if series_uid not in self._volume_problems:
+            if series_uid not in self._studies:
+                self.list_images()
+            meta = self._client.retrieve_series_metadata(self._studies[series_uid], series_uid)
+            try:
+                check_slice_stack([Dataset.from_json(m) for m in meta], name=f"series {series_uid!r}")
+                self._volume_problems[series_uid] = None
+            except ValueError as e:
+                self._volume_problems[series_uid] = str(e)
+        return self._volume_problems[series_uid]
 
     def _seg_source_map(self) -> dict[str, str | None]:
         """``{SEG series uid: referenced image series uid}`` of every SEG in the PACS."""
@@ -160,8 +181,9 @@ class SafeDICOMwebDatastore(DICOMWebDatastore, SafeLocalDatastore):
         return sorted({src for src in self._seg_source_map().values() if src in images})
 
     def get_unlabeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        """Series without a SEG that form a volume (the others cannot be segmented: never offered)."""
         labelled = set(self.get_labeled_images())
-        return [s for s in self.list_images() if s not in labelled]
+        return [s for s in self.list_images() if s not in labelled and self.volume_problem(s) is None]
 
     def status(self) -> dict[str, Any]:
         """Counts from the PACS; while it is down, what the cache holds and ``pacs`` saying why."""
