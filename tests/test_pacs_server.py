@@ -104,7 +104,9 @@ def test_info_lists_the_pacs_series_and_names_orthanc(client, orthanc) -> None:
 
 def test_next_sample_is_an_unlabelled_pacs_volume(client, orthanc) -> None:
     heads = {orthanc.series[name] for name in ("robex_head_lowres", "robex_head_flipped")}
-    for _ in range(4):  # never the radial series (not a volume)
+    # never the radial series (not a volume); 2 calls: MONAI Label's random strategy fails (weights 0) when every
+    # candidate was already handed out within the same second
+    for _ in range(2):
         assert client.next_sample("random", {})["id"] in heads
 
 
