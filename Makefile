@@ -1,5 +1,5 @@
 # The README's commands. Each target sets everything up first (seconds when .venv is complete).
-.PHONY: setup serve test test-fast bench sample-model clean-data
+.PHONY: setup serve serve-pacs test test-fast bench sample-model clean-data
 
 PY := .venv/bin/python
 
@@ -8,6 +8,9 @@ setup:
 
 serve: setup
 	bash scripts/serve.sh
+
+serve-pacs: setup
+	bash scripts/serve_pacs.sh
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests

@@ -26,6 +26,7 @@ from lib.activelearning import MostUncertain
 from lib.auth import install_token_decoder
 from lib.capacity import InferenceGate, InferenceGateMiddleware
 from lib.infers import PROBABILITY_FILE_KEY, UNCERTAINTY_FILE_KEY
+from lib.pacs.datastore import pacs_datastore
 from lib.safe_datastore import SafeLocalDatastore
 from lib.task_requests import PathRedactor, TaskRequestMiddleware
 from lib.validation import (
@@ -128,12 +129,18 @@ class MedSegDiffApp(MONAILabelApp):
         return check(request) if check else None
 
     def init_datastore(self) -> Datastore:
-        """Local datastores validate every upload and write atomically (``lib.safe_datastore``)."""
-        if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+        """Local and DICOMweb (PACS) datastores validate every upload and write atomically.
+
+        ``--studies http(s)://<pacs>/dicom-web`` → ``lib.pacs.datastore`` (final labels stored there as DICOM SEG);
+        ``MONAI_LABEL_DATASTORE=xnat|dsa`` → MONAI Label's own; a folder → ``lib.safe_datastore``.
+        """
         labels: dict[str, int] = {}
         for config in self.models.values():
             labels.update(config.labels)
+        if self.studies.startswith(("http://", "https://")):
+            if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+                return super().init_datastore()
+            return pacs_datastore(self.studies, labels, map_tags=(UNCERTAINTY_TAG,))
         return SafeLocalDatastore(
             self.studies,
             label_values=labels,

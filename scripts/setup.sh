@@ -32,5 +32,15 @@ if [ ! -f /usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCh
   (apt-get update -qq && apt-get install -y -qq insighttoolkit5-examples) >/dev/null 2>&1 \
     || echo "[setup] insighttoolkit5-examples not installed (optional: ITK k-means head for the bench)"
 fi
+# Orthanc with its DICOMweb plugin is optional too (a real PACS for the PACS tests and `make serve-pacs`).
+# Only the packages: the system service is kept from starting (tests and serve-pacs start a private Orthanc).
+if { [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; } \
+    && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  POLICY=/usr/sbin/policy-rc.d OURS=""
+  if [ ! -e "$POLICY" ]; then printf '#!/bin/sh\nexit 101\n' > "$POLICY" && chmod +x "$POLICY" && OURS=1; fi
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb) >/dev/null 2>&1 \
+    || echo "[setup] orthanc not installed (optional: the PACS tests skip, make serve-pacs needs it)"
+  if [ -n "$OURS" ]; then rm -f "$POLICY"; fi
+fi
 echo "$HASH" > "$STAMP"
 echo "[setup] done"

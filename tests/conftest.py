@@ -48,7 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @dataclass
 class MonaiLabelServer:
     url: str
-    datastore: Path
+    datastore: Path | str
     reference_dir: Path
     log_path: Path
     model_dir: Path
@@ -126,7 +126,7 @@ def _answers_info(response: requests.Response) -> bool:
 
 def start_server(
     root: Path,
-    datastore: Path,
+    datastore: Path | str,
     env: Mapping[str, str] | None = None,
     drop_env_prefixes: tuple[str, ...] = (),
     is_up: Callable[[requests.Response], bool] = _answers_info,
@@ -135,6 +135,8 @@ def start_server(
     conf: Mapping[str, str] | None = None,
 ) -> MonaiLabelServer:
     """Start ``monailabel start_server`` on ``datastore`` with the MedSegDiff app; return once it is up.
+
+    ``datastore`` is a folder, or the URL of a DICOMweb service (``tests/pacs_fixtures.py``).
 
     Checkpoints go to ``root/models``; the log ``root/server.log`` is appended to, so a restarted server on the
     same datastore keeps one log. ``env`` is added to this process's environment after removing the variables
@@ -177,7 +179,7 @@ def start_server(
     server = MonaiLabelServer(
         url=f"http://127.0.0.1:{port}",
         datastore=datastore,
-        reference_dir=datastore.parent / "sample_reference",
+        reference_dir=(datastore.parent if isinstance(datastore, Path) else root) / "sample_reference",
         log_path=log_path,
         model_dir=model_dir,
         checkpoint=checkpoint,
