@@ -1,15 +1,9 @@
 """The train task's random samples for a 2.5D network: the slab around a slice as channels, its label slice."""
 
-import sys
-from pathlib import Path
-
 import torch
 
 from medsegdiff.inferer import slice_stack
-
-APP_DIR = Path(__file__).resolve().parents[1] / "monailabel_app"
-sys.path.insert(0, str(APP_DIR))
-from lib.transforms import SlabToChannelsd, sample_transforms  # noqa: E402
+from medsegdiff.transforms import SlabToChannelsd, sample_transforms
 
 
 def test_slab_to_channels_matches_the_inferers_slice_stack():
