@@ -38,6 +38,8 @@ class _RecomputeImageFeatures(nn.Module):
         super().__init__()
         self.network = network
         self.num_classes = network.num_classes
+        self.out_channels = network.out_channels
+        self.config = network.config
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         return image  # nothing is precomputed: the sampler hands the raw image back at every step

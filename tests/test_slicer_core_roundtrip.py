@@ -177,9 +177,18 @@ def test_round_trip_on_a_left_handed_image_in_background_jobs_then_training(mona
     served, _ = _in_background(work, lambda report: logic.client.infer(
         MODEL, "robex_head_lowres", {"num_inference_steps": 1, "num_ensemble": 1}, dest_dir=str(tmp_path / "again")))
     after = served.result["checkpoint"]
-    best = Path(monailabel_server.model_dir) / MODEL / "best.pt"
-    assert Path(after["path"]).resolve() == best.resolve()
-    assert (after["path"], after["mtime"]) != (before["path"], before["mtime"]), "the new checkpoint is not served"
+    folder = Path(monailabel_server.model_dir) / MODEL
+    best, last = folder / "best.pt", folder / "last.pt"
+    from medsegdiff.checkpoint import read_checkpoint
+
+    run = read_checkpoint(last)["metadata"]["run"]["id"]
+    published = best.is_file() and read_checkpoint(best)["metadata"]["run"]["id"] == run
+    if published:  # an epoch beat the served model: its checkpoint is served now
+        assert (after["file"], after["mtime"]) == (best.name, best.stat().st_mtime)
+        assert (after["file"], after["mtime"]) != (before["file"], before["mtime"]), "the new checkpoint is not served"
+    else:  # no epoch beat the served model: it stays served (safe publishing), and the run said why
+        assert (after["file"], after["mtime"]) == (before["file"], before["mtime"])
+        assert "not published" in read_checkpoint(last)["metadata"]["publish"]["reason"]
 
     # Last, as it skips without trame-slicer's environment: the first result in Slicer's own slice view.
     _check_rendered_view(monailabel_server, info, kept, tmp_path / "axial.png")
