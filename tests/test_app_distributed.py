@@ -56,7 +56,9 @@ def slab_datastore(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_multi_gpu_path_trains_with_gloo_on_two_cpu_processes(slab_datastore: Path, tmp_path: Path) -> None:
     initial = tmp_path / "tiny.pt"
     tiny = MedSegDiffUNet(2, 1, 1, spatial_size=(32, 32), channels=(8, 16, 32), attention_levels=(False, False, True))
-    save_checkpoint(initial, tiny, DiffusionConfig(num_train_timesteps=100, prediction_type="sample"), {"labels": {"brain": 1}})
+    save_checkpoint(
+        initial, tiny, DiffusionConfig(num_train_timesteps=100, prediction_type="sample"), {"labels": {"brain": 1}, "trained": False}
+    )
     model_dir = tmp_path / "models"
     conf = {"models": "medsegdiff", "medsegdiff_checkpoint": str(initial), "model_dir": str(model_dir)}
     request = {
