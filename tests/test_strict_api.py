@@ -183,7 +183,8 @@ def test_slicer_plugin_request_segments_the_head(monailabel_server, slicer_resul
     image = nib.load(str(monailabel_server.datastore / "robex_head.nii.gz"))
     label = np.asarray(nib.load(label_path).dataobj)
     assert label.shape == image.shape
-    assert result["params"] == {**FAST, "sampler": "ddim", "seed": 0, "device": "auto", "fusion": "mean", "eta": 0.0}
+    assert result["params"] == {**FAST, "sampler": "ddim", "seed": 0, "device": "auto", "fusion": "mean", "eta": 0.0,
+                                "output_probability": False}
     # the plugin's keys nobody here reads are reported, not refused (the label comes back as NIfTI uint8)
     assert result["ignored_parameters"] == ["client_id", "result_dtype", "result_extension"]
     if not monailabel_server.trained_checkpoint:
