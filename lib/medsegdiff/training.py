@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from monai.transforms import (
     Compose,
+    RandAdjustContrastd,
     RandAffined,
+    RandBiasFieldd,
     RandFlipd,
     RandGaussianNoised,
     RandScaleIntensityd,
@@ -34,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 
 def segmentation_augmentations(spatial_dims: int) -> Compose:
-    """Flips, small affine changes and intensity jitter on ``{"image", "label"}`` dicts (channel-first)."""
+    """Flips, rotation / scale / shift, bias field, gamma, intensity jitter and noise on ``{"image", "label"}``
+    dicts (channel-first): scanner variation the few training heads do not show (MONAI transforms)."""
     rotate = (0.25,) if spatial_dims == 2 else (0.15, 0.15, 0.15)
     return Compose(
         [
@@ -48,6 +51,8 @@ def segmentation_augmentations(spatial_dims: int) -> Compose:
                 mode=("bilinear", "nearest"),
                 padding_mode="zeros",
             ),
+            RandBiasFieldd(keys="image", coeff_range=(0.0, 0.3), prob=0.4),
+            RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=0.4),
             RandScaleIntensityd(keys="image", factors=0.15, prob=0.5),
             RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5),
             RandGaussianNoised(keys="image", std=0.02, prob=0.3),
