@@ -54,7 +54,7 @@ class Settings:
     # a sample model trained here when the committed one is missing
     fallback_model_iterations: int
     members: int = 5
-    default_steps: int = 10
+    default_steps: int = 2  # the app's default num_inference_steps
     diversity_steps: tuple[int, ...] = (2, 10)  # DDIM steps x eta of the member-diversity sweep
     diversity_etas: tuple[float, ...] = (0.0, 0.5, 1.0)
     experiments: bool = os.environ.get("BENCH_EXPERIMENTS", "").strip().lower() in ("1", "true", "yes")

@@ -1,8 +1,9 @@
 """2. A whole real T1 head through the infer task at default settings: wall seconds and peak memory.
 
-The app's infer task (``monailabel_app/lib/infers/medsegdiff.py``: RAS, 3 mm, normalisation, 10-step DDIM x 5
+The app's infer task (``monailabel_app/lib/infers/medsegdiff.py``: RAS, 3 mm, normalisation, DDIM at the app's default steps x 5
 members, label and uncertainty back on the image's grid) runs in a fresh subprocess on a temporary copy of the
-sample datastore's ``colin27_head`` (1 mm, 181x217x181, a head the sample model never saw), so the peak resident
+sample datastore's ``colin27_head`` (1 mm, 181x217x181; the committed sample model was trained on it, so its Dice
+here checks the path, it is not a held-out score), so the peak resident
 memory of that process is the cost of one request (plus the imports, reported separately). When the task cannot
 be imported or run, ``MedSegDiffInferer`` with the same pre-processing runs instead and ``volume_path`` says so.
 

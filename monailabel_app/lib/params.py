@@ -168,7 +168,7 @@ class TextParam:
 Param = IntParam | FloatParam | ChoiceParam | BoolParam | TextParam
 
 INFER_PARAMS: tuple[Param, ...] = (
-    IntParam("num_inference_steps", 10, 1, 1000, "reverse-diffusion steps per ensemble member"),
+    IntParam("num_inference_steps", 2, 1, 1000, "reverse-diffusion steps per ensemble member (2: see the README's sampling numbers)"),
     IntParam("num_ensemble", 5, 1, 32, "independent samples fused into the label; their disagreement is the uncertainty"),
     ChoiceParam("sampler", ("ddim", "ddpm"), "ddim: deterministic, few steps; ddpm: ancestral (stochastic) steps"),
     IntParam("seed", 0, 0, SEED_MAX, "seed of ensemble member 0 (member m uses seed + m): same seed, same result"),
