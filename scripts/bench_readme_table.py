@@ -85,7 +85,45 @@ def render(report: dict[str, Any]) -> str:
                  if al["uncertainty_beats_both_random_baselines"]
                  else ". **Uncertainty does not beat random / foreground-aware random beyond the spread over seeds.**"), ""]
     lines += ["**Claims, each with its figure and baseline:**", *_claims(report), ""]
+    lines += ["**Targets of the open issues (10, 11), met or not:**", "", *_table(["target", "measured", "met"], _targets(report)), ""]
     return "\n".join(lines)
+
+
+def _per_head(report: dict[str, Any], model: str, key: str) -> dict[str, float]:
+    """Mean over seeds of ``key`` for each test head."""
+    out = {}
+    for head, by_seed in report["per_fold"][model].items():
+        values = [c[key] for c in by_seed.values() if c.get(key) is not None]
+        out[head] = sum(values) / len(values) if values else float("nan")
+    return out
+
+
+def _targets(report: dict[str, Any]) -> list[list[str]]:
+    u, b = report["uncertainty"], report["baselines"]
+    ours = u["medsegdiff"]
+    dice, hd95 = _per_head(report, "medsegdiff", "dice"), _per_head(report, "medsegdiff", "hd95_mm")
+    disagreement = (ours.get("diversity") or {}).get("disagreement_fraction")
+    others = [n for n in u if n not in report["protocol"].get("diffusion_models", ["medsegdiff"])]
+    d = b["unet"].get("medsegdiff_minus_this_dice", {})
+    ci = d.get("ci95") or [None, None]
+    seconds = report.get("volume_seconds")
+
+    def yes(ok: bool | None) -> str:
+        return "–" if ok is None else ("yes" if ok else "**no**")
+
+    return [
+        ["held-out Dice ≥ 0.95 on every head", ", ".join(f"{h} {v:.3f}" for h, v in dice.items()), yes(min(dice.values()) >= 0.95)],
+        ["HD95 ≤ 10 mm on every head", ", ".join(f"{h} {v:.1f}" for h, v in hd95.items()), yes(max(hd95.values()) <= 10)],
+        ["Dice ≥ size-matched U-Net (paired Δ ≥ 0 within the interval)", _delta(d), yes(None if ci[1] is None else ci[1] >= 0)],
+        ["uncertainty AUROC (wrong voxels) ≥ 0.90 over the head", _f(ours["auroc"]), yes(None if ours["auroc"] is None else ours["auroc"] >= 0.90)],
+        ["AUROC ≥ 0.80 within 6 mm of the surface", _f(ours["auroc_6mm"]), yes(None if ours["auroc_6mm"] is None else ours["auroc_6mm"] >= 0.80)],
+        ["AUROC within 6 mm ahead of every uncertainty baseline",
+         ", ".join(f"{n} {_f(u[n]['auroc_6mm'])}" for n in others),
+         yes(all((ours["auroc_6mm"] or 0) > (u[n]["auroc_6mm"] or 0) for n in others))],
+        ["member disagreement ≥ 50 % of the predictive entropy", _f(disagreement), yes(None if disagreement is None else disagreement >= 0.5)],
+        ["whole Colin27 head through the infer task ≤ 15 s (2 CPU cores)", "–" if seconds is None else f"{seconds:.1f} s", yes(None if seconds is None else seconds <= 15)],
+        ["tissue CSF Dice ≥ the U-Net's", "not measured: one labelled tissue subject (MNI 2009a), no held-out fold", "–"],
+    ]
 
 
 def _claims(report: dict[str, Any]) -> list[str]:

@@ -17,7 +17,7 @@ from .atomic import atomic_path
 from .diffusion import DiffusionConfig
 from .network import MedSegDiffUNet
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint", "from_payload"]
 
 CHECKPOINT_FORMAT = "medsegdiff-checkpoint/1"
 
@@ -81,7 +81,13 @@ def load_checkpoint(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[MedSegDiffUNet, DiffusionConfig, dict[str, Any]]:
     """Rebuild the network (in eval mode, on ``device``), its diffusion config and the metadata."""
-    payload = read_checkpoint(path)
+    return from_payload(read_checkpoint(path), device)
+
+
+def from_payload(
+    payload: dict[str, Any], device: torch.device | str = "cpu"
+) -> tuple[MedSegDiffUNet, DiffusionConfig, dict[str, Any]]:
+    """The network (eval mode), diffusion config and metadata of a payload from :func:`read_checkpoint`."""
     network = MedSegDiffUNet(**payload["network_config"])
     network.load_state_dict(payload["state_dict"])
     diffusion = DiffusionConfig(**payload["diffusion_config"])

@@ -31,7 +31,7 @@ from monai.inferers import DiffusionInferer, Inferer
 from monai.transforms import AsDiscreted, Compose, SpatialPadd
 from torch import nn
 
-from medsegdiff.checkpoint import load_checkpoint, read_checkpoint
+from medsegdiff.checkpoint import from_payload, read_checkpoint
 from medsegdiff.diffusion import SegDiffusionPrepareBatch, make_scheduler
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.network import MedSegDiffUNet
@@ -166,12 +166,13 @@ class MedSegDiffTrain(BasicTrainTask):
     def network(self, context: Context) -> nn.Module:
         """Resume from ``last.pt``; else start from the checkpoint inference uses (or fresh weights)."""
         start = self.files.last if self.files.last.is_file() else self.files.current()
-        network, diffusion, metadata = load_checkpoint(start, "cpu")
+        payload = read_checkpoint(start)  # read once: weights, and the optimiser state when resuming
+        network, diffusion, metadata = from_payload(payload, "cpu")
         if not strtobool(context.pretrained):
             start, network, metadata = None, MedSegDiffUNet(**network.config), {**metadata, "trained": False}
         logger.info("%s: training starts from %s", self.files.name, start or "fresh weights")
         context.start_checkpoint, context.start_metadata = start, metadata
-        context.training_state = read_checkpoint(start).get("training_state") if start == self.files.last else None
+        context.training_state = payload.get("training_state") if start == self.files.last else None
         context.resume_epoch = self._resume_epoch(context)
         context.diffusion = diffusion
         context.scheduler = make_scheduler(diffusion, "ddpm")
