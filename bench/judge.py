@@ -1,6 +1,7 @@
 """Scores of one prediction of a test head: Dice / HD95 and the uncertainty metrics of ``medsegdiff.evaluation``.
 
-The members' mean distribution is taken back to the native grid; the label is its argmax, the uncertainty its
+The members' mean distribution is taken back to the native grid; the label is its argmax (also scored after keeping
+its largest connected component, ``*_lcc``: the app's post-processing), the uncertainty its
 normalised predictive entropy. Error detection (AUROC / AUPRC of the entropy for the wrong voxels) is judged over
 the head and within ``BAND_MM`` of the reference surface; calibration (reliability / ECE, Brier, NLL) over the
 predicted-or-reference foreground (and the band, for ECE). Member diversity (pairwise Dice, GED) and the
@@ -13,6 +14,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from medsegdiff.evaluation import (
     auprc,
@@ -30,13 +32,22 @@ from medsegdiff.metrics import dice_per_class, hd95_per_class
 
 from .grid import GridVolume
 
-__all__ = ["BAND_MM", "judge"]
+__all__ = ["BAND_MM", "judge", "largest_component"]
 
 BAND_MM = 6.0
 
 
 def _entropy(dist: np.ndarray) -> np.ndarray:
     return -(dist * np.log(np.clip(dist, 1e-12, None))).sum(axis=0) / math.log(dist.shape[0])
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """``mask`` reduced to its largest 26-connected component (the brain is one piece; skull or neck islands go)."""
+    components, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    if count <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())[1:]
+    return components == 1 + int(np.argmax(sizes))
 
 
 def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> dict[str, Any]:
@@ -51,6 +62,9 @@ def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> 
         "dice": dice_per_class(label.astype(np.uint8), reference.astype(np.uint8))[0],
         "hd95_mm": hd95_per_class(label.astype(np.uint8), reference.astype(np.uint8), 1, spacing)[0],
     }
+    largest = largest_component(label)  # the app's default post-processing for a one-class model
+    out["dice_lcc"] = dice_per_class(largest.astype(np.uint8), reference.astype(np.uint8))[0]
+    out["hd95_lcc_mm"] = hd95_per_class(largest.astype(np.uint8), reference.astype(np.uint8), 1, spacing)[0]
     if not uncertainty:
         return out
     entropy = _entropy(native)

@@ -48,6 +48,7 @@ def summarise(results: dict, seeds: int) -> dict[str, Any]:
             test: {
                 str(seed): {
                     "dice": c.get("dice"), "hd95_mm": c.get("hd95_mm"),
+                    "dice_lcc": c.get("dice_lcc"), "hd95_lcc_mm": c.get("hd95_lcc_mm"),
                     **({"train_seconds": c["train"]["seconds"], "iterations": c["train"]["iterations"],
                         "curve": c["train"]["curve"]} if "train" in c else {}),
                     **({"mc_dropout_dice": c["mc_dropout"]["dice"]} if "mc_dropout" in c else {}),
@@ -60,13 +61,17 @@ def summarise(results: dict, seeds: int) -> dict[str, Any]:
     }
     ours = _cells(results, "medsegdiff", None, seeds)
     ours_dice, ours_auroc = _per_case(ours, "dice"), _per_case(ours, "auroc_6mm")
+    ours_dice_lcc = _per_case(ours, "dice_lcc")
     baselines, uncertainty, wall_clock = {}, {}, {}
     dice_models = {m: (m, None) for m in results} | {"mc_dropout": ("unet", "mc_dropout")}
     for name, (model, sub) in dice_models.items():
         cells = _cells(results, model, sub, seeds)
-        entry = {"dice": _all(cells, "dice"), "hd95_mm": _all(cells, "hd95_mm"), "per_case_dice": _per_case(cells, "dice")}
+        entry = {"dice": _all(cells, "dice"), "hd95_mm": _all(cells, "hd95_mm"), "per_case_dice": _per_case(cells, "dice"),
+                 "dice_lcc": _all(cells, "dice_lcc"), "hd95_lcc_mm": _all(cells, "hd95_lcc_mm"),
+                 "per_case_dice_lcc": _per_case(cells, "dice_lcc")}
         if name != "medsegdiff":
             entry["medsegdiff_minus_this_dice"] = paired_difference(ours_dice, entry["per_case_dice"])
+            entry["medsegdiff_minus_this_dice_lcc"] = paired_difference(ours_dice_lcc, entry["per_case_dice_lcc"])
         baselines[name] = entry
     for name, (model, sub) in UNCERTAINTY_METHODS.items():
         if model not in results:
@@ -117,10 +122,12 @@ def _diff(d: dict[str, Any] | None) -> str:
 
 def tables(summary: dict[str, Any]) -> str:
     """Accuracy, uncertainty and (second, labelled) wall-clock tables in markdown."""
-    rows = [[name, _pm(b["dice"]), _pm(b["hd95_mm"]), _diff(b.get("medsegdiff_minus_this_dice"))]
+    rows = [[name, _pm(b["dice"]), _pm(b["hd95_mm"]), _diff(b.get("medsegdiff_minus_this_dice")),
+             _pm(b.get("dice_lcc", {})), _pm(b.get("hd95_lcc_mm", {})), _diff(b.get("medsegdiff_minus_this_dice_lcc"))]
             for name, b in summary["baselines"].items()]
-    text = "Accuracy, leave-one-head-out (mean ± sd over folds x seeds; Δ = MedSegDiff − model, per-head, 95 % t-interval)\n\n"
-    text += md_table(["model", "Dice", "HD95 mm", "Δ Dice (MedSegDiff − this)"], rows)
+    text = ("Accuracy, leave-one-head-out (mean ± sd over folds x seeds; Δ = MedSegDiff − model, per-head, 95 % "
+            "t-interval; LCC = after keeping the largest connected component, the app's post-processing)\n\n")
+    text += md_table(["model", "Dice", "HD95 mm", "Δ Dice", "Dice LCC", "HD95 LCC mm", "Δ Dice LCC"], rows)
     rows = []
     for name, u in summary["uncertainty"].items():
         div = u["diversity"] or {}

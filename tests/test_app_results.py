@@ -53,7 +53,9 @@ def test_default_client_tmpdir_gets_a_result_file_that_stays(monailabel_server, 
 
 def test_output_probability_stores_the_fused_probabilities(monailabel_server, tmp_path) -> None:
     client = MONAILabelClient(monailabel_server.url, tmpdir=str(tmp_path))
-    label_path, result = client.infer(MODEL, "robex_head_lowres", {**FAST, "output_probability": True})
+    label_path, result = client.infer(
+        MODEL, "robex_head_lowres", {**FAST, "output_probability": True, "largest_component": False}
+    )
     assert result["params"]["output_probability"] is True
     assert result["probability"] == {"classes": ["brain"], "channels": 1, "label_tag": "probability"}
     img = nib.load(client.download_label("robex_head_lowres", "probability"))
@@ -78,3 +80,18 @@ def test_probabilities_are_stored_only_on_request(monailabel_server, default_cli
     with pytest.raises(MONAILabelClientException) as error:
         client.infer(MODEL, "robex_head", {**FAST, "output_probability": "maybe"})
     assert error.value.msg.startswith("Status: 422;") and "output_probability" in error.value.msg
+
+
+def test_largest_component_keeps_the_biggest_piece_of_the_thresholded_probabilities(monailabel_server, tmp_path) -> None:
+    """Default post-processing: the label is the largest 26-connected piece of probability > 0.5 (islands go)."""
+    from scipy import ndimage
+
+    client = MONAILabelClient(monailabel_server.url, tmpdir=str(tmp_path))
+    label_path, result = client.infer(MODEL, "robex_head_lowres", {**FAST, "output_probability": True})
+    assert result["params"]["largest_component"] is True  # the default
+    probability = np.asarray(nib.load(client.download_label("robex_head_lowres", "probability")).dataobj)
+    label = np.asarray(nib.load(label_path).dataobj)
+    pieces, count = ndimage.label(probability > 0.5, structure=np.ones((3, 3, 3)))
+    assert count > 1, "this case must have islands to show anything (1 step x 2 members of the sample model)"
+    largest = np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    np.testing.assert_array_equal(label, (pieces == largest).astype(np.uint8))

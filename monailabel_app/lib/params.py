@@ -176,6 +176,11 @@ INFER_PARAMS: tuple[Param, ...] = (
     ChoiceParam("fusion", ("mean", "vote", "staple"), "how members are fused: soft mean, majority vote or STAPLE"),
     FloatParam("eta", 0.0, 0.0, 1.0, help="DDIM stochasticity: 0 deterministic given the seed, 1 as noisy as DDPM (ddim only)"),
     BoolParam(
+        "largest_component", True,
+        "true: keep only the largest connected piece of each label (brain extraction: removes skull and neck "
+        "islands); false for structures in several pieces",
+    ),
+    BoolParam(
         "output_probability", False,
         "true: also store the fused class probabilities (float32, one channel per foreground class) in the "
         "datastore as the image's 'probability' label",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from fastapi import HTTPException
 from monai.inferers import Inferer
-from monai.transforms import CopyItemsd, DeleteItemsd
+from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedComponentd
 
 from medsegdiff.device import select_device
 from medsegdiff.inferer import MedSegDiffInferer
@@ -157,12 +157,17 @@ class MedSegDiffInfer(BasicInferTask):
         return self._request.loaded.network
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
-        return [
+        transforms = [
             _split_outputs,
             ToOriginalGridd(keys=["pred", "uncertainty"], ref_key="image", mode="bilinear"),
             CopyItemsd(keys="pred", names="probability"),  # on the image's grid, for output_probability
             ProbabilitiesToLabelsd(keys="pred"),
         ]
+        if self._request.values["largest_component"]:
+            # leave-one-head-out bench: the same labels after this step (``dice_lcc`` / ``hd95_lcc_mm``)
+            labels = sorted(self.model_info.labels.values())
+            transforms.append(KeepLargestConnectedComponentd(keys="pred", applied_labels=labels, is_onehot=False))
+        return transforms
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
         """Label (uint8) and uncertainty (float32) NIfTI on the image's own grid, and the result JSON."""
