@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.active_learning import STRATEGIES, region_score, slabs  # noqa: E402
 from bench.grid import GridVolume  # noqa: E402
+from bench.judge import largest_component  # noqa: E402
 from bench.models import NetworkCalls  # noqa: E402
 from bench.protocol_report import UNCERTAINTY_METHODS, UNCERTAINTY_METRICS  # noqa: E402
 from bench.report import finite, md_table  # noqa: E402
@@ -42,6 +43,16 @@ def test_paired_difference_t_interval():
     assert out["verdict"] == "tie"
     assert paired_difference({"a": 0.9, "b": 0.91}, {"a": 0.5, "b": 0.5})["verdict"] == "ahead"
     assert paired_difference({"a": 0.9}, {"a": 0.5})["verdict"] == "undecided"
+
+
+def test_largest_component_drops_islands_and_keeps_diagonal_neighbours():
+    mask = np.zeros((8, 8, 8), dtype=bool)
+    mask[1:4, 1:4, 1:4] = True  # 27 voxels: the brain
+    mask[4, 4, 4] = True  # touches the cube's corner only: still the same piece (26-connectivity)
+    mask[7, 0, 7] = True  # an island
+    kept = largest_component(mask)
+    assert kept.sum() == 28 and not kept[7, 0, 7] and kept[4, 4, 4]
+    assert largest_component(np.zeros((4, 4, 4), dtype=bool)).sum() == 0
 
 
 @pytest.mark.parametrize("members,member_batch", [(3, None), (3, 1), (4, 3)])
