@@ -102,19 +102,21 @@ class MedSegDiffInferer(Inferer):
     ) -> dict[str, torch.Tensor]:
         """2D network: the slices of every volume, batched; slice s of volume b has sample id b * S + s.
 
-        ``only`` (with ``previous``): re-sample just these slices (of every volume), the rest come from ``previous``.
+        ``only`` (with ``previous``): re-sample the slice batches holding these slices (of every volume), batched
+        as in a full run so that they come out bit-identical to it; the rest come from ``previous``.
         """
         slices = volume.movedim(2 + self.slice_axis, 2)  # (B, C, S, h, w)
         marks = None if known is None else known.labels.movedim(2 + self.slice_axis, 2)  # (B, 1, S, h, w)
         count = slices.shape[2]
         context = int(network.config.get("context_slices", 0))
-        wanted = range(count) if only is None else sorted(set(only))
-        jobs = [(b, s) for b in range(slices.shape[0]) for s in wanted]
-        result = {key: previous[key].movedim(2 + self.slice_axis, 2).clone() for key in _OUTPUTS} if only is not None else {}
+        jobs = [(b, s) for b in range(slices.shape[0]) for s in range(count)]
+        batches = [jobs[first : first + self.slice_batch_size] for first in range(0, len(jobs), self.slice_batch_size)]
+        result = {}
+        if only is not None:
+            batches = [batch for batch in batches if any(s in set(only) for _, s in batch)]
+            result = {k: previous[k].to(volume.device).movedim(2 + self.slice_axis, 2).clone() for k in _OUTPUTS}
         parts: dict[str, list[torch.Tensor]] = {key: [] for key in _OUTPUTS}
-        batches = range(0, len(jobs), self.slice_batch_size)
-        for first in tqdm(batches, disable=not self.progress):
-            batch = jobs[first : first + self.slice_batch_size]
+        for batch in tqdm(batches, disable=not self.progress):
             images = torch.cat([slice_stack(slices[b], [s], context) for b, s in batch])
             batch_known = None if marks is None else KnownRegion(torch.stack([marks[b, :, s] for b, s in batch]))
             out = self._sample(network, images, [b * count + s for b, s in batch], batch_known)
