@@ -28,7 +28,7 @@ from .settings import CAVEAT
 
 __all__ = ["SECTIONS", "CONTRACT", "main"]
 
-SECTIONS = ("training_speed", "sampling_cost", "volume", "protocol", "active_learning")
+SECTIONS = ("training_speed", "sampling_cost", "volume", "protocol", "active_learning", "interactive")
 
 CONTRACT: dict[str, str] = {
     "nfe_ratio": "sampling_cost",
@@ -46,6 +46,7 @@ CONTRACT: dict[str, str] = {
     "uncertainty_auroc": "protocol",
     "active_learning": "active_learning",
     "train_iters_per_second": "training_speed",
+    "interactive": "interactive",
 }
 """Top-level keys of ``latest.json`` → the section whose results carry them."""
 

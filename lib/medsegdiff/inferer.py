@@ -5,6 +5,10 @@ slices stacked as channels for a 2.5D network); a 3D network runs on sliding win
 (MONAI ``SlidingWindowInferer``, Gaussian blending; each window's position seeds its noise). A result is
 therefore the same for any slice batch size or member chunking. Both return the fused probabilities, the label
 and the uncertainty of the whole volume.
+
+Interactive correction: ``known`` (annotator marks on the model grid, :class:`~medsegdiff.interaction.KnownRegion`
+of the whole batch) conditions the chains; with ``previous`` (an earlier result of the same volume, seed and
+sampler) and ``slices`` a 2D network re-samples only those slices and keeps the rest of ``previous``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .fusion import probabilities_to_labels
+from .interaction import KnownRegion
 from .sampling import EnsembleSampler
 
 __all__ = ["MedSegDiffInferer", "slice_stack"]
@@ -80,33 +85,54 @@ class MedSegDiffInferer(Inferer):
         self.progress = progress
         self.nfe = 0
 
-    def _sample(self, network: nn.Module, images: torch.Tensor, ids: Sequence[int]) -> dict[str, torch.Tensor]:
-        result = self.sampler(network, images, seed=self.seed, sample_ids=ids)
+    def _sample(
+        self, network: nn.Module, images: torch.Tensor, ids: Sequence[int], known: KnownRegion | None = None
+    ) -> dict[str, torch.Tensor]:
+        result = self.sampler(network, images, seed=self.seed, sample_ids=ids, known=known)
         self.nfe += result.nfe
         return {key: getattr(result, key) for key in _OUTPUTS}
 
-    def _slices(self, volume: torch.Tensor, network: nn.Module) -> dict[str, torch.Tensor]:
-        """2D network: every slice of every volume, batched; slice s of volume b has sample id b * S + s."""
+    def _slices(
+        self,
+        volume: torch.Tensor,
+        network: nn.Module,
+        known: KnownRegion | None = None,
+        previous: dict[str, torch.Tensor] | None = None,
+        only: Sequence[int] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """2D network: the slices of every volume, batched; slice s of volume b has sample id b * S + s.
+
+        ``only`` (with ``previous``): re-sample the slice batches holding these slices (of every volume), batched
+        as in a full run so that they come out bit-identical to it; the rest come from ``previous``.
+        """
         slices = volume.movedim(2 + self.slice_axis, 2)  # (B, C, S, h, w)
+        marks = None if known is None else known.labels.movedim(2 + self.slice_axis, 2)  # (B, 1, S, h, w)
         count = slices.shape[2]
         context = int(network.config.get("context_slices", 0))
         jobs = [(b, s) for b in range(slices.shape[0]) for s in range(count)]
-        parts: dict[str, list[torch.Tensor]] = {key: [] for key in _OUTPUTS}
-        batches = range(0, len(jobs), self.slice_batch_size)
-        for first in tqdm(batches, disable=not self.progress):
-            batch = jobs[first : first + self.slice_batch_size]
-            images = torch.cat([slice_stack(slices[b], [s], context) for b, s in batch])
-            out = self._sample(network, images, [b * count + s for b, s in batch])
-            for key in _OUTPUTS:
-                parts[key].append(out[key])
+        batches = [jobs[first : first + self.slice_batch_size] for first in range(0, len(jobs), self.slice_batch_size)]
         result = {}
+        if only is not None:
+            batches = [batch for batch in batches if any(s in set(only) for _, s in batch)]
+            result = {k: previous[k].to(volume.device).movedim(2 + self.slice_axis, 2).clone() for k in _OUTPUTS}
+        parts: dict[str, list[torch.Tensor]] = {key: [] for key in _OUTPUTS}
+        for batch in tqdm(batches, disable=not self.progress):
+            images = torch.cat([slice_stack(slices[b], [s], context) for b, s in batch])
+            batch_known = None if marks is None else KnownRegion(torch.stack([marks[b, :, s] for b, s in batch]))
+            out = self._sample(network, images, [b * count + s for b, s in batch], batch_known)
+            for key in _OUTPUTS:
+                if only is None:
+                    parts[key].append(out[key])
+                else:
+                    for (b, s), value in zip(batch, out[key]):
+                        result[key][b, :, s] = value
         for key, chunks in parts.items():
-            flat = torch.cat(chunks)  # (B * S, ch, h, w)
-            per_volume = flat.reshape(slices.shape[0], count, *flat.shape[1:]).movedim(1, 2)
-            result[key] = per_volume.movedim(2, 2 + self.slice_axis)
-        return result
+            if only is None:
+                flat = torch.cat(chunks)  # (B * S, ch, h, w)
+                result[key] = flat.reshape(slices.shape[0], count, *flat.shape[1:]).movedim(1, 2)
+        return {key: value.movedim(2, 2 + self.slice_axis) for key, value in result.items()}
 
-    def _windows(self, volume: torch.Tensor, network: nn.Module) -> dict[str, torch.Tensor]:
+    def _windows(self, volume: torch.Tensor, network: nn.Module, known: KnownRegion | None = None) -> dict[str, torch.Tensor]:
         """3D network: sliding windows; a window's start position (and volume index) is its sample id."""
         roi = tuple(self.roi_size or network.config["spatial_size"])
         size = volume.shape[2:]
@@ -118,18 +144,45 @@ class MedSegDiffInferer(Inferer):
 
             def predict(window: torch.Tensor, locations: Sequence[Sequence[slice]], b: int = b) -> dict:
                 ids = [((b * size[0] + loc[-3].start) * size[1] + loc[-2].start) * size[2] + loc[-1].start for loc in locations]
-                return self._sample(network, window, ids)
+                marks = None if known is None else KnownRegion(torch.stack([known.labels[b][(slice(None), *loc[-3:])] for loc in locations]))
+                return self._sample(network, window, ids, marks)
 
             outputs.append(window_inferer(volume[b : b + 1], predict))
         return {key: torch.cat([o[key] for o in outputs]) for key in _OUTPUTS}
 
-    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args, **kwargs) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        inputs: torch.Tensor,
+        network: nn.Module,
+        *args,
+        known: KnownRegion | None = None,
+        previous: dict[str, torch.Tensor] | None = None,
+        slices: Sequence[int] | None = None,
+        **kwargs,
+    ) -> dict[str, torch.Tensor]:
+        """Segment ``inputs`` (B, C, H, W, D).
+
+        Args:
+            known: marks on the grid of ``inputs`` (B, 1, H, W, D) the result must respect.
+            previous: an earlier result of the same inputs, seed and sampler (``probs``, ``entropy``,
+                ``variance``), kept outside ``slices`` (2D networks only).
+            slices: indices along the slice axis to re-sample (needs ``previous``).
+        """
         if inputs.ndim != 5:
             raise ValueError(f"inputs must be a (B, C, H, W, D) volume, got shape {tuple(inputs.shape)}")
+        if (previous is None) != (slices is None):
+            raise ValueError("previous and slices go together: re-sample some slices of a previous result")
+        if slices is not None and network.spatial_dims != 2:
+            raise ValueError("re-sampling some slices needs a 2D network; a 3D network re-samples the whole volume")
+        if known is not None and tuple(known.labels.shape[2:]) != tuple(inputs.shape[2:]):
+            raise ValueError(f"marks of shape {list(known.labels.shape[2:])} for inputs of shape {list(inputs.shape[2:])}")
         self.nfe = 0
         # plain tensor: MetaTensor's __torch_function__ would slow down every op of every sampling step
         volume = convert_to_tensor(inputs, track_meta=False).float()
         with torch.no_grad():
-            out = self._slices(volume, network) if network.spatial_dims == 2 else self._windows(volume, network)
+            if network.spatial_dims == 2:
+                out = self._slices(volume, network, known, previous, slices)
+            else:
+                out = self._windows(volume, network, known)
         out["label"] = probabilities_to_labels(out["probs"])
         return out

@@ -7,6 +7,11 @@ result does not depend on how slices or members are batched: pass each slice's g
 (The noise is bit-identical; the network's batched matrix products round in the last bit differently for
 other batch sizes on CPU, so probabilities agree to ~1e-6 and labels are identical.)
 The image-only features are computed once per image and reused by every step and member.
+
+Annotator marks (a :class:`~medsegdiff.interaction.KnownRegion`) condition the chains RePaint-style: before
+every network evaluation the marked voxels of x_t are replaced by q(x_t | x0 = the marked mask), using that
+chain's own starting noise as ε (no extra random numbers: without marks the result is bit-identical), and the
+marked voxels of every member's x̂0 are set to the marked class at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import nn
 from .device import autocast
 from .diffusion import DiffusionConfig, diffusion_to_probabilities
 from .fusion import FUSIONS, fuse, probabilities_to_labels
+from .interaction import KnownRegion
 from .schedulers import RespacedScheduler
 from .uncertainty import member_variance, predictive_entropy
 
@@ -102,15 +108,24 @@ class EnsembleSampler:
 
     @torch.no_grad()
     def __call__(
-        self, network: nn.Module, image: torch.Tensor, seed: int = 0, sample_ids: Sequence[int] | None = None
+        self,
+        network: nn.Module,
+        image: torch.Tensor,
+        seed: int = 0,
+        sample_ids: Sequence[int] | None = None,
+        known: KnownRegion | None = None,
     ) -> SegmentationResult:
         """Segment a batch of images (B, in_channels, *spatial) with the whole ensemble.
 
         Args:
             sample_ids: one id per image (e.g. the global slice index) that seeds its noise; default 0..B-1.
+            known: annotator marks the chains must respect (``None`` or empty: plain sampling).
         """
-        member_probs, nfe = self.sample_members(network, image, seed, sample_ids)
+        known = None if known is None or known.is_empty() else known
+        member_probs, nfe = self.sample_members(network, image, seed, sample_ids, known)
         probs = fuse(member_probs, self.fusion)
+        if known is not None:  # STAPLE or a vote need not give exactly the class every member has
+            probs = torch.where(known.mask.to(probs.device), known.probabilities(probs.shape[1]).to(probs), probs)
         return SegmentationResult(
             probs=probs,
             label=probabilities_to_labels(probs),
@@ -122,20 +137,26 @@ class EnsembleSampler:
         )
 
     def sample_members(
-        self, network: nn.Module, image: torch.Tensor, seed: int = 0, sample_ids: Sequence[int] | None = None
+        self,
+        network: nn.Module,
+        image: torch.Tensor,
+        seed: int = 0,
+        sample_ids: Sequence[int] | None = None,
+        known: KnownRegion | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Run every member's chain; returns member probabilities (N, B, C, *spatial) and the NFE spent."""
         ids = list(range(image.shape[0])) if sample_ids is None else [int(i) for i in sample_ids]
         if len(ids) != image.shape[0]:
             raise ValueError(f"{len(ids)} sample ids for a batch of {image.shape[0]} images")
         features = network.encode_image(image)  # image-only part: once per image
+        background = bool(getattr(network, "config", {}).get("background_channel", False))
+        known_x0 = None if known is None else known.target(network.num_classes, background).to(image.device)
         members, nfe = [], 0
         for first in range(0, self.num_ensemble, self.member_batch_size):
             chunk = range(first, min(first + self.member_batch_size, self.num_ensemble))
-            x0, calls = self.denoise(network, features, tuple(image.shape[2:]), seed, list(chunk), ids)
+            x0, calls = self.denoise(network, features, tuple(image.shape[2:]), seed, list(chunk), ids, known_x0)
             members.extend(x0.chunk(len(chunk)))
             nfe += calls
-        background = bool(getattr(network, "config", {}).get("background_channel", False))
         return diffusion_to_probabilities(torch.stack(members).float(), background, dim=2), nfe
 
     def denoise(
@@ -146,8 +167,13 @@ class EnsembleSampler:
         seed: int,
         members: list[int],
         sample_ids: list[int],
+        known_x0: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """Reverse diffusion for ``members`` batched together (member-major); returns x0 and the NFE."""
+        """Reverse diffusion for ``members`` batched together (member-major); returns x0 and the NFE.
+
+        Args:
+            known_x0: (B, channels, *spatial) marked mask in diffusion space, NaN where unmarked; ``None``: no marks.
+        """
         device = features.device
         shape = (network.out_channels, *spatial_shape)
         generators = [chain_generator(seed, m, j, device) for m in members for j in sample_ids]
@@ -158,11 +184,18 @@ class EnsembleSampler:
 
         scheduler = self.scheduler
         x = noise()  # 1. every chain starts from its own noise
-        x0 = x
+        x0, start_noise = x, x
+        if known_x0 is not None:
+            known_x0 = known_x0.repeat(len(members), *([1] * (known_x0.ndim - 1)))
+            marked = ~known_x0.isnan()
         for index, t in enumerate(scheduler.timesteps.tolist()):
-            # 2. one network evaluation for all chains of this batch
+            if known_x0 is not None:  # 2. marked voxels: q(x_t | marked mask), with the chain's own noise as ε
+                x = torch.where(marked, scheduler.add_noise(known_x0, start_noise, t), x)
+            # 3. one network evaluation for all chains of this batch
             with autocast(device, self.amp):
                 model_output = network(x, torch.full((x.shape[0],), t, device=device), image_features=features)
-            # 3. x_t -> x_prev (fresh noise from each chain's own generator when the sampler is stochastic)
+            # 4. x_t -> x_prev (fresh noise from each chain's own generator when the sampler is stochastic)
             x, x0 = scheduler.step(model_output.float(), index, x, noise() if scheduler.stochastic else None)
+        if known_x0 is not None:  # 5. the marked voxels carry the marked class
+            x0 = torch.where(marked, known_x0, x0)
         return x0, len(scheduler.timesteps)

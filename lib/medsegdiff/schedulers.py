@@ -78,6 +78,11 @@ class RespacedScheduler:
         """The step after visited step ``index`` (−1 after the last)."""
         return int(self.timesteps[index + 1]) if index + 1 < len(self.timesteps) else -1
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+        """A sample of the forward process q(x_t | x0) = √ᾱ_t x0 + √(1 − ᾱ_t) ε with ε = ``noise``."""
+        a = self.alpha_bar(t)
+        return a**0.5 * x0 + (1.0 - a) ** 0.5 * noise
+
     def split(self, model_output: torch.Tensor, t: int, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x̂0, ε̂) from the network output at step t, x̂0 clipped and ε̂ made consistent with it."""
         a = self.alpha_bar(t)

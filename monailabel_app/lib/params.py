@@ -23,6 +23,7 @@ __all__ = [
     "ChoiceParam",
     "BoolParam",
     "TextParam",
+    "PointsParam",
     "UnknownParameter",
     "INFER_PARAMS",
     "MONAILABEL_TRAIN_PARAMS",
@@ -165,7 +166,40 @@ class TextParam:
         return value
 
 
-Param = IntParam | FloatParam | ChoiceParam | BoolParam | TextParam
+@dataclass(frozen=True)
+class PointsParam:
+    """A list of voxel indices ``[[i, j, k], …]`` (integers; integral floats accepted); default: no points.
+
+    Whether the points lie inside the image is checked by the task once the image is loaded.
+    """
+
+    name: str
+    dims: int = 3
+    max_points: int = 1000
+    help: str = ""
+
+    def declared(self) -> Any:
+        return []
+
+    def parse(self, value: Any) -> list[list[int]]:
+        if not isinstance(value, (list, tuple)):
+            raise InvalidParameter(self.name, f"{self.name} must be a list of [i, j, k] voxel indices, got {value!r}")
+        if len(value) > self.max_points:
+            raise InvalidParameter(self.name, f"{self.name} holds {len(value)} points, at most {self.max_points} allowed")
+        points = []
+        for n, point in enumerate(value):
+            if not isinstance(point, (list, tuple)) or len(point) != self.dims:
+                raise InvalidParameter(
+                    self.name, f"{self.name}[{n}] must have {self.dims} coordinates [i, j, k], got {point!r}"
+                )
+            if any(isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c != int(c)
+                   for c in point):
+                raise InvalidParameter(self.name, f"{self.name}[{n}] must hold integer voxel indices, got {point!r}")
+            points.append([int(c) for c in point])
+        return points
+
+
+Param = IntParam | FloatParam | ChoiceParam | BoolParam | TextParam | PointsParam
 
 INFER_PARAMS: tuple[Param, ...] = (
     IntParam("num_inference_steps", 2, 1, 1000, "reverse-diffusion steps per ensemble member (2: see the README's sampling numbers)"),
@@ -185,6 +219,10 @@ INFER_PARAMS: tuple[Param, ...] = (
         "true: also store the fused class probabilities (float32, one channel per foreground class) in the "
         "datastore as the image's 'probability' label",
     ),
+    PointsParam("foreground", help="interactive correction: [i, j, k] image voxels that must be the marked class"),
+    PointsParam("background", help="interactive correction: [i, j, k] image voxels that must be background"),
+    IntParam("click_radius", 1, 0, 10, "radius (model-grid voxels, in the slice plane) of the disc each click marks"),
+    IntParam("marked_class", 1, 1, 255, "the label value foreground clicks and scribbles mark"),
 )
 """Parameters of ``POST /infer/<model>``."""
 

@@ -32,10 +32,10 @@ MAX_DISTANCE = 2
 """Edit distance (insertions, deletions, substitutions, transpositions; case-insensitive) of a near-miss."""
 
 # what MONAI Label 0.8.5 (endpoints, MONAILabelApp, BasicInferTask/BasicTrainTask, async tasks, batch infer) puts
-# into a request or reads from it
+# into a request or reads from it ("label": the path of an uploaded label_in)
 _MONAILABEL_INFER = {
     "model", "image", "session", "description", "save_label", "label_tag", "timeout", "logging", "skip_writer",
-    "image_path", "images", "multi_gpu", "gpus", "max_workers",
+    "image_path", "images", "multi_gpu", "gpus", "max_workers", "label",
 }
 _MONAILABEL_TRAIN = {
     "model", "gpus", "bundle_path", "run_id", "local_rank", "distributed_backend", "distributed_url", "train_ds",
@@ -51,13 +51,14 @@ MONAILABEL_KEYS: dict[str, frozenset[str]] = {
 """Per task kind: keys MONAI Label itself adds or reads (accepted, not reported)."""
 
 # what stock clients send that no MedSegDiff task reads: MONAILabelClient adds client_id to every request; the
-# MONAILabel Slicer plugin adds result_extension/result_dtype to every infer and sends label_info, clicks, roi and
-# slice for interactive models; MONAI Label's writer and sample apps read the result_*/restore_label_idx/sliding-
-# window/cache keys, which this app's writer and inferer do not use
+# MONAILabel Slicer plugin adds result_extension/result_dtype to every infer and sends label_info, roi and slice for
+# interactive models (its clicks, foreground/background, are parameters of the infer task here); MONAI Label's
+# writer and sample apps read the result_*/restore_label_idx/sliding-window/cache keys, which this app's writer and
+# inferer do not use
 _CLIENT_COMMON = {"client_id"}
 _CLIENT_INFER = {
     "result_extension", "result_dtype", "result_compress", "result_write_to_file", "label_info", "restore_label_idx",
-    "label", "labels", "foreground", "background", "roi", "slice", "reset_state", "selected_label_name",
+    "labels", "roi", "slice", "reset_state", "selected_label_name",
     "roi_size", "sw_batch_size", "sw_overlap", "model_filename", "largest_cc", "cache_transforms",
     "cache_transforms_in_memory", "cache_transforms_ttl", "location", "size", "level", "tile_size",
     "min_poly_area", "output",

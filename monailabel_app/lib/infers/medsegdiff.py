@@ -5,29 +5,48 @@ Pipeline (``BasicInferTask``): pre-transforms (RAS, model spacing, ``normalize_i
 predictive entropy resampled onto the grid of the image that was sent → label (uint8) and uncertainty
 (float32) NIfTI files. Bad request parameters, and near-misses of declared ones (``num_ensembles``), are
 answered with HTTP 422 naming the parameter; keys nobody reads are listed in the result's ``ignored_parameters``.
+
+Interactive correction (:mod:`lib.interaction`): ``foreground`` / ``background`` clicks and a ``label_in``
+scribble volume condition the sampler; a 2D network re-samples only the slices whose marks changed since the
+cached result of the same image, checkpoint, seed and sampler settings.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import HTTPException
 from monai.inferers import Inferer
 from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedComponentd
 
 from medsegdiff.device import select_device
 from medsegdiff.inferer import MedSegDiffInferer
+from medsegdiff.interaction import KnownRegion
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
+from ..interaction import (
+    CachedResult,
+    MarksOnImageGrid,
+    ResultCache,
+    changed_slices,
+    interaction_info,
+    model_labels,
+    read_marks,
+    slice_signatures,
+)
 from ..model_files import CheckpointCache, LoadedModel, ModelFiles, ModelInfo
-from ..params import INFER_PARAMS, ChoiceParam, FloatParam, IntParam, InvalidParameter, declare, parse
+from ..params import INFER_PARAMS, ChoiceParam, FloatParam, IntParam, InvalidParameter, PointsParam, declare, parse
 from ..request_keys import log_ignored, unread_keys
 from ..result_files import probability_volume, save_result_nifti
 from ..uncertainty import summarize
@@ -68,7 +87,9 @@ class MedSegDiffInfer(BasicInferTask):
             labels=model_info.labels,
             dimension=3,
             description=title,
-            config=declare(INFER_PARAMS),
+            # clients show config() lists as choices (the stock Slicer plugin sends the first item): the click
+            # lists are declared in info()["parameters"] only
+            config=declare([p for p in INFER_PARAMS if not isinstance(p, PointsParam)]),
         )
         self.files = files
         self.model_info = model_info
@@ -76,6 +97,7 @@ class MedSegDiffInfer(BasicInferTask):
         self.description = self._describe()
         self.progress = progress
         self.cache = CheckpointCache(files)
+        self.results = ResultCache()  # the last results per image, for interactions that re-sample a few slices
         self._request = threading.local()  # the model and parameters of the request this thread is serving
 
     # ------------------------------------------------------------------ info
@@ -91,13 +113,14 @@ class MedSegDiffInfer(BasicInferTask):
         info["label_colors"] = self.model_info.label_colors
         info["parameters"] = {p.name: _parameter_spec(p) for p in INFER_PARAMS}
         info["checkpoint"] = {**self.files.describe_current(), "spatial_dims": self.model_info.spatial_dims}
+        info["interaction"] = interaction_info(next(p.default for p in INFER_PARAMS if p.name == "click_radius"))
         return info
 
     # ------------------------------------------------------------------ request
     def __call__(self, request: dict, callbacks=None):
         """Validate the parameters (HTTP 422 naming the bad one), load the current checkpoint, run the pipeline."""
         try:
-            ignored = unread_keys(request, self._config, "infer")
+            ignored = unread_keys(request, [p.name for p in INFER_PARAMS], "infer")
             values = parse(request, INFER_PARAMS)
             if values["eta"] and values["sampler"] != "ddim":
                 raise InvalidParameter("eta", f"eta applies to the ddim sampler only, got eta {values['eta']} with "
@@ -115,7 +138,16 @@ class MedSegDiffInfer(BasicInferTask):
                 f"{num_train} diffusion steps), got {values['num_inference_steps']}",
             )
         self._request.loaded, self._request.values, self._request.device = loaded, values, device.type
+        if values["marked_class"] > loaded.network.num_classes:
+            raise HTTPException(
+                status_code=422,
+                detail=f"marked_class must be in [1, {loaded.network.num_classes}] for this model, got {values['marked_class']}",
+            )
         self._request.ignored = ignored
+        label_in = request.get("label")  # MONAI Label stores an uploaded label_in here
+        self._request.label_in = label_in if isinstance(label_in, str) and os.path.isfile(label_in) else None
+        image = request.get("image")
+        self._request.image_key = (image, os.path.getmtime(image)) if isinstance(image, str) and os.path.exists(image) else image
         request = {**request, **values, "device": device.type}
         logger.info("%s: %s on %s with %s", self.files.name, request.get("image"), device, values)
         return super().__call__(request, callbacks)
@@ -151,7 +183,44 @@ class MedSegDiffInfer(BasicInferTask):
             progress=self.progress,
         )
         self._request.inferer = inferer
-        return inferer
+        return self._bind_marks(inferer, data["image"])
+
+    def _bind_marks(self, inferer: MedSegDiffInferer, image) -> Callable:
+        """The inferer with the request's marks on the model grid and, for a 2D network, the cached result."""
+        values, network = self._request.values, self._request.loaded.network
+        try:
+            marks = read_marks(values, self._request.label_in, image.meta["spatial_shape"])
+        except InvalidParameter as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
+        self._request.marks = marks
+        two_d = network.spatial_dims == 2
+        labels = model_labels(
+            marks, image.meta["original_affine"], image.affine, image.shape[1:], values["click_radius"],
+            self.model_info.slice_axis if two_d else None, values["marked_class"],
+        )  # fmt: skip
+        known = None if marks.is_empty() else KnownRegion(labels)
+        self._request.signatures = slice_signatures(labels, self.model_info.slice_axis) if two_d else None
+        self._request.result_key = self._result_key(tuple(image.shape[1:]))
+        cached = self.results.get(self._request.result_key) if two_d else None
+        self._request.resampled = None if cached is None else changed_slices(cached.signatures, self._request.signatures)
+        if cached is None:
+            return functools.partial(inferer, known=known)
+        return functools.partial(inferer, known=known, previous=cached.outputs, slices=self._request.resampled)
+
+    def _result_key(self, model_shape: tuple[int, ...]) -> tuple:
+        """What a cached result must share with this request: image, checkpoint, grid, seed and sampler settings."""
+        values = self._request.values
+        sampler = tuple(values[k] for k in ("seed", "sampler", "num_inference_steps", "num_ensemble", "fusion", "eta"))
+        checkpoint = json.dumps(self._request.loaded.describe(self.files.name), sort_keys=True, default=str)
+        return (json.dumps(self._request.image_key, default=str), checkpoint, model_shape, sampler, self._request.device)
+
+    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
+        """Run the inferer; a 2D network's model-grid result is cached for the next interaction on this image."""
+        data = super().run_inferer(data, convert_to_batch, device)
+        if self._request.signatures is not None:
+            outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in ("probs", "entropy", "variance")}
+            self.results.put(self._request.result_key, CachedResult(outputs, self._request.signatures))
+        return data
 
     def _get_network(self, device, data):
         return self._request.loaded.network
@@ -167,6 +236,8 @@ class MedSegDiffInfer(BasicInferTask):
             # leave-one-head-out bench: the same labels after this step (``dice_lcc`` / ``hd95_lcc_mm``)
             labels = sorted(self.model_info.labels.values())
             transforms.append(KeepLargestConnectedComponentd(keys="pred", applied_labels=labels, is_onehot=False))
+        # last: a marked voxel keeps its class even where it lies outside the largest component
+        transforms.append(MarksOnImageGrid(self._request.marks, self._request.values["marked_class"]))
         return transforms
 
     def writer(self, data: dict[str, Any], extension=None, dtype=None) -> tuple[Any, Any]:
@@ -185,6 +256,10 @@ class MedSegDiffInfer(BasicInferTask):
             "uncertainty": summarize(uncertainty, label),
             "shape": list(label.shape),
             "ignored_parameters": self._request.ignored,
+            "interaction": {
+                "marked_voxels": self._request.marks.count(),
+                "resampled_slices": "all" if self._request.resampled is None else self._request.resampled,
+            },
             UNCERTAINTY_FILE_KEY: save_result_nifti(uncertainty, affine, np.float32),
         }
         if self._request.values["output_probability"]:
@@ -196,13 +271,14 @@ class MedSegDiffInfer(BasicInferTask):
     def clear(self) -> None:
         super().clear()
         self.cache.clear()
+        self.results.clear()
 
 
 def _parameter_spec(param) -> dict[str, Any]:
     """Default, range or choices, and help of a parameter, for clients that show them."""
     if isinstance(param, ChoiceParam):
         return {"default": param.choices[0], "choices": list(param.choices), "help": param.help}
-    described = {"default": param.default, "help": param.help}
+    described = {"default": param.declared(), "help": param.help}
     if isinstance(param, (IntParam, FloatParam)):
         described.update(min=param.low, max=param.high)
     return described

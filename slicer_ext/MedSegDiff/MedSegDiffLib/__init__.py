@@ -17,6 +17,7 @@ from .conversions import (
     uncertainty_display_range,
     write_image,
 )
+from .interaction import DEFAULT_LABEL_IN_VALUES, Interaction, InteractionHistory, ijk_point, label_in_values
 from .jobs import MAIN_THREAD_WAIT_S, TIMER_INTERVAL_MS, BackgroundJob, BackgroundWork
 from .params import KNOWN_RANGES, ParameterSpec, declared_parameters, default_values, validate_params
 from .serverinfo import DEFAULT_MODEL, DEFAULT_STRATEGY, ServerInfo
@@ -28,10 +29,13 @@ __all__ = [
     "BackgroundJob",
     "BackgroundWork",
     "DEFAULT_MODEL",
+    "DEFAULT_LABEL_IN_VALUES",
     "DEFAULT_PALETTE",
     "DEFAULT_STRATEGY",
     "FINISHED_STATES",
     "InferResult",
+    "Interaction",
+    "InteractionHistory",
     "KNOWN_RANGES",
     "MedSegDiffClient",
     "ParameterSpec",
@@ -40,6 +44,8 @@ __all__ = [
     "TrainingPoller",
     "TrainingProgress",
     "declared_parameters",
+    "ijk_point",
+    "label_in_values",
     "default_values",
     "label_colors",
     "label_items",

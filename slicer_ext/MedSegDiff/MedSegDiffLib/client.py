@@ -9,6 +9,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
 import requests
@@ -304,7 +305,7 @@ class MedSegDiffClient:
         )
         return self._save(response, dest_dir, f"{image_id}.nii.gz")
 
-    def infer(self, model, image_id, params=None, dest_dir=None):
+    def infer(self, model, image_id, params=None, dest_dir=None, label_in=None):
         """``POST /infer/{model}?image=<id>&output=all``: run the model on a datastore image.
 
         Args:
@@ -312,19 +313,14 @@ class MedSegDiffClient:
             image_id: datastore image id.
             params: inference parameters (sent as the ``params`` form field).
             dest_dir: folder for the returned label file (a new temporary folder when None).
+            label_in: path of a scribble volume on the image's grid (sent as the ``label`` file), or None.
 
-        Returns:
-            InferResult with the local label path and the result JSON.
+        Returns: InferResult with the local label path and the result JSON.
         """
         files = {"params": (None, json.dumps(params or {}))}
-        response = self._request(
-            "POST",
-            f"/infer/{quote(model, safe='')}",
-            params={"image": image_id, "output": "all"},
-            files=files,
-            expect_json=False,
-            read_timeout=INFER_READ_TIMEOUT_S,
-        )
+        files.update({"label": (os.path.basename(label_in), Path(label_in).read_bytes())} if label_in else {})
+        response = self._request("POST", f"/infer/{quote(model, safe='')}", params={"image": image_id, "output": "all"},
+                                 files=files, expect_json=False, read_timeout=INFER_READ_TIMEOUT_S)
         content_type = response.headers.get("content-type", "")
         if "multipart" not in content_type:
             raise ServerError(

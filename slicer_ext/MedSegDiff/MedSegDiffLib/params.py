@@ -91,7 +91,10 @@ def declared_parameters(model_info):
     """
     declared = dict((model_info or {}).get("config") or {})
     described = (model_info or {}).get("parameters") or {}
-    declared.update({n: d for n, d in described.items() if isinstance(d, dict) and "default" in d})
+    # a list default is no option of the table: the interaction's click lists (MedSegDiffLib.interaction)
+    declared.update({
+        n: d for n, d in described.items() if isinstance(d, dict) and "default" in d and not isinstance(d["default"], list)
+    })
     return {name: _spec(name, value) for name, value in declared.items()}
 
 

@@ -1,0 +1,117 @@
+"""Annotator marks (clicks, scribbles) as known voxels that the diffusion sampler keeps (RePaint-style).
+
+A :class:`KnownRegion` holds, on the model's grid, which voxels the annotator marked and with which class
+(0 = background, 1..C = a foreground class). :class:`~medsegdiff.sampling.EnsembleSampler` replaces the marked
+voxels of every x_t by the forward-noised known mask q(x_t | x0) and gives them the marked class in the result;
+the network sees the marks in x_t at every step, so the unmarked voxels around them adapt. This needs no
+training of its own: it works with any trained MedSegDiff network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .diffusion import labels_to_diffusion_target
+
+__all__ = ["KnownRegion", "click_discs", "marks_to_labels", "UNKNOWN"]
+
+UNKNOWN = -1
+"""Value of an unmarked voxel in a marks label map."""
+
+
+@dataclass
+class KnownRegion:
+    """Marked voxels of a batch on the model's grid.
+
+    Attributes:
+        labels: (B, 1, *spatial) integer map: the marked class (0 = background, 1..C) or :data:`UNKNOWN`.
+    """
+
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.labels.ndim < 3 or self.labels.shape[1] != 1:
+            raise ValueError(f"labels must be (B, 1, *spatial), got shape {tuple(self.labels.shape)}")
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """(B, 1, *spatial) bool: the marked voxels."""
+        return self.labels != UNKNOWN
+
+    def is_empty(self) -> bool:
+        return not bool(self.mask.any())
+
+    def select(self, index: Sequence[int] | slice) -> KnownRegion:
+        """The region of some images of the batch."""
+        return KnownRegion(self.labels[index])
+
+    def target(self, num_classes: int, background: bool) -> torch.Tensor:
+        """x0 of the marked voxels in diffusion space (B, channels, *spatial); NaN on unmarked voxels."""
+        x0 = labels_to_diffusion_target(self.labels.clamp_min(0), num_classes, background)
+        return x0.masked_fill(~self.mask, float("nan"))
+
+    def probabilities(self, num_classes: int) -> torch.Tensor:
+        """One-hot foreground probabilities of the marked class (B, C, *spatial); NaN on unmarked voxels."""
+        return (self.target(num_classes, False) + 1.0) / 2.0
+
+
+def click_discs(
+    shape: Sequence[int], points: Sequence[Sequence[int]], radius: int, slice_axis: int | None = None
+) -> torch.Tensor:
+    """Bool mask of discs of ``radius`` voxels around ``points`` (each a full index into ``shape``).
+
+    Args:
+        shape: the spatial shape of the grid (2D or 3D).
+        points: voxel indices, one coordinate per axis of ``shape``.
+        radius: disc radius in voxels (0: the voxel alone).
+        slice_axis: a disc lies on the point's slice along this axis (2D network); ``None``: a ball.
+    """
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    mask = torch.zeros(tuple(shape), dtype=torch.bool)
+    grids = torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij")
+    for point in points:
+        if len(point) != len(shape) or any(not 0 <= int(p) < s for p, s in zip(point, shape)):
+            raise ValueError(f"point {list(point)} lies outside a grid of shape {list(shape)}")
+        distance = torch.zeros(tuple(shape))
+        for axis, (grid, p) in enumerate(zip(grids, point)):
+            if axis == slice_axis:
+                distance = distance + torch.where(grid == int(p), 0.0, float("inf"))
+            else:
+                distance = distance + (grid - int(p)).float() ** 2
+        mask |= distance <= radius**2
+    return mask
+
+
+def marks_to_labels(
+    shape: Sequence[int],
+    foreground: Sequence[Sequence[int]] = (),
+    background: Sequence[Sequence[int]] = (),
+    radius: int = 1,
+    slice_axis: int | None = None,
+    scribble_foreground: torch.Tensor | None = None,
+    scribble_background: torch.Tensor | None = None,
+    foreground_class: int = 1,
+) -> torch.Tensor:
+    """One image's marks → a (1, *shape) label map for :class:`KnownRegion`.
+
+    Clicks become discs (:func:`click_discs`); scribbles (bool masks of ``shape``) mark exactly their voxels.
+    Where foreground and background marks overlap, the later kind wins in the order: foreground discs,
+    background discs, foreground scribbles, background scribbles (a scribble is more precise than a disc).
+    """
+    labels = torch.full((1, *shape), UNKNOWN, dtype=torch.long)
+    layers = [
+        (click_discs(shape, foreground, radius, slice_axis) if foreground else None, foreground_class),
+        (click_discs(shape, background, radius, slice_axis) if background else None, 0),
+        (scribble_foreground, foreground_class),
+        (scribble_background, 0),
+    ]
+    for mask, value in layers:
+        if mask is not None:
+            if tuple(mask.shape) != tuple(shape):
+                raise ValueError(f"scribble mask of shape {list(mask.shape)} for a grid of shape {list(shape)}")
+            labels[0][mask.bool()] = value
+    return labels

@@ -1,0 +1,238 @@
+"""Interactive correction on the server: annotator marks on the image grid → known voxels on the model grid.
+
+A request of the ``medsegdiff`` infer task may carry DeepEdit-style clicks (``foreground`` / ``background``:
+``[i, j, k]`` voxels of the image that was sent) and a scribble volume ``label_in`` on the image grid (MONAI
+Label's uploaded ``label`` file) with the values of :data:`LABEL_IN_VALUES`. The marks become a
+:class:`~medsegdiff.interaction.KnownRegion` on the model grid (clicks: discs of ``click_radius`` model voxels in
+the slice plane; scribbles: their voxels), which the sampler keeps (RePaint-style conditioning). On the image grid
+the result then gets the marked class on exactly the marked voxels.
+
+Results are cached (:class:`ResultCache`) per image, checkpoint, seed and sampler settings together with the
+marks of every slice, so that a 2D network re-samples only the slices whose marks changed since the last request
+for that image (:func:`changed_slices`) and keeps the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import LoadImage
+
+from medsegdiff.interaction import UNKNOWN, marks_to_labels
+
+from .params import InvalidParameter
+
+__all__ = [
+    "LABEL_IN_VALUES",
+    "ImageMarks",
+    "read_marks",
+    "model_labels",
+    "slice_signatures",
+    "changed_slices",
+    "CachedResult",
+    "ResultCache",
+    "MarksOnImageGrid",
+    "interaction_info",
+]
+
+LABEL_IN_VALUES = {"unknown": 0, "foreground": 1, "background": 2}
+"""Values of a ``label_in`` scribble volume."""
+
+
+@dataclass
+class ImageMarks:
+    """Marks as (N, 3) integer voxel indices of the image that was sent."""
+
+    foreground: np.ndarray
+    background: np.ndarray
+    scribble_foreground: np.ndarray
+    scribble_background: np.ndarray
+
+    def count(self) -> dict[str, int]:
+        """Marked voxels of each kind."""
+        kinds = ("foreground", "background", "scribble_foreground", "scribble_background")
+        return {k: len(getattr(self, k)) for k in kinds}
+
+    def is_empty(self) -> bool:
+        return not any(self.count().values())
+
+
+def _voxels(points: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.asarray(points, dtype=np.int64).reshape(-1, 3)
+
+
+def read_marks(values: Mapping[str, Any], label_in: str | None, spatial_shape: Sequence[int]) -> ImageMarks:
+    """Check the parsed clicks against the image's shape and read the ``label_in`` scribbles.
+
+    Args:
+        values: the parsed request (``foreground``, ``background``: lists of [i, j, k]).
+        label_in: path of the uploaded scribble volume, or None.
+        spatial_shape: the shape of the image that was sent.
+
+    Raises:
+        InvalidParameter: a point outside the image, or a ``label_in`` of another shape or with other values.
+    """
+    shape = [int(s) for s in spatial_shape]
+    for name in ("foreground", "background"):
+        for n, point in enumerate(values[name]):
+            if any(not 0 <= c < s for c, s in zip(point, shape)):
+                raise InvalidParameter(name, f"{name}[{n}] = {point} lies outside the image of shape {shape}")
+    scribble_fg = scribble_bg = _voxels([])
+    if label_in is not None:
+        scribbles = np.asarray(LoadImage(image_only=True)(label_in))
+        scribbles = scribbles[..., 0] if scribbles.ndim == 4 and scribbles.shape[-1] == 1 else scribbles
+        if list(scribbles.shape) != shape:
+            raise InvalidParameter("label_in", f"label_in has shape {list(scribbles.shape)}, the image {shape}")
+        found = sorted(int(v) for v in np.unique(scribbles))
+        allowed = sorted(LABEL_IN_VALUES.values())
+        if not set(found) <= set(allowed):
+            raise InvalidParameter(
+                "label_in", f"label_in values must be {LABEL_IN_VALUES} (allowed {allowed}), found {found}"
+            )
+        scribble_fg = np.argwhere(scribbles == LABEL_IN_VALUES["foreground"])
+        scribble_bg = np.argwhere(scribbles == LABEL_IN_VALUES["background"])
+    return ImageMarks(_voxels(values["foreground"]), _voxels(values["background"]), scribble_fg, scribble_bg)
+
+
+def _to_model_voxels(voxels: np.ndarray, image_to_model: np.ndarray, model_shape: Sequence[int]) -> np.ndarray:
+    """Image voxel indices → the nearest model-grid voxels (clipped to the grid)."""
+    if not len(voxels):
+        return voxels
+    homogeneous = np.concatenate([voxels, np.ones((len(voxels), 1))], axis=1).T
+    mapped = np.rint((image_to_model @ homogeneous)[:3].T).astype(np.int64)
+    return np.clip(mapped, 0, np.asarray(model_shape) - 1)
+
+
+def model_labels(
+    marks: ImageMarks,
+    image_affine: np.ndarray,
+    model_affine: np.ndarray,
+    model_shape: Sequence[int],
+    radius: int,
+    slice_axis: int | None,
+    marked_class: int,
+) -> torch.Tensor:
+    """The marks as a (1, 1, *model_shape) label map on the model grid (:data:`UNKNOWN` where unmarked).
+
+    Args:
+        image_affine: voxel → world of the image that was sent.
+        model_affine: voxel → world of the model grid.
+        radius: click disc radius in model voxels.
+        slice_axis: discs lie in the slice plane of this axis (2D network); None: balls (3D network).
+    """
+    image_to_model = np.linalg.inv(np.asarray(model_affine, dtype=np.float64)) @ np.asarray(image_affine, np.float64)
+    grid = [int(s) for s in model_shape]
+
+    def scribble(voxels: np.ndarray) -> torch.Tensor | None:
+        if not len(voxels):
+            return None
+        mask = np.zeros(grid, dtype=bool)
+        mask[tuple(_to_model_voxels(voxels, image_to_model, grid).T)] = True
+        return torch.from_numpy(mask)
+
+    labels = marks_to_labels(
+        grid,
+        foreground=_to_model_voxels(marks.foreground, image_to_model, grid).tolist(),
+        background=_to_model_voxels(marks.background, image_to_model, grid).tolist(),
+        radius=radius,
+        slice_axis=slice_axis,
+        scribble_foreground=scribble(marks.scribble_foreground),
+        scribble_background=scribble(marks.scribble_background),
+        foreground_class=marked_class,
+    )
+    return labels[None]
+
+
+def slice_signatures(labels: torch.Tensor, slice_axis: int) -> tuple[bytes, ...]:
+    """Per slice of a (1, 1, *shape) mark map: a digest of its marks (``b""`` for a slice without marks)."""
+    slices = labels[0, 0].movedim(slice_axis, 0)
+    return tuple(
+        hashlib.sha1(s.numpy().tobytes()).digest() if bool((s != UNKNOWN).any()) else b"" for s in slices
+    )
+
+
+def changed_slices(old: Sequence[bytes], new: Sequence[bytes]) -> list[int]:
+    """The slices whose marks differ between two :func:`slice_signatures` of the same grid."""
+    if len(old) != len(new):
+        raise ValueError(f"signatures of {len(old)} and {len(new)} slices")
+    return [s for s, (a, b) in enumerate(zip(old, new)) if a != b]
+
+
+@dataclass
+class CachedResult:
+    """A result on the model grid (``probs``, ``entropy``, ``variance``: (1, ch, *shape), CPU) and its marks."""
+
+    outputs: dict[str, torch.Tensor]
+    signatures: tuple[bytes, ...]
+
+
+class ResultCache:
+    """A small thread-safe LRU of :class:`CachedResult` by request key (image, checkpoint, seed, sampler)."""
+
+    def __init__(self, max_entries: int = 4) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, CachedResult] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> CachedResult | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+            return entry
+
+    def put(self, key: Hashable, entry: CachedResult) -> None:
+        with self._lock:
+            self._entries[key] = entry
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class MarksOnImageGrid:
+    """Post-transform: on the image grid, every marked voxel gets the marked class, a one-hot probability and
+    zero uncertainty (the resampling from the model grid would otherwise blur a mark's edge)."""
+
+    def __init__(self, marks: ImageMarks, marked_class: int) -> None:
+        self.marks, self.marked_class = marks, marked_class
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for voxels, value in (
+            (np.concatenate([self.marks.foreground, self.marks.scribble_foreground]), self.marked_class),
+            (np.concatenate([self.marks.background, self.marks.scribble_background]), 0),
+        ):
+            if not len(voxels):
+                continue
+            index = (slice(None), *torch.as_tensor(voxels).T)
+            d["pred"][index] = value
+            d["uncertainty"][index] = 0.0
+            d["probability"][index] = 0.0
+            if value:
+                d["probability"][(value - 1, *index[1:])] = 1.0
+        return d
+
+
+def interaction_info(radius_default: int) -> dict[str, Any]:
+    """What ``/info`` says about the interaction loop."""
+    return {
+        "points": "foreground / background: [[i, j, k], ...] voxels of the image that was sent",
+        "label_in": {"values": dict(LABEL_IN_VALUES), "grid": "the image that was sent (same shape)"},
+        "click_radius_default": radius_default,
+        "conditioning": "RePaint-style: marked voxels of every x_t are replaced by q(x_t | marked mask)",
+        "resampled": "2D networks: only the slices whose marks changed since the last request for this image, "
+        "checkpoint, seed and sampler settings; 3D networks: the whole volume",
+    }

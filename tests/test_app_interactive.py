@@ -1,0 +1,113 @@
+"""Interactive correction through the real test server and the official ``MONAILabelClient``.
+
+Clicks (``foreground`` / ``background``, DeepEdit's [i, j, k] image voxels) and a ``label_in`` scribble volume
+condition the diffusion sampler; every marked voxel gets the marked class, an empty interaction is the plain
+inference bit for bit, only the slices whose marks changed are re-sampled, and bad marks get a 422 naming them.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+
+pytestmark = pytest.mark.slow
+
+MODEL = "medsegdiff"
+IMAGE = "robex_head_lowres"
+FAST = {"num_inference_steps": 1, "num_ensemble": 2, "seed": 11}
+
+
+def _array(path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).dataobj)
+
+
+@pytest.fixture(scope="module")
+def client(monailabel_server, tmp_path_factory) -> MONAILabelClient:
+    return MONAILabelClient(monailabel_server.url, tmpdir=str(tmp_path_factory.mktemp("interactive")))
+
+
+@pytest.fixture(scope="module")
+def plain(client):
+    path, result = client.infer(MODEL, IMAGE, dict(FAST))
+    return _array(path), result
+
+
+def _marks(label: np.ndarray, count: int = 3) -> tuple[list[list[int]], list[list[int]]]:
+    """Foreground clicks where the plain label is background and background clicks where it is foreground, on
+    one axial slice through the middle of the head."""
+    k = label.shape[2] // 2
+    rng = np.random.default_rng(0)
+    misses = np.argwhere(label[:, :, k] == 0)
+    hits = np.argwhere(label[:, :, k] == 1)
+    pick = lambda voxels: [[int(i), int(j), k] for i, j in voxels[rng.choice(len(voxels), count, replace=False)]]  # noqa: E731
+    return pick(misses), pick(hits)
+
+
+def test_info_declares_the_interaction(client):
+    info = client.info()["models"][MODEL]
+    assert info["parameters"]["foreground"]["default"] == [] and info["parameters"]["background"]["default"] == []
+    assert info["interaction"]["label_in"]["values"] == {"unknown": 0, "foreground": 1, "background": 2}
+
+
+def test_empty_interaction_is_plain_inference_bit_for_bit(client, plain):
+    label, result = plain
+    path, empty = client.infer(MODEL, IMAGE, {**FAST, "foreground": [], "background": []})
+    assert np.array_equal(_array(path), label)
+    assert empty["uncertainty"] == result["uncertainty"]
+    assert empty["interaction"]["resampled_slices"] == []  # the cached plain result, nothing re-sampled
+    assert empty["nfe"] == 0 < result["nfe"]
+
+
+def test_clicks_and_scribbles_give_the_marked_class(monailabel_server, client, plain, tmp_path):
+    label, result = plain
+    foreground, background = _marks(label)
+    path, out = client.infer(MODEL, IMAGE, {**FAST, "foreground": foreground, "background": background})
+    corrected = _array(path)
+    assert all(corrected[tuple(p)] == 1 for p in foreground) and all(corrected[tuple(p)] == 0 for p in background)
+    resampled = out["interaction"]["resampled_slices"]
+    assert 0 < len(resampled) <= 2 and 0 < out["nfe"] < result["nfe"]  # the batch holding the marked slice only
+
+    # a line across a slice that says the opposite of the plain label at every voxel
+    scribbles = np.zeros(label.shape, np.uint8)
+    i, k = label.shape[0] // 2, label.shape[2] // 3
+    scribbles[i, :, k] = np.where(label[i, :, k] == 0, 1, 2)
+    affine = nib.load(str(monailabel_server.datastore / f"{IMAGE}.nii.gz")).affine
+    scribble_file = tmp_path / "scribbles.nii.gz"
+    nib.save(nib.Nifti1Image(scribbles, affine), str(scribble_file))
+    path, out = client.infer(MODEL, IMAGE, dict(FAST), label_in=str(scribble_file))
+    corrected = _array(path)
+    assert out["interaction"]["marked_voxels"]["scribble_foreground"] == int((scribbles == 1).sum()) > 0
+    assert np.all(corrected[scribbles == 1] == 1) and np.all(corrected[scribbles == 2] == 0)
+
+
+@pytest.mark.parametrize(
+    "params, named",
+    [
+        ({"foreground": [[0, 0, 10_000]]}, "foreground[0]"),
+        ({"background": [[1, 2, 3], [-1, 2, 3]]}, "background[1]"),
+        ({"foreground": [[1, 2]]}, "3 coordinates"),
+        ({"background": [[1, 2.5, 3]]}, "integer"),
+        ({"foreground": "1,2,3"}, "foreground must be a list"),
+        ({"marked_class": 2}, "marked_class"),
+    ],
+)
+def test_bad_clicks_are_refused_naming_them(client, params, named):
+    with pytest.raises(MONAILabelClientException, match="422") as error:
+        client.infer(MODEL, IMAGE, {**FAST, **params})
+    assert named in str(error.value)
+
+
+@pytest.mark.parametrize("problem", ["values", "shape"])
+def test_bad_label_in_is_refused_naming_it(client, plain, tmp_path, problem):
+    label, _ = plain
+    scribbles = np.zeros(label.shape if problem == "values" else label.shape[:2] + (3,), np.uint8)
+    scribbles[1, 1, 1] = 5 if problem == "values" else 1
+    scribble_file = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(scribbles, np.eye(4)), str(scribble_file))
+    with pytest.raises(MONAILabelClientException, match="422") as error:
+        client.infer(MODEL, IMAGE, dict(FAST), label_in=str(scribble_file))
+    assert "label_in" in str(error.value) and ("[0, 1, 2]" in str(error.value) if problem == "values" else "shape" in str(error.value))
