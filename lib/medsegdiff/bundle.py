@@ -40,8 +40,11 @@ __all__ = ["ProbabilityInferer", "bundle_checkpoint", "export_bundle", "inferenc
 
 CHECKPOINT = Path("models") / "model.pt"
 INFERENCE_CONFIG = Path("configs") / "inference.json"
-DEFAULTS = {"num_inference_steps": 10, "num_ensemble": 5, "seed": 0, "sampler": "ddim", "fusion": "mean"}
-"""The infer task's defaults (``monailabel_app/lib/params.py``)."""
+DEFAULTS = {
+    "num_inference_steps": 2, "num_ensemble": 5, "seed": 0, "sampler": "ddim", "fusion": "mean", "largest_component": True,
+}
+"""The infer task's defaults (``monailabel_app/lib/params.py``). ``largest_component`` is fixed at export: the
+post-processing keeps each label's largest connected piece, as the infer task does by default."""
 
 
 class ProbabilityInferer(Inferer):
@@ -75,8 +78,16 @@ def _model_settings(payload: dict[str, Any]) -> dict[str, Any]:
     return {"spacing": spacing, "slice_axis": slice_axis, "pad_size": pad}
 
 
+def _label_values(payload: dict[str, Any]) -> list[int]:
+    labels = payload.get("metadata", {}).get("labels", {"brain": 1})
+    return sorted(labels.values()) if isinstance(labels, dict) else list(range(1, len(labels) + 1))
+
+
 def inference_config(payload: dict[str, Any], **defaults: Any) -> dict[str, Any]:
     """``configs/inference.json`` of a checkpoint; ``defaults`` replace :data:`DEFAULTS`."""
+    settings = {**DEFAULTS, **defaults}
+    largest = [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": _label_values(payload),
+                "is_onehot": False}] if settings.pop("largest_component") else []
     return {
         "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
         "bundle_root": ".",
@@ -84,7 +95,7 @@ def inference_config(payload: dict[str, Any], **defaults: Any) -> dict[str, Any]
         "dataset_dir": "$os.path.join(@bundle_root, 'data')",
         "output_dir": "$os.path.join(@bundle_root, 'eval')",
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
-        **{**DEFAULTS, **defaults},
+        **settings,
         **_model_settings(payload),
         # as the infer task: members in autocast and 16 slices per pass on a GPU, 2 slices per pass on a CPU
         "amp": "$torch.cuda.is_available()",
@@ -124,6 +135,7 @@ def inference_config(payload: dict[str, Any], **defaults: Any) -> dict[str, Any]
             "transforms": [
                 {"_target_": "medsegdiff.transforms.ToOriginalGridd", "keys": "pred", "ref_key": "image"},
                 {"_target_": "medsegdiff.transforms.ProbabilitiesToLabelsd", "keys": "pred"},
+                *largest,
                 {
                     "_target_": "SaveImaged",
                     "keys": "pred",
@@ -255,7 +267,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     export.add_argument("checkpoint", help="MedSegDiff checkpoint (.pt)")
     export.add_argument("folder", help="bundle folder to write")
     for key, value in DEFAULTS.items():
-        export.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
+        if isinstance(value, bool):
+            export.add_argument(f"--no-{key.replace('_', '-')}", dest=key, action="store_false", help=f"default {key} {value}")
+        else:
+            export.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, help=f"default {value}")
     args = parser.parse_args(argv)
     folder = export_bundle(args.checkpoint, args.folder, **{k: getattr(args, k) for k in DEFAULTS})
     print(f"MONAI bundle written to {folder}")
