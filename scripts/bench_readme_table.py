@@ -56,6 +56,11 @@ def render(report: dict[str, Any]) -> str:
         "Validation curves: `bench/results/validation_curves.png`.",
         "",
     ]
+    if p.get("partial"):
+        gone = p["partial"]["cells_missing"]
+        lines += [f"**Partial run: {p['partial']['cells_planned'] - len(gone)} of {p['partial']['cells_planned']} "
+                  f"(test head, model, seed) cells finished; missing: {', '.join(gone)}.** Means below are over the "
+                  "finished cells; paired differences over the heads both models have.", ""]
     rows = [[name, _pm(b["dice"]), _pm(b["hd95_mm"]), _delta(b.get("medsegdiff_minus_this_dice")),
              _pm(b.get("dice_lcc", {})), _pm(b.get("hd95_lcc_mm", {}))]
             for name, b in report["baselines"].items()]
