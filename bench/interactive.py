@@ -28,7 +28,7 @@ from medsegdiff.sampling import EnsembleSampler
 from .context import Context
 from .interactive_figure import plot_interaction
 from .models import build, train
-from .protocol import fold_data
+from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
@@ -55,7 +55,12 @@ def next_click(prediction: np.ndarray, reference: np.ndarray) -> tuple[tuple[int
 
 
 def _network(ctx: Context, head: str, data) -> tuple[torch.nn.Module, str]:
-    path = ctx.out_dir / "cells" / f"{head}__medsegdiff__s0.pt"
+    """The protocol's seed-0 MedSegDiff of the fold that holds ``head`` out (computed here, as the protocol
+    computes it, when the run folder lacks it; quick mode trains a throw-away network instead)."""
+    cells = Cells(ctx)
+    path = cells.network_path(cell_key(head, "medsegdiff", 0))
+    if not path.is_file() and not ctx.settings.quick:
+        run_cell(ctx, cells, head, "medsegdiff", 0, data)
     network = build("medsegdiff", 0)
     why = "no protocol cell"
     if path.is_file():

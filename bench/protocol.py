@@ -33,7 +33,7 @@ from .report import Section, finite
 from .settings import REPO
 from .protocol_report import summarise, tables, plot_curves
 
-__all__ = ["run", "fold_data", "cell_key"]
+__all__ = ["run", "fold_data", "cell_key", "selected", "Cells", "run_cell", "run_workers"]
 
 
 def cell_key(test: str, model: str, seed: int) -> str:
@@ -111,7 +111,7 @@ class Cells:
             claim.unlink(missing_ok=True)
 
 
-def _run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data) -> dict[str, Any]:
+def run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data) -> dict[str, Any]:
     s = ctx.settings
     key = cell_key(test, model, seed)
     images, labels, volume, z = data
@@ -153,24 +153,45 @@ def cell_plan(ctx: Context) -> list[tuple[str, str, int]]:
             for seed in range(s.ensemble_size if model == "unet" else s.seeds)]
 
 
+def selected(plan: list[tuple[str, str, int]], spec: str | None) -> list[tuple[str, str, int]]:
+    """The cells of ``plan`` that ``spec`` names (``BENCH_CELLS``: comma-separated ``model`` or ``model:seed``).
+
+    Raises:
+        ValueError: ``spec`` names a model or seed the plan does not have.
+    """
+    if not spec:
+        return plan
+    wanted = [item.strip().split(":") for item in spec.split(",") if item.strip()]
+    picked = [cell for cell in plan if any(w[0] == cell[1] and (len(w) == 1 or int(w[1]) == cell[2]) for w in wanted)]
+    for w in wanted:
+        if not any(w[0] == c[1] and (len(w) == 1 or int(w[1]) == c[2]) for c in plan):
+            raise ValueError(f"BENCH_CELLS names {':'.join(w)}, which is not a cell of this run "
+                             f"(models {sorted({c[1] for c in plan})}; set BENCH_EXPERIMENTS=1 for the experiments)")
+    return picked
+
+
 def work(ctx: Context, cells: Cells) -> None:
-    """Compute every cell nobody has claimed yet (one of ``BENCH_WORKERS`` worker processes)."""
+    """Compute every cell nobody has claimed yet (one of ``BENCH_WORKERS`` worker processes; ``BENCH_CELLS``
+    restricts them to some models / seeds)."""
     data: dict[str, Any] = {}
-    for test, model, seed in cell_plan(ctx):
+    for test, model, seed in selected(cell_plan(ctx), os.environ.get("BENCH_CELLS")):
         key = cell_key(test, model, seed)
         if cells.get(key) is not None or not cells.claim(key):
             continue
         if test not in data:
             data = {test: fold_data(ctx, test)}
         print(f"[bench] protocol worker {os.getpid()}: test {test}, {model}, seed {seed}", flush=True)
-        _run_cell(ctx, cells, test, model, seed, data[test])
+        run_cell(ctx, cells, test, model, seed, data[test])
 
 
-def _run_workers(ctx: Context, cells: Cells, workers: int) -> None:
+def run_workers(ctx: Context, cells: Cells, workers: int, only: str | None = None) -> None:
     """``workers`` single-threaded processes share the cells (on 2 CPU cores two 1-thread trainings do ~1.4x
-    the iterations per second of one 2-thread training); the main process then only collects."""
+    the iterations per second of one 2-thread training); the main process then only collects. ``only``: the
+    ``BENCH_CELLS`` selection they work on (default: the environment's)."""
     cells.clear_claims()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BENCH_OUT": str(ctx.out_dir)}
+    if only is not None:
+        env["BENCH_CELLS"] = only
     procs = [subprocess.Popen([sys.executable, "-m", "bench.protocol", "--worker"], env=env, cwd=REPO) for _ in range(workers)]
     codes = [p.wait() for p in procs]
     cells.clear_claims()
@@ -184,7 +205,7 @@ def run(ctx: Context) -> Section:
     partial = os.environ.get("BENCH_PARTIAL", "").strip().lower() in ("1", "true", "yes")
     workers = int(os.environ.get("BENCH_WORKERS", "1" if s.quick or ctx.device.type != "cpu" else "2"))
     if workers > 1 and not partial:
-        _run_workers(ctx, cells, workers)
+        run_workers(ctx, cells, workers)
     models = protocol_models(s.experiments)
     results: dict[str, dict[str, dict[int, dict[str, Any]]]] = {m: {} for m in (*models, "deep_ensemble")}
     missing = []
@@ -199,7 +220,7 @@ def run(ctx: Context) -> Section:
                 if cell is None:
                     data = data or fold_data(ctx, test)
                     print(f"[bench] protocol: test {test}, {model}, seed {seed}", flush=True)
-                    cell = _run_cell(ctx, cells, test, model, seed, data)
+                    cell = run_cell(ctx, cells, test, model, seed, data)
                 results[model].setdefault(test, {})[seed] = cell
         if any(key.startswith(f"{test}__unet__") for key in missing):
             continue

@@ -15,6 +15,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+UNCERTAINTY_BASELINES = ("unet_softmax", "mc_dropout", "deep_ensemble")
+"""The uncertainty baselines issue 11 names (the plain segmenter is the no-diffusion ablation)."""
 
 
 def _f(value: Any, digits: int = 3) -> str:
@@ -73,10 +75,49 @@ def render(report: dict[str, Any]) -> str:
                      _delta(u.get("medsegdiff_minus_this_auroc_6mm"))])
     lines += _table(["uncertainty", "AUROC head", "AUROC ≤6 mm", "AUPRC", "ECE fg", "Brier fg", "NLL fg",
                      "pairwise Dice", "GED", "MI / H", "Δ AUROC ≤6 mm"], rows) + [""]
-    lines += _sampling(report) + _active_learning(report) + _interactive(report)
+    lines += _experiments(report) + _sampling(report) + _active_learning(report) + _interactive(report)
     lines += ["**Claims, each with its figure and baseline:**", *_claims(report), ""]
-    lines += ["**Targets of the open issues (10, 11), met or not:**", "", *_table(["target", "measured", "met"], _targets(report)), ""]
+    lines += ["**Targets of the open issues (10, 11, 13), met or not:**", "",
+              *_table(["target", "measured", "met"], _targets(report) + _interactive_targets(report)), ""]
     return "\n".join(lines)
+
+
+def _experiments(report: dict[str, Any]) -> list[str]:
+    section = report.get("sections", {}).get("experiments", {}).get("results")
+    if not section:
+        return ["Design experiments (ε objective, fused skips): **pending** — not measured in this run yet.", ""]
+    rows = []
+    for variant, e in section["experiments"].items():
+        diffs = e.get("minus_medsegdiff", {})
+        rows.append([variant, _pm(e["dice"]), _pm(e["hd95_mm"]), _pm(e["dice_lcc"]), _f(e["auroc_6mm"]["mean"]),
+                     _f(e["disagreement_fraction"]["mean"]), _delta(diffs.get("dice")), _delta(diffs.get("auroc_6mm")),
+                     _delta(diffs.get("disagreement_fraction"))])
+    return [f"Design experiments (issue 10), the protocol's folds and training, {section['seeds']} seed(s) "
+            f"(per-head Δ to `medsegdiff`, same seeds; {section['evaluation']}):", "",
+            *_table(["variant", "Dice", "HD95 mm", "Dice LCC", "AUROC ≤6 mm", "MI / H", "Δ Dice", "Δ AUROC ≤6 mm",
+                     "Δ MI / H"], rows), ""]
+
+
+def _interactive_targets(report: dict[str, Any]) -> list[list[str]]:
+    section = report.get("sections", {}).get("interactive", {}).get("results")
+    if not section:
+        return [["interactive: +3 Dice points after 5 clicks (held-out heads)", "pending", "–"]]
+    heads = section["per_head"]
+    gains = {h: r["dice"]["model"][-1] - r["dice"]["model"][0] for h, r in heads.items()}
+    worst = {h: min(m - d for m, d in zip(r["dice"]["model"], r["dice"]["painted_disc"])) for h, r in heads.items()}
+    auroc = {h: (r["uncertainty_auroc"]["before"], r["uncertainty_auroc"]["after"]) for h, r in heads.items()}
+    seconds = [r["seconds_per_interaction"] for r in heads.values() if r.get("seconds_per_interaction") is not None]
+    return [
+        ["interactive: +3 Dice points after 5 clicks over the automatic label (held-out heads)",
+         ", ".join(f"{h} {g:+.3f}" for h, g in gains.items()), "yes" if min(gains.values()) >= 0.03 else "**no**"],
+        ["interactive: ≥ the painted-ball baseline at every click", ", ".join(f"{h} worst {w:+.3f}" for h, w in worst.items()),
+         "yes" if min(worst.values()) >= 0 else "**no**"],
+        ["interactive: uncertainty AUROC (wrong voxels) not worse after the clicks",
+         ", ".join(f"{h} {_f(a)} → {_f(b)}" for h, (a, b) in auroc.items()),
+         "yes" if all(b is not None and a is not None and b >= a for a, b in auroc.values()) else "**no**"],
+        ["interactive: ≤ 1 s per interaction on 2 CPU cores", ", ".join(f"{v:.2f} s" for v in seconds) or "–",
+         "–" if not seconds else ("yes" if max(seconds) <= 1.0 else "**no**")],
+    ]
 
 
 def _sampling(report: dict[str, Any]) -> list[str]:
@@ -142,7 +183,6 @@ def _targets(report: dict[str, Any]) -> list[list[str]]:
     ours = u["medsegdiff"]
     dice, hd95 = _per_head(report, "medsegdiff", "dice"), _per_head(report, "medsegdiff", "hd95_mm")
     disagreement = (ours.get("diversity") or {}).get("disagreement_fraction")
-    others = [n for n in u if n not in report["protocol"].get("diffusion_models", ["medsegdiff"])]
     d = b["unet"].get("medsegdiff_minus_this_dice", {})
     ci = d.get("ci95") or [None, None]
     seconds = report.get("volume_seconds")
@@ -156,9 +196,15 @@ def _targets(report: dict[str, Any]) -> list[list[str]]:
         ["Dice ≥ size-matched U-Net (paired Δ ≥ 0 within the interval)", _delta(d), yes(None if ci[1] is None else ci[1] >= 0)],
         ["uncertainty AUROC (wrong voxels) ≥ 0.90 over the head", _f(ours["auroc"]), yes(None if ours["auroc"] is None else ours["auroc"] >= 0.90)],
         ["AUROC ≥ 0.80 within 6 mm of the surface", _f(ours["auroc_6mm"]), yes(None if ours["auroc_6mm"] is None else ours["auroc_6mm"] >= 0.80)],
-        ["AUROC within 6 mm ahead of every uncertainty baseline",
-         ", ".join(f"{n} {_f(u[n]['auroc_6mm'])}" for n in others),
-         yes(all((ours["auroc_6mm"] or 0) > (u[n]["auroc_6mm"] or 0) for n in others))],
+        ["AUROC within 6 mm ahead of every uncertainty baseline (U-Net softmax, MC-dropout, deep ensemble; paired Δ "
+         "over the heads)", "; ".join(f"{n} {_f(u[n]['auroc_6mm'])}: Δ {_delta(u[n].get('medsegdiff_minus_this_auroc_6mm'))}"
+                                      for n in UNCERTAINTY_BASELINES if n in u),
+         yes(all((u[n].get("medsegdiff_minus_this_auroc_6mm") or {}).get("verdict") == "ahead"
+                 for n in UNCERTAINTY_BASELINES if n in u))],
+        ["(not a target) the same network without diffusion, its softmax entropy",
+         "–" if "plain_segmenter" not in u else
+         f"plain_segmenter {_f(u['plain_segmenter']['auroc_6mm'])}: Δ {_delta(u['plain_segmenter'].get('medsegdiff_minus_this_auroc_6mm'))}",
+         "–"],
         ["member disagreement ≥ 50 % of the predictive entropy", _f(disagreement), yes(None if disagreement is None else disagreement >= 0.5)],
         ["whole Colin27 head through the infer task ≤ 15 s (2 CPU cores)", "–" if seconds is None else f"{seconds:.1f} s", yes(None if seconds is None else seconds <= 15)],
         ["tissue CSF Dice ≥ the U-Net's", "not measured: one labelled tissue subject (MNI 2009a), no held-out fold", "–"],
@@ -168,14 +214,16 @@ def _targets(report: dict[str, Any]) -> list[list[str]]:
 def _claims(report: dict[str, Any]) -> list[str]:
     u, b, s = report["uncertainty"], report["baselines"], report.get("sampling")
     ours = u["medsegdiff"]
-    best_auroc = max((n for n in u if n != "medsegdiff"), key=lambda n: u[n]["auroc_6mm"] or 0)
+    diffusion = report["protocol"].get("diffusion_models", ["medsegdiff"])
+    best_auroc = max((n for n in u if n not in diffusion), key=lambda n: u[n]["auroc_6mm"] or 0)
+    paired = u[best_auroc].get("medsegdiff_minus_this_auroc_6mm") or {}
     best_ece = min((n for n in u if n != "medsegdiff"), key=lambda n: u[n]["ece_fg"] if u[n]["ece_fg"] is not None else 9)
     d = b["unet"].get("medsegdiff_minus_this_dice", {})
     return [
         f"- accuracy: Dice {_pm(b['medsegdiff']['dice'])} vs size-matched U-Net {_pm(b['unet']['dice'])}, Δ {_delta(d)}.",
-        f"- \"marks the wrong regions\": AUROC within 6 mm {_f(ours['auroc_6mm'])} vs the best baseline "
-        f"({best_auroc}) {_f(u[best_auroc]['auroc_6mm'])}"
-        + (" — **behind**." if (ours["auroc_6mm"] or 0) < (u[best_auroc]["auroc_6mm"] or 0) else "."),
+        f"- \"marks the wrong regions\": AUROC within 6 mm {_f(ours['auroc_6mm'])} vs the best non-diffusion model "
+        f"({best_auroc}) {_f(u[best_auroc]['auroc_6mm'])}, paired Δ {_delta(paired)}"
+        + (" — a tie: not ahead." if paired.get("verdict") == "tie" else "."),
         f"- \"calibrated\": ECE over predicted ∪ reference brain {_f(ours['ece_fg'])} vs the best baseline ({best_ece}) "
         f"{_f(u[best_ece]['ece_fg'])}" + (" — **behind**." if (ours["ece_fg"] or 9) > (u[best_ece]["ece_fg"] or 9) else "."),
         (f"- \"faster\": x{s['speedup_sampler']:.1f} from the sampler (DDIM vs DDPM-{s['ddpm']['steps']}, measured), "

@@ -1,0 +1,90 @@
+"""Issue-10 design experiments next to the protocol's MedSegDiff: same folds, seeds, iterations and evaluation.
+
+``medsegdiff_eps`` (the paper's ε objective) and ``medsegdiff_fused_skips`` (decoder skips carry mask + fused
+image features) against ``medsegdiff`` (x0 objective, mask-encoder skips) — the protocol's cells
+(``bench.protocol.run_cell``), computed for seeds ``0 .. BENCH_EXPERIMENT_SEEDS - 1`` (default 1) and kept in
+the run folder, so that a later full protocol run with ``BENCH_EXPERIMENTS=1`` reuses them. Reported per
+variant: Dice, HD95 (after the largest-component step too), AUROC of the entropy for wrong voxels within 6 mm,
+member diversity, and the paired per-head difference to ``medsegdiff`` (same seeds) with a 95 % interval.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .context import Context
+from .models import EXPERIMENTS
+from .protocol import Cells, cell_key, fold_data, run_cell, run_workers
+from .report import Section, finite, md_table
+from .stats import mean_sd, paired_difference
+
+__all__ = ["VARIANTS_COMPARED", "METRICS", "run", "compare"]
+
+VARIANTS_COMPARED = ("medsegdiff", *EXPERIMENTS)
+METRICS = ("dice", "hd95_mm", "dice_lcc", "hd95_lcc_mm", "auroc_6mm", "disagreement_fraction", "pairwise_dice")
+
+
+def _metric(cell: dict[str, Any], name: str) -> float | None:
+    return cell.get(name, cell.get("diversity", {}).get(name))
+
+
+def compare(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """``{variant: {head: [cell per seed]}}`` → per variant mean ± sd of :data:`METRICS` and the paired
+    per-head difference to ``medsegdiff`` (heads averaged over the seeds both have)."""
+    def per_head(variant: str, metric: str) -> dict[str, float | None]:
+        return {head: mean_sd([_metric(c, metric) for c in cs])["mean"] for head, cs in cells[variant].items()}
+
+    out: dict[str, Any] = {}
+    for variant, by_head in cells.items():
+        entry: dict[str, Any] = {m: mean_sd([_metric(c, m) for cs in by_head.values() for c in cs]) for m in METRICS}
+        entry["per_head_dice"] = per_head(variant, "dice")
+        if variant != "medsegdiff":
+            entry["minus_medsegdiff"] = {m: paired_difference(per_head(variant, m), per_head("medsegdiff", m))
+                                         for m in ("dice", "dice_lcc", "auroc_6mm", "disagreement_fraction")}
+        out[variant] = entry
+    return out
+
+
+def run(ctx: Context) -> Section:
+    s = ctx.settings
+    seeds = int(os.environ.get("BENCH_EXPERIMENT_SEEDS", "1"))
+    if not 1 <= seeds <= s.seeds:
+        raise ValueError(f"BENCH_EXPERIMENT_SEEDS must be 1..{s.seeds} (the protocol's seeds), got {seeds}")
+    store = Cells(ctx)
+    wanted = ",".join(f"{v}:{seed}" for v in VARIANTS_COMPARED for seed in range(seeds))
+    workers = 1 if s.quick or ctx.device.type != "cpu" else int(os.environ.get("BENCH_WORKERS", "2"))
+    if workers > 1:
+        os.environ["BENCH_EXPERIMENTS"] = "1"  # the workers' cell plan must hold the experiments
+        run_workers(ctx, store, workers, only=wanted)
+    cells: dict[str, dict[str, list[dict[str, Any]]]] = {v: {} for v in VARIANTS_COMPARED}
+    for head in s.folds:
+        data = None
+        for variant in VARIANTS_COMPARED:
+            for seed in range(seeds):
+                cell = store.get(cell_key(head, variant, seed))
+                if cell is None:
+                    data = data or fold_data(ctx, head)
+                    cell = run_cell(ctx, store, head, variant, seed, data)
+                cells[variant].setdefault(head, []).append(cell)
+    summary = compare(cells)
+    rows = []
+    for variant, e in summary.items():
+        diff = e.get("minus_medsegdiff", {}).get("dice")
+        rows.append([variant, *(e[m]["mean"] for m in METRICS),
+                     None if diff is None else f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}] {diff['verdict']}"
+                     if diff and diff.get("ci95") else None])
+    table = md_table(["variant", *METRICS, "Δ Dice vs medsegdiff (95 % CI, per head)"], rows)
+    results = {
+        "experiments": summary,
+        "seeds": seeds, "folds": list(s.folds), "iterations": s.iterations,
+        "evaluation": f"DDIM {s.eval_steps} steps x {s.eval_members} members (the protocol's)",
+        "quick_note": "QUICK MODE: tiny settings; numbers mean nothing" if s.quick else None,
+    }
+    return Section("experiments", finite(results), table, [])
+
+
+if __name__ == "__main__":
+    from .run_all import main
+
+    raise SystemExit(main(["experiments"]))
