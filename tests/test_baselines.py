@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from medsegdiff.baselines import (
-    MedSegDiffUNetNoFusion,
     PlainSegmenter,
     count_parameters,
     ensemble_distributions,
@@ -61,7 +60,7 @@ def test_plain_segmenter_ignores_noise_and_time_and_learns_the_mask():
 
 def test_no_fusion_hands_image_features_on_untouched():
     torch.manual_seed(0)
-    net = MedSegDiffUNetNoFusion(**TINY)
+    net = MedSegDiffUNet(**TINY, use_fusion=False)
     full = MedSegDiffUNet(**TINY)
     assert net.config["use_fusion"] is False
     assert count_parameters(net) < count_parameters(full)  # the LayerNorms and FF-Parser weights are gone

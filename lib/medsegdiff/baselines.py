@@ -11,14 +11,13 @@
   ``medsegdiff.training.train_on_arrays`` and ``DiffusionConfig(prediction_type="sample")``: the loss is then the
   MSE between the output and the mask in [-1, 1] (x0), exactly the diffusion objective without the noise, so
   the comparison isolates what diffusion adds.
-* :class:`MedSegDiffUNetNoFusion` — attentive fusion off: the image features pass every level unchanged
-  (``MedSegDiffUNet`` has no switch for it; ``use_ff_parser=False`` is the FF-Parser ablation).
+* The ablations are switches of ``MedSegDiffUNet`` itself: ``use_fusion=False`` (attentive fusion off: the image
+  features pass every level unchanged) and ``use_ff_parser=False`` (the FF-Parser off).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +33,6 @@ __all__ = [
     "count_parameters",
     "size_matched_unet",
     "PlainSegmenter",
-    "MedSegDiffUNetNoFusion",
     "train_segmenter",
     "softmax_distributions",
     "mc_dropout_distributions",
@@ -118,11 +116,6 @@ class PlainSegmenter(nn.Module):
         x = torch.zeros(shape, device=image.device)
         t = torch.zeros(image.shape[0], dtype=torch.long, device=image.device)
         return diffusion_to_probabilities(self(x, t, context=image).float())
-
-
-def MedSegDiffUNetNoFusion(**kwargs: Any) -> MedSegDiffUNet:  # noqa: N802 - reads as the class it builds
-    """``MedSegDiffUNet`` with attentive fusion (and so the FF-Parser) off (``use_fusion=False``)."""
-    return MedSegDiffUNet(**{**kwargs, "use_fusion": False})
 
 
 def train_segmenter(
