@@ -1,7 +1,7 @@
 """Issue-10 design experiments next to the protocol's MedSegDiff: same folds, seeds, iterations and evaluation.
 
-``medsegdiff_eps`` (the paper's ε objective) and ``medsegdiff_fused_skips`` (decoder skips carry mask + fused
-image features) against ``medsegdiff`` (x0 objective, mask-encoder skips) — the protocol's cells
+``medsegdiff_eps`` (the paper's ε objective), ``medsegdiff_v`` (v objective) and ``medsegdiff_fused_skips``
+(decoder skips carry mask + fused image features) against ``medsegdiff`` (x0 objective, mask-encoder skips) — the protocol's cells
 (``bench.protocol.run_cell``), computed for seeds ``0 .. BENCH_EXPERIMENT_SEEDS - 1`` (default 1) and kept in
 the run folder, so that a later full protocol run with ``BENCH_EXPERIMENTS=1`` reuses them. Reported per
 variant: Dice, HD95 (after the largest-component step too), AUROC of the entropy for wrong voxels within 6 mm,

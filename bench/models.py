@@ -45,15 +45,16 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "medsegdiff": ({}, "sample"),
     "medsegdiff_fused_skips": ({"skip_source": "fused"}, "sample"),
     "medsegdiff_eps": ({}, "epsilon"),
+    "medsegdiff_v": ({}, "v_prediction"),
     "medsegdiff_no_ff": ({"use_ff_parser": False}, "sample"),
     "medsegdiff_no_fusion": ({"use_fusion": False}, "sample"),
 }
 """Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``SAMPLE_MODEL_2D`` and the
-objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's)."""
+objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's; ``v_prediction``)."""
 
 DIFFUSION_MODELS = tuple(VARIANTS)
 MODELS = (*DIFFUSION_MODELS, "plain_segmenter", "unet")
-EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps")
+EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v")
 """Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
 
 
