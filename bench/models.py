@@ -39,23 +39,28 @@ from medsegdiff.training import train_on_arrays
 
 from .grid import GridVolume
 
-__all__ = ["MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
+__all__ = ["MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
 
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "medsegdiff": ({}, "sample"),
     "medsegdiff_fused_skips": ({"skip_source": "fused"}, "sample"),
     "medsegdiff_eps": ({}, "epsilon"),
     "medsegdiff_v": ({}, "v_prediction"),
+    "medsegdiff_guided": ({"guidance_channels": 2}, "sample"),
     "medsegdiff_no_ff": ({"use_ff_parser": False}, "sample"),
     "medsegdiff_no_fusion": ({"use_fusion": False}, "sample"),
 }
 """Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``SAMPLE_MODEL_2D`` and the
-objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's; ``v_prediction``)."""
+objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's; ``v_prediction``).
+``medsegdiff_guided`` also reads the annotator's marks as image channels, trained with simulated clicks
+(``medsegdiff.guidance``); without marks they are zeros, so the protocol scores its automatic result."""
 
 DIFFUSION_MODELS = tuple(VARIANTS)
 MODELS = (*DIFFUSION_MODELS, "plain_segmenter", "unet")
-EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v")
+EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "medsegdiff_guided")
 """Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
+INTERACTIVE_MODELS = ("medsegdiff", "medsegdiff_guided")
+"""Models whose seed-0 network of each fold the interactive bench refines with (RePaint only; RePaint + guidance)."""
 
 
 def protocol_models(experiments: bool) -> tuple[str, ...]:

@@ -103,21 +103,25 @@ def _interactive_targets(report: dict[str, Any]) -> list[list[str]]:
     if not section:
         return [["interactive: +3 Dice points after 5 clicks (held-out heads)", "pending", "–"]]
     heads = section["per_head"]
-    gains = {h: r["dice"]["model"][-1] - r["dice"]["model"][0] for h, r in heads.items()}
-    worst = {h: min(m - d for m, d in zip(r["dice"]["model"], r["dice"]["painted_disc"])) for h, r in heads.items()}
-    auroc = {h: (r["uncertainty_auroc"]["before"], r["uncertainty_auroc"]["after"]) for h, r in heads.items()}
-    seconds = [r["seconds_per_interaction"] for r in heads.values() if r.get("seconds_per_interaction") is not None]
-    return [
-        ["interactive: +3 Dice points after 5 clicks over the automatic label (held-out heads)",
-         ", ".join(f"{h} {g:+.3f}" for h, g in gains.items()), "yes" if min(gains.values()) >= 0.03 else "**no**"],
-        ["interactive: ≥ the painted-ball baseline at every click", ", ".join(f"{h} worst {w:+.3f}" for h, w in worst.items()),
-         "yes" if min(worst.values()) >= 0 else "**no**"],
-        ["interactive: uncertainty AUROC (wrong voxels) not worse after the clicks",
-         ", ".join(f"{h} {_f(a)} → {_f(b)}" for h, (a, b) in auroc.items()),
-         "yes" if all(b is not None and a is not None and b >= a for a, b in auroc.values()) else "**no**"],
-        ["interactive: ≤ 1 s per interaction on 2 CPU cores", ", ".join(f"{v:.2f} s" for v in seconds) or "–",
-         "–" if not seconds else ("yes" if max(seconds) <= 1.0 else "**no**")],
-    ]
+    rows = []
+    for method in next(iter(heads.values()))["methods"]:
+        runs = {h: r["methods"][method] for h, r in heads.items()}
+        gains = {h: m["dice"][-1] - m["dice"][0] for h, m in runs.items()}
+        worst = {h: min(a - b for a, b in zip(m["dice"], heads[h]["painted_disc"]["dice"])) for h, m in runs.items()}
+        auroc = {h: (m["uncertainty_auroc"]["before"], m["uncertainty_auroc"]["after"]) for h, m in runs.items()}
+        seconds = [m["seconds_per_interaction"] for m in runs.values() if m.get("seconds_per_interaction") is not None]
+        rows += [
+            [f"interactive ({method}): +3 Dice points after 5 clicks over the automatic label (held-out heads)",
+             ", ".join(f"{h} {g:+.3f}" for h, g in gains.items()), "yes" if min(gains.values()) >= 0.03 else "**no**"],
+            [f"interactive ({method}): ≥ the painted-ball baseline at every click",
+             ", ".join(f"{h} worst {w:+.3f}" for h, w in worst.items()), "yes" if min(worst.values()) >= 0 else "**no**"],
+            [f"interactive ({method}): uncertainty AUROC (wrong voxels) not worse after the clicks",
+             ", ".join(f"{h} {_f(a)} → {_f(b)}" for h, (a, b) in auroc.items()),
+             "yes" if all(b is not None and a is not None and b >= a for a, b in auroc.values()) else "**no**"],
+            [f"interactive ({method}): ≤ 1 s per interaction on 2 CPU cores", ", ".join(f"{v:.2f} s" for v in seconds) or "–",
+             "–" if not seconds else ("yes" if max(seconds) <= 1.0 else "**no**")],
+        ]
+    return rows
 
 
 def _sampling(report: dict[str, Any]) -> list[str]:
@@ -160,12 +164,15 @@ def _interactive(report: dict[str, Any]) -> list[str]:
         return ["Interactive correction (simulated clicks on held-out heads): **pending** — not measured in this run yet.", ""]
     rows = []
     for head, r in section["per_head"].items():
-        for method in ("model", "painted_disc"):
-            rows.append([head, method, *(_f(v) for v in r["dice"][method]), _f(r["dice_auc"][method]),
-                         _f(r["seconds_per_interaction"], 2) if method == "model" else "–"])
+        for method, m in r["methods"].items():
+            rows.append([head, method, *(_f(v) for v in m["dice"]), _f(m["dice_auc"]), _f(m["seconds_per_interaction"], 2)])
+        painted = r["painted_disc"]["dice"]
+        rows.append([head, "painted disc", *(_f(v) for v in painted), _f(sum((a + b) / 2 for a, b in zip(painted, painted[1:])) / (len(painted) - 1)), "–"])
     clicks = section["clicks"]
-    return ["Interactive correction: up to 5 simulated clicks at the centre of the largest error, on each held-out head "
-            "with its fold's model:", "",
+    methods = "; ".join(f"`{k}`: {v}" for k, v in section.get("methods", {}).items())
+    return [f"Interactive correction: up to {clicks} simulated clicks at the centre of the largest error, on each "
+            f"held-out head with its fold's seed-0 networks ({methods}; painted disc: the same clicks painted into "
+            f"medsegdiff's automatic label, no model; {section['sampler']}):", "",
             *_table(["head", "method", *[f"Dice {c}" for c in range(clicks + 1)], "AUC", "s / interaction"], rows), ""]
 
 

@@ -13,7 +13,8 @@ the decoder's skip connections carry (``"mask"``: the mask encoder's features, a
 ``"fused"``: mask + fused image features; ``"concat"``: both side by side); ``background_channel`` — diffuse
 C + 1 one-hot channels with the background explicit (argmax over all) instead of C foreground channels;
 ``context_slices`` — k neighbour slices on each side stacked as image channels (2.5D; the image then has
-``in_channels * (2k + 1)`` channels).
+``in_channels * (2k + 1)`` channels); ``guidance_channels`` — the annotator's foreground / background marks
+as extra image channels after those (:mod:`medsegdiff.guidance`; the sampler appends them).
 
 Only the level-0 image branch depends on I alone; :meth:`MedSegDiffUNet.encode_image` computes it once per
 image and :meth:`forward` reuses it through ``image_features`` across sampling steps and ensemble members.
@@ -57,6 +58,7 @@ class MedSegDiffUNet(nn.Module):
         skip_source: ``"mask"``, ``"fused"`` or ``"concat"`` (what the decoder skips carry).
         background_channel: diffuse an explicit background channel (C + 1 mask channels).
         context_slices: neighbour slices per side given as extra image channels (2D networks only).
+        guidance_channels: 0, or 2 for the marks channels of :mod:`medsegdiff.guidance` (trained with simulated clicks).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class MedSegDiffUNet(nn.Module):
         skip_source: str = "mask",
         background_channel: bool = False,
         context_slices: int = 0,
+        guidance_channels: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -91,6 +94,8 @@ class MedSegDiffUNet(nn.Module):
             raise ValueError(f"skip_source must be one of {SKIP_SOURCES}, got {skip_source!r}")
         if context_slices < 0 or (context_slices and spatial_dims != 2):
             raise ValueError(f"context_slices must be >= 0 and only set for 2D networks, got {context_slices}")
+        if guidance_channels not in (0, 2):
+            raise ValueError(f"guidance_channels must be 0 or 2 (foreground and background marks), got {guidance_channels}")
         self.config: dict[str, Any] = {
             "spatial_dims": spatial_dims,
             "in_channels": in_channels,
@@ -107,12 +112,14 @@ class MedSegDiffUNet(nn.Module):
             "skip_source": skip_source,
             "background_channel": bool(background_channel),
             "context_slices": int(context_slices),
+            "guidance_channels": int(guidance_channels),
         }
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.out_channels = num_classes + 1 if background_channel else num_classes
-        self.image_channels = in_channels * (2 * context_slices + 1)
+        self.guidance_channels = int(guidance_channels)
+        self.image_channels = in_channels * (2 * context_slices + 1) + self.guidance_channels
         self.skip_source = skip_source
         self.divisor = 2 ** (len(channels) - 1)
         conv = Conv[Conv.CONV, spatial_dims]

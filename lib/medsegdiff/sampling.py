@@ -11,7 +11,8 @@ The image-only features are computed once per image and reused by every step and
 Annotator marks (a :class:`~medsegdiff.interaction.KnownRegion`) condition the chains RePaint-style: before
 every network evaluation the marked voxels of x_t are replaced by q(x_t | x0 = the marked mask), using that
 chain's own starting noise as ε (no extra random numbers: without marks the result is bit-identical), and the
-marked voxels of every member's x̂0 are set to the marked class at the end.
+marked voxels of every member's x̂0 are set to the marked class at the end. A network with guidance channels
+(:mod:`medsegdiff.guidance`) also gets the marks as image channels (zeros without marks).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch import nn
 from .device import autocast
 from .diffusion import DiffusionConfig, diffusion_to_probabilities
 from .fusion import FUSIONS, fuse, probabilities_to_labels
+from .guidance import guidance_maps
 from .interaction import KnownRegion
 from .schedulers import RespacedScheduler
 from .uncertainty import member_variance, predictive_entropy
@@ -148,6 +150,8 @@ class EnsembleSampler:
         ids = list(range(image.shape[0])) if sample_ids is None else [int(i) for i in sample_ids]
         if len(ids) != image.shape[0]:
             raise ValueError(f"{len(ids)} sample ids for a batch of {image.shape[0]} images")
+        if getattr(network, "guidance_channels", 0):  # a guided network also reads the marks as image channels
+            image = torch.cat([image, guidance_maps(known, image)], dim=1)
         features = network.encode_image(image)  # image-only part: once per image
         background = bool(getattr(network, "config", {}).get("background_channel", False))
         known_x0 = None if known is None else known.target(network.num_classes, background).to(image.device)

@@ -26,6 +26,7 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor, set_determinism
 
 from .diffusion import DiffusionConfig, SegDiffusionPrepareBatch, diffusion_loss, make_scheduler
+from .guidance import SimulatedClicksd
 from .network import MedSegDiffUNet
 
 __all__ = ["LR_SCHEDULES", "segmentation_augmentations", "train_on_arrays"]
@@ -77,6 +78,9 @@ def train_on_arrays(
 ) -> list[float]:
     """Train ``network`` on images (N, in_channels, *spatial) and integer labels (N, 1, *spatial).
 
+    A network with guidance channels gets simulated clicks (``medsegdiff.guidance.SimulatedClicksd``) appended
+    to every augmented image.
+
     ``lr_schedule="cosine"`` warms the learning rate up over the first 5 % of the iterations and anneals it
     to ~0 by the last one (``torch.optim.lr_scheduler.OneCycleLR``); ``"constant"`` keeps ``learning_rate``.
     On the real-head test (800 iterations, 64x64) the cosine schedule raised held-out Dice from 0.91 to 0.94.
@@ -91,7 +95,10 @@ def train_on_arrays(
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     set_determinism(seed)
     rng = np.random.default_rng(seed)
-    transform = segmentation_augmentations(network.spatial_dims) if augment else None
+    steps = [segmentation_augmentations(network.spatial_dims)] if augment else []
+    if network.config.get("guidance_channels"):  # learn the marks channels from simulated clicks
+        steps.append(SimulatedClicksd())
+    transform = Compose(steps) if steps else None
     scheduler = make_scheduler(diffusion, "ddpm")
     prepare = SegDiffusionPrepareBatch(
         scheduler, network.num_classes, diffusion.prediction_type, background=network.config["background_channel"]

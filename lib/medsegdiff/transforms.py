@@ -32,6 +32,7 @@ from monai.transforms import (
 from monai.utils import convert_to_dst_type
 
 from .fusion import probabilities_to_labels
+from .guidance import SimulatedClicksd
 from .sample_data import normalize_intensity
 from .training import segmentation_augmentations
 
@@ -178,12 +179,15 @@ class SlabToChannelsd(MapTransform):
         return d
 
 
-def sample_transforms(spatial_size: Sequence[int], spatial_dims: int, slice_axis: int, context_slices: int = 0) -> Compose:
+def sample_transforms(
+    spatial_size: Sequence[int], spatial_dims: int, slice_axis: int, context_slices: int = 0, guidance: bool = False
+) -> Compose:
     """Random training samples from a pre-processed volume: a slice (2D) or a patch (3D), augmented.
 
     2D: one slice along ``slice_axis`` (3 in 4 slices through the label's foreground), centre-cropped or
     zero-padded to ``spatial_size`` as in ``brain_slices_2d``; a 2.5D network (``context_slices`` = k) gets
-    the 2k + 1 slices around it as image channels. 3D: a patch of ``spatial_size``.
+    the 2k + 1 slices around it as image channels. 3D: a patch of ``spatial_size``. ``guidance``: simulated
+    clicks on the augmented sample as two more image channels (``medsegdiff.guidance.SimulatedClicksd``).
     """
     keys = ["image", "label"]
     if spatial_dims == 2:
@@ -201,4 +205,6 @@ def sample_transforms(spatial_size: Sequence[int], spatial_dims: int, slice_axis
             SpatialPadd(keys=keys, spatial_size=list(spatial_size)),
             RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=list(spatial_size), pos=1, neg=1, num_samples=1),
         ]
-    return Compose([*steps, segmentation_augmentations(spatial_dims), EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False)])
+    clicks = [SimulatedClicksd()] if guidance else []
+    return Compose([*steps, segmentation_augmentations(spatial_dims), *clicks,
+                    EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False)])

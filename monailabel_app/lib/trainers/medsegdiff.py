@@ -237,8 +237,9 @@ class MedSegDiffTrain(BasicTrainTask):
 
     def train_data_loader(self, context: Context, num_workers=0, shuffle=True):
         volumes = cache_volumes(context.train_datalist, self.train_pre_transforms(context))
-        context_slices = int(unwrap(context.network).config.get("context_slices", 0))
-        transform = sample_transforms(*self._spatial(context), context_slices=context_slices)
+        config = unwrap(context.network).config
+        transform = sample_transforms(*self._spatial(context), context_slices=int(config.get("context_slices", 0)),
+                                      guidance=bool(config.get("guidance_channels", 0)))  # simulated clicks
         transform.set_random_state(seed=1000 * context.local_rank + int(context.start_ts) % 1000)
         dataset = RandomSampleDataset(volumes, transform, context.request["samples_per_epoch"])
         world = context.world_size if context.multi_gpu else 1

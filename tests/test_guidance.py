@@ -1,0 +1,102 @@
+"""Guidance channels: the marks as image channels of a guided network, and the simulated clicks it trains on."""
+
+import numpy as np
+import pytest
+import torch
+
+from medsegdiff.diffusion import DiffusionConfig
+from medsegdiff.guidance import SimulatedClicksd, guidance_maps
+from medsegdiff.interaction import UNKNOWN, KnownRegion
+from medsegdiff.network import MedSegDiffUNet
+from medsegdiff.sampling import EnsembleSampler
+from medsegdiff.training import train_on_arrays
+
+DIFFUSION = DiffusionConfig(num_train_timesteps=10, prediction_type="sample")
+
+
+def guided(guidance_channels=2):
+    torch.manual_seed(0)
+    return MedSegDiffUNet(2, 1, 1, (16, 16), channels=(8, 16), attention_levels=(False, False), norm_num_groups=4,
+                          num_head_channels=8, guidance_channels=guidance_channels).eval()
+
+
+class StemInputs:
+    """Records what the image stem of a network receives (a forward pre-hook on the real network)."""
+
+    def __init__(self, network):
+        self.seen = []
+        network.image_stem.register_forward_pre_hook(lambda module, args: self.seen.append(args[0].detach().clone()))
+
+
+def test_guidance_maps_channels():
+    labels = torch.full((1, 1, 4, 4), UNKNOWN)
+    labels[0, 0, 1, 1], labels[0, 0, 2, 3], labels[0, 0, 0, 0] = 1, 0, 2
+    maps = guidance_maps(KnownRegion(labels), torch.zeros(1, 1, 4, 4))
+    assert maps.shape == (1, 2, 4, 4)
+    assert maps[0, 0].nonzero().tolist() == [[0, 0], [1, 1]]  # any foreground class
+    assert maps[0, 1].nonzero().tolist() == [[2, 3]]
+    assert not guidance_maps(None, torch.zeros(2, 1, 4, 4)).any()
+    with pytest.raises(ValueError, match="marks of shape"):
+        guidance_maps(KnownRegion(labels), torch.zeros(1, 1, 4, 5))
+
+
+def test_network_switch_validated_and_stored():
+    net = guided()
+    assert net.image_channels == 3 and net.config["guidance_channels"] == 2
+    with pytest.raises(ValueError, match="guidance_channels must be 0 or 2"):
+        guided(1)
+
+
+def test_sampler_feeds_the_marks_to_a_guided_network():
+    net = guided()
+    stem = StemInputs(net)
+    image = torch.randn(1, 1, 16, 16)
+    labels = torch.full((1, 1, 16, 16), UNKNOWN)
+    labels[0, 0, 4, 4], labels[0, 0, 10, 12] = 1, 0
+    sampler = EnsembleSampler(DIFFUSION, "ddim", 2, 2)
+    sampler(net, image, known=KnownRegion(labels))
+    sampler(net, image)
+    with_marks, without = stem.seen
+    assert torch.equal(with_marks[:, :1], image) and torch.equal(without[:, :1], image)
+    assert with_marks[0, 1].nonzero().tolist() == [[4, 4]] and with_marks[0, 2].nonzero().tolist() == [[10, 12]]
+    assert not without[:, 1:].any()
+
+
+def _square(size=24):
+    label = np.zeros((1, size, size), np.float32)
+    label[0, 6:16, 8:18] = 1
+    image = np.random.default_rng(0).uniform(0.3, 1.0, (1, size, size)).astype(np.float32)
+    return image, label
+
+
+def test_simulated_clicks_agree_with_the_label():
+    image, label = _square()
+    clicks = SimulatedClicksd(max_clicks=3, radius=1, prob_none=0.0)
+    clicks.set_random_state(seed=3)
+    fg_seen = bg_seen = 0
+    for _ in range(20):
+        out = clicks({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
+        assert out["image"].shape == (3, 24, 24) and torch.equal(out["image"][0], torch.from_numpy(image[0]))
+        fg, bg = out["image"][1].bool().numpy(), out["image"][2].bool().numpy()
+        assert fg.any() and bg.any()  # prob_none 0: at least one click of each kind
+        assert label[0][fg].min() == 1 and label[0][bg].max() == 0  # every marked voxel has the marked class
+        fg_seen, bg_seen = fg_seen + fg.sum(), bg_seen + bg.sum()
+    assert fg_seen > 20 and bg_seen > 20
+    none = SimulatedClicksd(prob_none=1.0)({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
+    assert none["image"].shape == (3, 24, 24) and not none["image"][1:].any()
+    with pytest.raises(ValueError, match="max_clicks"):
+        SimulatedClicksd(max_clicks=0)
+
+
+def test_training_a_guided_network_sees_simulated_clicks():
+    torch.manual_seed(0)
+    net = MedSegDiffUNet(2, 1, 1, (24, 24), channels=(8, 16), attention_levels=(False, False), norm_num_groups=4,
+                         num_head_channels=8, guidance_channels=2)
+    stem = StemInputs(net)
+    image, label = _square()
+    images, labels = np.repeat(image[None], 4, 0), np.repeat(label[None], 4, 0)
+    train_on_arrays(net, DIFFUSION, images, labels, iterations=6, batch_size=4, augment=False, log_every=0)
+    batches = torch.cat(stem.seen)
+    assert batches.shape[1] == 3
+    assert batches[:, 1].any() and batches[:, 2].any()  # clicks of both kinds reached the network
+    assert (batches[:, 1:].flatten(1).sum(1) == 0).any()  # and samples without any click (the automatic case)
