@@ -100,3 +100,23 @@ def test_training_a_guided_network_sees_simulated_clicks():
     assert batches.shape[1] == 3
     assert batches[:, 1].any() and batches[:, 2].any()  # clicks of both kinds reached the network
     assert (batches[:, 1:].flatten(1).sum(1) == 0).any()  # and samples without any click (the automatic case)
+
+
+def test_train_task_samples_carry_simulated_clicks():
+    from medsegdiff.transforms import sample_transforms
+
+    label = np.zeros((1, 24, 24, 6), np.float32)
+    label[0, 6:16, 8:18, :] = 1
+    image = np.random.default_rng(1).uniform(0.3, 1.0, (1, 24, 24, 6)).astype(np.float32)
+    transform = sample_transforms((24, 24), 2, 2, guidance=True)
+    transform.set_random_state(seed=0)
+    samples = [transform({"image": torch.from_numpy(image), "label": torch.from_numpy(label)}) for _ in range(12)]
+    samples = [s[0] if isinstance(s, list) else s for s in samples]
+    assert all(s["image"].shape == (3, 24, 24) for s in samples)
+    clicked = [s for s in samples if s["image"][1:].any()]
+    assert 0 < len(clicked) < len(samples)  # some samples with clicks, some without
+    for s in clicked:
+        fg = s["image"][1].bool()
+        assert (s["label"][0][fg] == 1).all()  # marks follow the augmented label
+    plain = sample_transforms((24, 24), 2, 2)({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
+    assert (plain[0] if isinstance(plain, list) else plain)["image"].shape == (1, 24, 24)
