@@ -94,8 +94,9 @@ def _copy_sample_files(target: Path) -> bool:
     return True
 
 
-def dev_checkpoint(path: Path) -> Path:
-    """An untrained network with the sample model's configuration (for a server without the committed one)."""
+def dev_checkpoint(path: Path, **network: object) -> Path:
+    """An untrained network with the sample model's configuration (for a server without the committed one);
+    ``network`` overrides ``MedSegDiffUNet`` arguments (e.g. ``guidance_channels=2``)."""
     import torch
 
     from medsegdiff.checkpoint import save_checkpoint
@@ -103,7 +104,7 @@ def dev_checkpoint(path: Path) -> Path:
     from medsegdiff.sample_model import SAMPLE_MODEL_2D, SAMPLE_SLICE_AXIS, SAMPLE_SPACING_MM, sample_diffusion_config
 
     torch.manual_seed(0)
-    network = MedSegDiffUNet(**SAMPLE_MODEL_2D)
+    network = MedSegDiffUNet(**{**SAMPLE_MODEL_2D, **network})
     metadata = {
         "spacing": [SAMPLE_SPACING_MM] * 3, "slice_axis": SAMPLE_SLICE_AXIS, "labels": {"brain": 1}, "trained": False
     }
