@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -54,12 +55,12 @@ def region_box(region: torch.Tensor | Sequence[Any], spatial_shape: Sequence[int
     box = []
     for axis, (bounds, size) in enumerate(zip(region, shape)):
         start, stop = (bounds.start, bounds.stop) if isinstance(bounds, slice) else bounds
-        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= size):
+        if not (isinstance(start, Integral) and isinstance(stop, Integral) and 0 <= start < stop <= size):
             raise ValueError(
-                f"region box {region!r}: axis {axis} ({start}, {stop}) is not inside [0, {size}) of the volume of "
-                f"shape {list(shape)} (0 <= start < stop <= size)"
+                f"region box {region!r}: axis {axis} ({start}, {stop}) is empty or outside the volume of shape "
+                f"{list(shape)} (needs integers 0 <= start < stop <= {size})"
             )
-        box.append(slice(start, stop))
+        box.append(slice(int(start), int(stop)))
     return tuple(box)
 
 
@@ -119,7 +120,7 @@ class Resampled:
     """What a 3D network's run re-sampled (the inferer's ``resampled`` after a call).
 
     Attributes:
-        box: the box asked for; ``None``: the whole volume.
+        box: the box asked for; ``None``: the whole volume (a full run); ``()``: nothing changed, nothing sampled.
         windows: windows sampled (over the batch).
         total_windows: windows of a full run (over the batch).
         mask: (B, 1, *spatial) bool: the voxels that come from this run; the others are the previous result's.
