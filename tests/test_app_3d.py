@@ -105,3 +105,40 @@ def test_3d_model_starts_untrained_infers_trains_and_serves_the_trained_checkpoi
     assert again["params"]["checkpoint"]["file"] == "best.pt"
     assert again["params"]["checkpoint"]["mtime"] == (files / "best.pt").stat().st_mtime
     assert again["params"]["checkpoint"]["epochs_trained"] == 1
+
+
+@pytest.mark.slow
+def test_3d_clicks_resample_only_the_windows_around_them(app_module, slabs: Path, tmp_path: Path, quiet_settings) -> None:
+    """slab_b is 58 x 75 x 12 voxels on the 3 mm model grid (padded to 48 slices): four 48³ windows; a click
+    in a corner of the slab touches one of them."""
+    app = app_module.MedSegDiffApp(str(APP_DIR), str(slabs), {"models": "medsegdiff_3d", "model_dir": str(tmp_path)})
+    request = {"model": "medsegdiff_3d", "image": "slab_b", **FAST, "seed": 3}
+    plain = app.infer(request)
+    assert plain["params"]["interaction"]["resampled_box"] == "all"
+    label = np.asarray(nib.load(plain["file"]).dataobj)
+    corner = (slice(4, 14), slice(4, 20), slice(None))  # 2 .. 7 model voxels from two faces of the slab
+    first = [int(c) for c in np.argwhere(label[corner] == 0)[0]]
+    first = [first[0] + 4, first[1] + 4, first[2]]
+    clicked = app.infer({**request, "foreground": [first]})
+    assert np.asarray(nib.load(clicked["file"]).dataobj)[tuple(first)] == 1
+    label = np.asarray(nib.load(clicked["file"]).dataobj)
+    second = [int(c) for c in np.argwhere(label[corner] == 0)[-1]]
+    second = [second[0] + 4, second[1] + 4, second[2]]
+
+    again = app.infer({**request, "foreground": [first, second]})  # the second click
+    corrected = np.asarray(nib.load(again["file"]).dataobj)
+    assert corrected[tuple(first)] == 1 and corrected[tuple(second)] == 1
+    info = again["params"]["interaction"]
+    assert (info["resampled_windows"], info["windows"]) == (1, 4)
+    assert 0 < again["params"]["nfe"] * 4 == plain["params"]["nfe"]
+    assert 0 < info["resampled_fraction"] < 1 and len(info["resampled_box"]) == 3
+
+    same = app.infer({**request, "foreground": [first, second]})  # nothing changed: the cached result
+    assert same["params"]["nfe"] == 0 and same["params"]["interaction"]["resampled_windows"] == 0
+    assert np.array_equal(np.asarray(nib.load(same["file"]).dataobj), corrected)
+
+    app.models["medsegdiff_3d"].infer().results.clear()  # a full run with both clicks agrees around the clicks
+    full = app.infer({**request, "foreground": [first, second]})
+    assert full["params"]["interaction"]["resampled_box"] == "all"
+    near = tuple(slice(max(c - 4, 0), c + 5) for c in second)
+    assert np.array_equal(np.asarray(nib.load(full["file"]).dataobj)[near], corrected[near])

@@ -8,22 +8,26 @@ and the uncertainty of the whole volume.
 
 Interactive correction: ``known`` (annotator marks on the model grid, :class:`~medsegdiff.interaction.KnownRegion`
 of the whole batch) conditions the chains; with ``previous`` (an earlier result of the same volume, seed and
-sampler) and ``slices`` a 2D network re-samples only those slices and keeps the rest of ``previous``.
+sampler) and ``slices`` a 2D network re-samples only those slices and keeps the rest of ``previous``; with
+``previous`` and ``region`` a 3D network re-samples only the windows around the region (:mod:`medsegdiff.windows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import convert_to_tensor
 from torch import nn
 from tqdm import tqdm
 
 from .fusion import probabilities_to_labels
-from .interaction import KnownRegion
+from .interaction import UNKNOWN, KnownRegion
 from .sampling import EnsembleSampler
+from .windows import Box, Resampled, WindowPlan, padding, region_box
 
 __all__ = ["MedSegDiffInferer", "slice_stack"]
 
@@ -56,7 +60,8 @@ class MedSegDiffInferer(Inferer):
         progress: show a tqdm bar.
 
     Returns from ``__call__`` a dict with ``probs`` (B, C, …), ``label`` (B, 1, …), ``entropy`` and
-    ``variance`` (B, 1, …); ``nfe`` holds the network evaluations spent (batched forward passes, summed).
+    ``variance`` (B, 1, …); ``nfe`` holds the network evaluations spent (batched forward passes, summed) and, for a
+    3D network, ``resampled`` the windows and voxels sampled (:class:`~medsegdiff.windows.Resampled`).
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class MedSegDiffInferer(Inferer):
         self.overlap = overlap
         self.progress = progress
         self.nfe = 0
+        self.resampled: Resampled | None = None
 
     def _sample(
         self, network: nn.Module, images: torch.Tensor, ids: Sequence[int], known: KnownRegion | None = None
@@ -132,22 +138,50 @@ class MedSegDiffInferer(Inferer):
                 result[key] = flat.reshape(slices.shape[0], count, *flat.shape[1:]).movedim(1, 2)
         return {key: value.movedim(2, 2 + self.slice_axis) for key, value in result.items()}
 
-    def _windows(self, volume: torch.Tensor, network: nn.Module, known: KnownRegion | None = None) -> dict[str, torch.Tensor]:
-        """3D network: sliding windows; a window's start position (and volume index) is its sample id."""
-        roi = tuple(self.roi_size or network.config["spatial_size"])
-        size = volume.shape[2:]
+    def _windows(
+        self,
+        volume: torch.Tensor,
+        network: nn.Module,
+        known: KnownRegion | None = None,
+        previous: dict[str, torch.Tensor] | None = None,
+        box: Box | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """3D network: sliding windows; a window's start position (and volume index) is its sample id.
+
+        With ``previous``: only the windows overlapping ``box`` (of every volume) are sampled, the others give
+        zeros without a network call; the voxels that sampled windows alone cover replace those of ``previous``
+        (:mod:`medsegdiff.windows`). ``self.resampled`` says what was sampled.
+        """
+        roi = tuple(int(r) for r in (self.roi_size or network.config["spatial_size"]))
+        size = tuple(volume.shape[2:])
         window_inferer = SlidingWindowInferer(
             roi_size=roi, sw_batch_size=1, overlap=self.overlap, mode="gaussian", progress=self.progress, with_coord=True
         )
-        outputs = []
+        labels = None
+        if known is not None:  # on the padded grid the windows index (a volume smaller than a window is padded)
+            pad = [(p, max(r - s, 0) - p) for p, s, r in zip(padding(size, roi), size, roi)]
+            labels = F.pad(known.labels, [n for before_after in reversed(pad) for n in before_after], value=UNKNOWN)
+        box = box if previous is not None else None
+        outputs, plans, exact = [], [], []
         for b in range(volume.shape[0]):
+            plan = WindowPlan(box, size, roi)
 
-            def predict(window: torch.Tensor, locations: Sequence[Sequence[slice]], b: int = b) -> dict:
+            def predict(window: torch.Tensor, locations: Sequence[Sequence[slice]], b: int = b, plan=plan) -> dict:
+                if not plan.wants(locations[0][-3:]):  # sw_batch_size 1: one window per call
+                    zeros = torch.zeros(1, 1, *window.shape[2:], device=window.device)
+                    return {"probs": zeros.repeat(1, network.num_classes, 1, 1, 1), "entropy": zeros, "variance": zeros}
                 ids = [((b * size[0] + loc[-3].start) * size[1] + loc[-2].start) * size[2] + loc[-1].start for loc in locations]
-                marks = None if known is None else KnownRegion(torch.stack([known.labels[b][(slice(None), *loc[-3:])] for loc in locations]))
+                marks = None if labels is None else KnownRegion(torch.stack([labels[b][(slice(None), *loc[-3:])] for loc in locations]))
                 return self._sample(network, window, ids, marks)
 
-            outputs.append(window_inferer(volume[b : b + 1], predict))
+            out = window_inferer(volume[b : b + 1], predict)
+            plans.append(plan)
+            exact.append(plan.exact().to(volume.device))
+            if previous is not None:
+                out = {k: torch.where(exact[-1], out[k], previous[k][b : b + 1].to(out[k])) for k in _OUTPUTS}
+            outputs.append(out)
+        windows = sum(p.resampled for p in plans), sum(p.windows for p in plans)
+        self.resampled = Resampled(box, *windows, torch.stack(exact)[:, None].cpu())
         return {key: torch.cat([o[key] for o in outputs]) for key in _OUTPUTS}
 
     def __call__(
@@ -158,6 +192,7 @@ class MedSegDiffInferer(Inferer):
         known: KnownRegion | None = None,
         previous: dict[str, torch.Tensor] | None = None,
         slices: Sequence[int] | None = None,
+        region: torch.Tensor | Sequence[Any] | None = None,
         **kwargs,
     ) -> dict[str, torch.Tensor]:
         """Segment ``inputs`` (B, C, H, W, D).
@@ -165,24 +200,49 @@ class MedSegDiffInferer(Inferer):
         Args:
             known: marks on the grid of ``inputs`` (B, 1, H, W, D) the result must respect.
             previous: an earlier result of the same inputs, seed and sampler (``probs``, ``entropy``,
-                ``variance``), kept outside ``slices`` (2D networks only).
-            slices: indices along the slice axis to re-sample (needs ``previous``).
+                ``variance``), kept outside what ``slices`` or ``region`` re-sample.
+            slices: 2D network: indices along the slice axis to re-sample (needs ``previous``).
+            region: 3D network: what to re-sample (needs ``previous``): a bool mask of the changed voxels
+                ((B, 1, H, W, D) or (H, W, D); its bounding box over the batch) or a box, one (start, stop) per
+                spatial axis. The windows overlapping the box are sampled; the voxels they alone cover, the box
+                among them, are bit-identical to a full run (``resampled.mask``), the rest is ``previous``. An
+                empty mask re-samples nothing.
         """
         if inputs.ndim != 5:
             raise ValueError(f"inputs must be a (B, C, H, W, D) volume, got shape {tuple(inputs.shape)}")
-        if (previous is None) != (slices is None):
-            raise ValueError("previous and slices go together: re-sample some slices of a previous result")
-        if slices is not None and network.spatial_dims != 2:
-            raise ValueError("re-sampling some slices needs a 2D network; a 3D network re-samples the whole volume")
+        box = self._check_partial(inputs, network, previous, slices, region)
         if known is not None and tuple(known.labels.shape[2:]) != tuple(inputs.shape[2:]):
             raise ValueError(f"marks of shape {list(known.labels.shape[2:])} for inputs of shape {list(inputs.shape[2:])}")
         self.nfe = 0
+        self.resampled = None
         # plain tensor: MetaTensor's __torch_function__ would slow down every op of every sampling step
         volume = convert_to_tensor(inputs, track_meta=False).float()
         with torch.no_grad():
             if network.spatial_dims == 2:
                 out = self._slices(volume, network, known, previous, slices)
             else:
-                out = self._windows(volume, network, known)
+                out = self._windows(volume, network, known, previous, box)
         out["label"] = probabilities_to_labels(out["probs"])
         return out
+
+    @staticmethod
+    def _check_partial(inputs: torch.Tensor, network: nn.Module, previous, slices, region) -> Box | None:
+        """Check a partial re-sampling request; returns the box of ``region`` (``()`` when it is empty)."""
+        two_d = network.spatial_dims == 2
+        if two_d and region is not None:
+            raise ValueError("region is for a 3D network; a 2D network re-samples slices=")
+        if not two_d and slices is not None:
+            raise ValueError("re-sampling some slices needs a 2D network; a 3D network re-samples a region=")
+        name = "slices" if two_d else "region"
+        if (previous is None) != ((slices if two_d else region) is None):
+            raise ValueError(f"previous and {name} go together: re-sample the {name} of a previous result")
+        if previous is None:
+            return None
+        for key in _OUTPUTS:
+            if key not in previous or tuple(previous[key].shape[2:]) != tuple(inputs.shape[2:]) or len(previous[key]) != len(inputs):
+                got = list(previous[key].shape) if key in previous else "nothing"
+                raise ValueError(f"previous[{key!r}] must be (B, ch, *spatial) of inputs {list(inputs.shape)}, got {got}")
+        if two_d:
+            return None
+        box = region_box(region, inputs.shape[2:])
+        return () if box is None else box

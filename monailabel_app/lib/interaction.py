@@ -7,14 +7,14 @@ Label's uploaded ``label`` file) with the values of :data:`LABEL_IN_VALUES`. The
 the slice plane; scribbles: their voxels), which the sampler keeps (RePaint-style conditioning). On the image grid
 the result then gets the marked class on exactly the marked voxels.
 
-Results are cached (:class:`ResultCache`) per image, checkpoint, seed and sampler settings together with the
-marks of every slice, so that a 2D network re-samples only the slices whose marks changed since the last request
-for that image (:func:`changed_slices`) and keeps the rest.
+Results are cached (:class:`ResultCache`) per image, checkpoint, seed and sampler settings together with their
+marks, so that the next request for that image re-samples only around the marks that changed
+(:func:`changed_marks`) and keeps the rest: a 2D network the slices holding a change (:func:`changed_slices`), a
+3D network the sliding windows overlapping the box of the changed voxels.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage
 
-from medsegdiff.interaction import UNKNOWN, marks_to_labels
+from medsegdiff.interaction import marks_to_labels
 
 from .params import InvalidParameter
 
@@ -34,7 +34,7 @@ __all__ = [
     "ImageMarks",
     "read_marks",
     "model_labels",
-    "slice_signatures",
+    "changed_marks",
     "changed_slices",
     "CachedResult",
     "ResultCache",
@@ -150,27 +150,25 @@ def model_labels(
     return labels[None]
 
 
-def slice_signatures(labels: torch.Tensor, slice_axis: int) -> tuple[bytes, ...]:
-    """Per slice of a (1, 1, *shape) mark map: a digest of its marks (``b""`` for a slice without marks)."""
-    slices = labels[0, 0].movedim(slice_axis, 0)
-    return tuple(
-        hashlib.sha1(s.numpy().tobytes()).digest() if bool((s != UNKNOWN).any()) else b"" for s in slices
-    )
+def changed_marks(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """The voxels whose mark (class or :data:`UNKNOWN`) differs between two mark maps of the same grid (bool)."""
+    if old.shape != new.shape:
+        raise ValueError(f"mark maps of shapes {list(old.shape)} and {list(new.shape)}")
+    return old.to(new.dtype) != new
 
 
-def changed_slices(old: Sequence[bytes], new: Sequence[bytes]) -> list[int]:
-    """The slices whose marks differ between two :func:`slice_signatures` of the same grid."""
-    if len(old) != len(new):
-        raise ValueError(f"signatures of {len(old)} and {len(new)} slices")
-    return [s for s, (a, b) in enumerate(zip(old, new)) if a != b]
+def changed_slices(changed: torch.Tensor, slice_axis: int) -> list[int]:
+    """The slices along ``slice_axis`` of a (1, 1, *shape) :func:`changed_marks` mask that hold a change."""
+    return torch.nonzero(changed[0, 0].movedim(slice_axis, 0).flatten(1).any(dim=1)).flatten().tolist()
 
 
 @dataclass
 class CachedResult:
-    """A result on the model grid (``probs``, ``entropy``, ``variance``: (1, ch, *shape), CPU) and its marks."""
+    """A result on the model grid (``probs``, ``entropy``, ``variance``: (1, ch, *shape), CPU) and the marks it
+    was sampled with ((1, 1, *shape) mark map, int16)."""
 
     outputs: dict[str, torch.Tensor]
-    signatures: tuple[bytes, ...]
+    marks: torch.Tensor
 
 
 class ResultCache:
@@ -233,6 +231,7 @@ def interaction_info(radius_default: int) -> dict[str, Any]:
         "label_in": {"values": dict(LABEL_IN_VALUES), "grid": "the image that was sent (same shape)"},
         "click_radius_default": radius_default,
         "conditioning": "RePaint-style: marked voxels of every x_t are replaced by q(x_t | marked mask)",
-        "resampled": "2D networks: only the slices whose marks changed since the last request for this image, "
-        "checkpoint, seed and sampler settings; 3D networks: the whole volume",
+        "resampled": "only around the marks that changed since the last request for this image, checkpoint, seed "
+        "and sampler settings: 2D networks the slices holding a change (resampled_slices), 3D networks the "
+        "sliding windows overlapping the box of the changed voxels (resampled_box, resampled_windows)",
     }

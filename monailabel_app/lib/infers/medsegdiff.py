@@ -7,8 +7,9 @@ predictive entropy resampled onto the grid of the image that was sent → label 
 answered with HTTP 422 naming the parameter; keys nobody reads are listed in the result's ``ignored_parameters``.
 
 Interactive correction (:mod:`lib.interaction`): ``foreground`` / ``background`` clicks and a ``label_in``
-scribble volume condition the sampler; a 2D network re-samples only the slices whose marks changed since the
-cached result of the same image, checkpoint, seed and sampler settings.
+scribble volume condition the sampler; only what the changed marks touch since the cached result of the same image,
+checkpoint, seed and sampler settings is re-sampled: the slices holding a change (2D network) or the sliding
+windows overlapping the box of the changed voxels (3D network).
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from ..interaction import (
     CachedResult,
     MarksOnImageGrid,
     ResultCache,
+    changed_marks,
     changed_slices,
     interaction_info,
     model_labels,
     read_marks,
-    slice_signatures,
 )
 from ..model_files import CheckpointCache, LoadedModel, ModelFiles, ModelInfo
 from ..params import INFER_PARAMS, ChoiceParam, FloatParam, IntParam, InvalidParameter, PointsParam, declare, parse
@@ -97,7 +98,7 @@ class MedSegDiffInfer(BasicInferTask):
         self.description = self._describe()
         self.progress = progress
         self.cache = CheckpointCache(files)
-        self.results = ResultCache()  # the last results per image, for interactions that re-sample a few slices
+        self.results = ResultCache()  # the last results per image, for interactions that re-sample a part
         self._request = threading.local()  # the model and parameters of the request this thread is serving
 
     # ------------------------------------------------------------------ info
@@ -186,7 +187,8 @@ class MedSegDiffInfer(BasicInferTask):
         return self._bind_marks(inferer, data["image"])
 
     def _bind_marks(self, inferer: MedSegDiffInferer, image) -> Callable:
-        """The inferer with the request's marks on the model grid and, for a 2D network, the cached result."""
+        """The inferer with the request's marks on the model grid and the cached result of this image, if any:
+        a 2D network then re-samples the slices, a 3D network the windows around the marks that changed."""
         values, network = self._request.values, self._request.loaded.network
         try:
             marks = read_marks(values, self._request.label_in, image.meta["spatial_shape"])
@@ -199,12 +201,16 @@ class MedSegDiffInfer(BasicInferTask):
             self.model_info.slice_axis if two_d else None, values["marked_class"],
         )  # fmt: skip
         known = None if marks.is_empty() else KnownRegion(labels)
-        self._request.signatures = slice_signatures(labels, self.model_info.slice_axis) if two_d else None
+        self._request.labels = labels.to(torch.int16)
         self._request.result_key = self._result_key(tuple(image.shape[1:]))
-        cached = self.results.get(self._request.result_key) if two_d else None
-        self._request.resampled = None if cached is None else changed_slices(cached.signatures, self._request.signatures)
+        cached = self.results.get(self._request.result_key)
+        self._request.resampled = None
         if cached is None:
             return functools.partial(inferer, known=known)
+        changed = changed_marks(cached.marks, self._request.labels)
+        if not two_d:
+            return functools.partial(inferer, known=known, previous=cached.outputs, region=changed)
+        self._request.resampled = changed_slices(changed, self.model_info.slice_axis)
         return functools.partial(inferer, known=known, previous=cached.outputs, slices=self._request.resampled)
 
     def _result_key(self, model_shape: tuple[int, ...]) -> tuple:
@@ -215,11 +221,10 @@ class MedSegDiffInfer(BasicInferTask):
         return (json.dumps(self._request.image_key, default=str), checkpoint, model_shape, sampler, self._request.device)
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
-        """Run the inferer; a 2D network's model-grid result is cached for the next interaction on this image."""
+        """Run the inferer; the model-grid result is cached with its marks for the next interaction on this image."""
         data = super().run_inferer(data, convert_to_batch, device)
-        if self._request.signatures is not None:
-            outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in ("probs", "entropy", "variance")}
-            self.results.put(self._request.result_key, CachedResult(outputs, self._request.signatures))
+        outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in ("probs", "entropy", "variance")}
+        self.results.put(self._request.result_key, CachedResult(outputs, self._request.labels))
         return data
 
     def _get_network(self, device, data):
@@ -256,10 +261,7 @@ class MedSegDiffInfer(BasicInferTask):
             "uncertainty": summarize(uncertainty, label),
             "shape": list(label.shape),
             "ignored_parameters": self._request.ignored,
-            "interaction": {
-                "marked_voxels": self._request.marks.count(),
-                "resampled_slices": "all" if self._request.resampled is None else self._request.resampled,
-            },
+            "interaction": {"marked_voxels": self._request.marks.count(), **self._resampled()},
             UNCERTAINTY_FILE_KEY: save_result_nifti(uncertainty, affine, np.float32),
         }
         if self._request.values["output_probability"]:
@@ -267,6 +269,13 @@ class MedSegDiffInfer(BasicInferTask):
             result["probability"] = {"classes": list(self.model_info.labels), "channels": int(probs.shape[0])}
             result[PROBABILITY_FILE_KEY] = save_result_nifti(probability_volume(probs), affine, np.float32)
         return label_file, result
+
+    def _resampled(self) -> dict[str, Any]:
+        """What this request re-sampled: slices of a 2D network, the box and windows of a 3D network."""
+        windows = self._request.inferer.resampled
+        if windows is not None:
+            return windows.describe()
+        return {"resampled_slices": "all" if self._request.resampled is None else self._request.resampled}
 
     def clear(self) -> None:
         super().clear()
