@@ -40,6 +40,25 @@ def test_history_undo_and_label_in():
         history.add_scribble(background=np.zeros((3, 3, 3), bool))
 
 
+def test_one_interaction_holds_clicks_and_scribbles_and_is_undone_whole():
+    history = lib.InteractionHistory((2, 3, 4))
+    history.add_clicks(True, [[0, 0, 0]])
+    fg, bg = np.zeros((2, 3, 4), bool), np.zeros((2, 3, 4), bool)
+    fg[0, 1, 1], bg[1, 2, 3] = True, True
+    candidate = history.copy()
+    added = candidate.add(positive=[[1.2, 0.4, 1.0]], negative=[[3, 2, 1]], foreground=fg, background=bg, tag=["P-2"])
+    assert added.tag == ["P-2"] and len(candidate.interactions) == 2 and len(history.interactions) == 1
+    assert candidate.request()["foreground"] == [[0, 0, 0], [1, 0, 1]] and candidate.request()["background"] == [[3, 2, 1]]
+    assert candidate.scribbled("foreground")[0, 1, 1] and candidate.scribbled("foreground").sum() == 1
+    assert candidate.label_in()[1, 2, 3] == 2
+    assert candidate.add(foreground=np.zeros((2, 3, 4), bool)) is None and len(candidate.interactions) == 2
+    assert candidate.undo() is added  # clicks and scribbles of the interaction go together
+    assert candidate.request() == history.request() and candidate.label_in() is None
+    with pytest.raises(ValueError, match="outside"):
+        candidate.add(positive=[[0, 0, 0]], negative=[[9, 0, 0]])
+    assert len(candidate.interactions) == 1, "a refused interaction adds nothing"
+
+
 @pytest.fixture(scope="module")
 def served(monailabel_server, tmp_path_factory):
     client = lib.MedSegDiffClient(monailabel_server.url)

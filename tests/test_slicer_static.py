@@ -39,6 +39,7 @@ from MedSegDiffLib.controls import buttonStates  # noqa: E402
 PY_FILES = sorted(EXT_DIR.rglob("*.py"))
 LIB_FILES = sorted(LIB_DIR.rglob("*.py"))
 SCENE_LIB_FILES = sorted(SCENE_LIB_DIR.rglob("*.py"))
+WIDGET_FILES = [MODULE_FILE, *sorted((MODULE_DIR / "MedSegDiffWidgetLib").rglob("*.py"))]
 MAX_LINES = 400
 
 MEDSEGDIFF_INFO = {
@@ -169,24 +170,41 @@ def test_ui_is_a_designer_file_with_a_mrml_widget_root():
 
 
 def test_every_self_ui_name_exists_in_the_ui_file():
-    used = {
+    used = {  # self.ui.X in the widget, widget.ui.X / ui.X in its helpers (MedSegDiffWidgetLib)
         node.attr
-        for node in ast.walk(ast.parse(MODULE_FILE.read_text()))
+        for path in WIDGET_FILES
+        for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Attribute)
-        and isinstance(node.value, ast.Attribute)
-        and node.value.attr == "ui"
-        and isinstance(node.value.value, ast.Name)
-        and node.value.value.id == "self"
+        and (isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+             or isinstance(node.value, ast.Name) and node.value.id == "ui")
     }
     assert len(used) > 15, "the widget should use its .ui controls through self.ui"
+    assert {"addPositivePointButton", "refineButton"} <= used, "the helpers' ui.X uses are not collected"
     states = buttonStates(lib.ServerInfo.from_json(MEDSEGDIFF_INFO), lib.BackgroundWork(), True,
                                        None, None, None, None)  # fmt: skip
     used |= set(states)
-    used |= {f"{field}SpinBox" for field in ("numInferenceSteps", "numEnsemble", "seed")}  # getattr in setup()
+    module = ast.parse(MODULE_FILE.read_text())
+    fields = next(ast.literal_eval(n.value) for n in module.body if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", "") == "UI_PARAMETERS")  # fmt: skip
+    used |= {f"{field}SpinBox" for field in fields}  # getattr in setup()
     used |= {f"{name}ComboBox" for name in ("sampler", "device", "fusion")}
     widgets, _ = _ui_widgets()
     missing = sorted(used - set(widgets))
     assert not missing, f"MedSegDiff.py uses self.ui.{missing} that MedSegDiff.ui does not declare"
+
+
+def test_refine_buttons_follow_the_result_and_the_history():
+    info, idle, busy = lib.ServerInfo.from_json(MEDSEGDIFF_INFO), lib.BackgroundWork(), lib.BackgroundWork()
+    busy.job = object()  # a request is running
+    volume, segmentation = object(), object()
+    names = ("addPositivePointButton", "addNegativePointButton", "paintScribblesButton", "refineButton", "undoButton")
+    states = lambda *args, **kwargs: [buttonStates(*args, **kwargs)[n] for n in names]  # noqa: E731
+    assert states(info, idle, True, volume, segmentation, "img", None, canUndo=True) == [True] * 5
+    assert states(info, idle, True, volume, segmentation, "img", None) == [True, True, True, True, False]
+    assert states(info, busy, True, volume, segmentation, "img", None, canUndo=True) == [True, True, True, False, False]
+    assert states(info, idle, True, volume, None, "img", None) == [False, False, False, False, False]
+    assert states(info, idle, True, volume, segmentation, None, None) == [False, False, True, False, False]
+    assert states(None, idle, True, volume, segmentation, "img", None, canUndo=True)[3:] == [False, False]
 
 
 def test_ui_parameter_bindings_name_parameter_node_fields():

@@ -6,7 +6,6 @@ libraries); ``MedSegDiffLib`` needs no Slicer at all. A ``qt.QTimer`` drives the
 
 import importlib
 import logging
-import os
 import sys
 from typing import Annotated
 
@@ -27,10 +26,12 @@ from MedSegDiffLib.controls import (
 )
 from MedSegDiffSceneLib import MedSegDiffLogic
 from MedSegDiffSceneLib.roundtrip import roundTripProblems, runRoundTrip, serverUrlFromEnvironment
+from MedSegDiffWidgetLib import RefineSection, openSegmentEditor
 
 SERVER_URL_SETTING = "MedSegDiff/serverUrl"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
-UI_PARAMETERS = {"numInferenceSteps": "num_inference_steps", "numEnsemble": "num_ensemble", "seed": "seed"}
+UI_PARAMETERS = {"numInferenceSteps": "num_inference_steps", "numEnsemble": "num_ensemble", "seed": "seed",
+                 "clickRadius": "click_radius"}  # fmt: skip
 
 
 class MedSegDiff(ScriptedLoadableModule):
@@ -44,8 +45,8 @@ class MedSegDiff(ScriptedLoadableModule):
         self.parent.contributors = ["MedSegDiff Label team"]
         self.parent.helpText = (
             "Segment a volume with the MedSegDiff diffusion model of a MONAI Label server, review the ensemble's "
-            "uncertainty map, correct the result in the Segment Editor, submit it as the final label and retrain "
-            "the model. See the README of the extension for step-by-step use.")  # fmt: skip
+            "uncertainty map, refine it with points and scribbles or correct it in the Segment Editor, submit it as "
+            "the final label and retrain the model. See the README of the extension for step-by-step use.")  # fmt: skip
         self.parent.acknowledgementText = "MedSegDiff (Wu et al., MIDL 2023) served with MONAI Label (Project MONAI)."
 
 
@@ -61,6 +62,7 @@ class MedSegDiffParameterNode:
     numEnsemble: Annotated[int, WithinRange(*KNOWN_RANGES["num_ensemble"])] = 5
     seed: Annotated[int, WithinRange(*KNOWN_RANGES["seed"])] = 0
     maxEpochs: Annotated[int, WithinRange(1, 100000)] = 10
+    clickRadius: Annotated[int, WithinRange(0, 100)] = 1
 
 
 class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -105,13 +107,14 @@ class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slider.connect("valueChanged(double)", self.onUncertaintyDisplayChanged)
         self._spinBoxes = {name: getattr(self.ui, f"{field}SpinBox") for field, name in UI_PARAMETERS.items()}
         self._combos = {name: getattr(self.ui, f"{name}ComboBox") for name in ("sampler", "device", "fusion")}
+        self._refine = RefineSection(self)  # points, scribbles, Refine and Undo (MedSegDiffWidgetLib)
         self.ui.progressBar.hide()
         self.initializeParameterNode()
         self._updateGui()
 
     def onReload(self):
-        """Developer mode "Reload": Slicer reloads MedSegDiff.py only, so reload the two libraries first."""
-        for package in ("MedSegDiffLib", "MedSegDiffSceneLib"):  # the Logic uses MedSegDiffLib: reload that first
+        """Developer mode "Reload": Slicer reloads MedSegDiff.py only, so reload its libraries first."""
+        for package in ("MedSegDiffLib", "MedSegDiffSceneLib", "MedSegDiffWidgetLib"):  # used ones first
             for name in sorted((n for n in sys.modules if n.split(".")[0] == package), reverse=True):
                 importlib.reload(sys.modules[name])  # submodules before their package
         super().onReload()
@@ -177,9 +180,10 @@ class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         imageId = MedSegDiffLogic.imageId(self._parameterNode.inputVolume)
         self.ui.imageIdLabel.text = imageId or "(not on the server yet)"
+        volume = self._parameterNode.inputVolume
         states = buttonStates(
-            self.logic.serverInfo, self._work, self.ui.strategyComboBox.count > 0, self._parameterNode.inputVolume,
-            self._parameterNode.segmentation, imageId, self._parameterNode.uncertainty,
+            self.logic.serverInfo, self._work, self.ui.strategyComboBox.count > 0, volume, self._parameterNode.segmentation,
+            imageId, self._parameterNode.uncertainty, self.logic.interactive.canUndo(volume),
         )
         for name, enabled in states.items():
             getattr(self.ui, name).enabled = enabled
@@ -321,13 +325,7 @@ class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Showing slice {index}, the most uncertain one."
 
     def onEditSegments(self):
-        slicer.util.selectModule("SegmentEditor")
-        editor = slicer.modules.SegmentEditorWidget.editor
-        editor.setSegmentationNode(self._parameterNode.segmentation)
-        if self._parameterNode.inputVolume is not None:
-            # Slicer >= 5.4 names it "source volume", earlier 5.x "master volume".
-            setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode
-            setSource(self._parameterNode.inputVolume)
+        openSegmentEditor(self._parameterNode.segmentation, self._parameterNode.inputVolume)
 
     def onSubmit(self):
         volume, segmentation = self._parameterNode.inputVolume, self._parameterNode.segmentation

@@ -76,7 +76,7 @@ def setUncertaintyControls(windowWidget, thresholdSlider, low, high):
             widget.blockSignals(wasBlocked)
 
 
-def buttonStates(serverInfo, work, hasStrategies, volume, segmentation, imageId, uncertainty):
+def buttonStates(serverInfo, work, hasStrategies, volume, segmentation, imageId, uncertainty, canUndo=False):
     """``{button name in the .ui: enabled}`` for the module's state.
 
     Args:
@@ -85,9 +85,11 @@ def buttonStates(serverInfo, work, hasStrategies, volume, segmentation, imageId,
         hasStrategies: the strategy combo box has entries.
         volume, segmentation, uncertainty: the selected nodes (or None).
         imageId: the volume's datastore image id, or None.
+        canUndo: the volume's current result has an interaction to undo.
     """
     connected, idle = serverInfo is not None, not work.busy
     ready = connected and idle
+    onResult = segmentation is not None and imageId is not None  # points and Refine correct a server result
     return {
         "connectButton": idle,
         "nextSampleButton": ready and hasStrategies,
@@ -98,4 +100,9 @@ def buttonStates(serverInfo, work, hasStrategies, volume, segmentation, imageId,
         "jumpToUncertainButton": uncertainty is not None,
         "startTrainingButton": ready and work.poller is None and bool(serverInfo.trainers),
         "stopTrainingButton": ready,
+        "addPositivePointButton": onResult,
+        "addNegativePointButton": onResult,
+        "paintScribblesButton": segmentation is not None,
+        "refineButton": ready and onResult,
+        "undoButton": ready and canUndo,
     }

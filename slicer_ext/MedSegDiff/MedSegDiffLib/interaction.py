@@ -8,7 +8,7 @@ undone: each request sends all marks still standing.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
@@ -43,12 +43,16 @@ def ijk_point(ijk, shape_kji):
 
 @dataclass
 class Interaction:
-    """One annotator action: clicks of one kind, or a scribble (bool masks ``[k, j, i]``)."""
+    """One annotator action: clicks of either kind and scribbles (bool masks ``[k, j, i]``), any of them empty.
 
-    kind: str  # "foreground", "background" or "scribble"
-    points: Sequence[Sequence[int]] = ()
+    ``tag`` is what the client remembers about it (e.g. the control points it came from, to remove on undo).
+    """
+
+    foreground_points: Sequence[Sequence[int]] = ()
+    background_points: Sequence[Sequence[int]] = ()
     foreground: Optional[np.ndarray] = None
     background: Optional[np.ndarray] = None
+    tag: Any = None
 
 
 class InteractionHistory:
@@ -62,20 +66,39 @@ class InteractionHistory:
         self.shape_kji = tuple(int(s) for s in shape_kji)
         self.interactions: List[Interaction] = []
 
-    def add_clicks(self, positive, points_ijk):
-        """Clicks (continuous IJK positions) that say "this is the segment" (positive) or "this is not"."""
-        voxels = [ijk_point(p, self.shape_kji) for p in points_ijk]
-        if voxels:
-            self.interactions.append(Interaction("foreground" if positive else "background", voxels))
+    def copy(self):
+        """A history with the same interactions (a candidate to change and keep once the server answered)."""
+        other = InteractionHistory(self.shape_kji)
+        other.interactions = list(self.interactions)
+        return other
 
-    def add_scribble(self, foreground=None, background=None):
-        """Scribbled voxels (bool masks ``[k, j, i]`` of the image's shape) of the segment and of the background."""
+    def add(self, positive=(), negative=(), foreground=None, background=None, tag=None):
+        """Clicks (continuous IJK positions) and scribbles (bool masks) as ONE interaction; undone together.
+
+        Returns:
+            The ``Interaction``, or None when it marks nothing (nothing is added then).
+
+        Raises:
+            ValueError: a point outside the image, or a mask of another shape than the image.
+        """
+        points = [[ijk_point(p, self.shape_kji) for p in points] for points in (positive, negative)]
         for name, mask in (("foreground", foreground), ("background", background)):
             if mask is not None and tuple(np.shape(mask)) != self.shape_kji:
                 raise ValueError(f"{name} scribble of shape {list(np.shape(mask))}, the image has {list(self.shape_kji)}")
-        if any(m is not None and np.any(m) for m in (foreground, background)):
-            as_bool = lambda m: None if m is None else np.asarray(m, dtype=bool)  # noqa: E731
-            self.interactions.append(Interaction("scribble", foreground=as_bool(foreground), background=as_bool(background)))
+        masks = [None if m is None or not np.any(m) else np.asarray(m, dtype=bool) for m in (foreground, background)]
+        if not (points[0] or points[1] or masks[0] is not None or masks[1] is not None):
+            return None
+        interaction = Interaction(points[0], points[1], masks[0], masks[1], tag)
+        self.interactions.append(interaction)
+        return interaction
+
+    def add_clicks(self, positive, points_ijk):
+        """Clicks (continuous IJK positions) that say "this is the segment" (positive) or "this is not"."""
+        return self.add(positive=points_ijk) if positive else self.add(negative=points_ijk)
+
+    def add_scribble(self, foreground=None, background=None):
+        """Scribbled voxels (bool masks ``[k, j, i]`` of the image's shape) of the segment and of the background."""
+        return self.add(foreground=foreground, background=background)
 
     def undo(self):
         """Drop the last interaction; returns it (None when there is none)."""
@@ -85,11 +108,21 @@ class InteractionHistory:
         return not self.interactions
 
     def points(self, kind):
-        return [list(p) for i in self.interactions if i.kind == kind for p in i.points]
+        """The ``[i, j, k]`` clicks still standing of one kind (``foreground`` or ``background``)."""
+        return [list(p) for i in self.interactions for p in getattr(i, f"{kind}_points")]
+
+    def scribbled(self, kind):
+        """Bool mask ``[k, j, i]`` of the voxels scribbled as ``kind`` (``foreground`` / ``background``) by any
+        interaction still standing, before a later scribble of the other kind overwrites them."""
+        mask = np.zeros(self.shape_kji, dtype=bool)
+        for interaction in self.interactions:
+            if getattr(interaction, kind) is not None:
+                mask |= getattr(interaction, kind)
+        return mask
 
     def label_in(self, values=None):
         """The scribbles as one ``label_in`` array ``[k, j, i]`` (a later scribble wins), or None without any."""
-        scribbles = [i for i in self.interactions if i.kind == "scribble"]
+        scribbles = [i for i in self.interactions if i.foreground is not None or i.background is not None]
         if not scribbles:
             return None
         values = values or DEFAULT_LABEL_IN_VALUES

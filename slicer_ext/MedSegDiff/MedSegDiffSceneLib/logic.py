@@ -18,6 +18,7 @@ from MedSegDiffLib import MedSegDiffClient, ServerError, ServerInfo, TrainingPol
 
 from . import display
 from .fileio import defaultFileIO
+from .interactive import SCRIBBLE_SEGMENTS, InteractiveCorrection
 from .segments import exportSegmentsOnGrid, ijkToRasArray, importLabelToSegmentation
 
 __all__ = ["FINAL_TAG", "IMAGE_ID_ATTRIBUTE", "MODULE_NAME", "UNCERTAINTY_TAG", "MedSegDiffLogic"]
@@ -55,6 +56,7 @@ class MedSegDiffLogic:
         self.model = None
         self.trainer = None
         self.tempDir = tempfile.mkdtemp(prefix="MedSegDiff-")
+        self.interactive = InteractiveCorrection(self)  # points, scribbles, Refine and Undo on the current result
 
     def cleanup(self):
         """Remove the temporary folder (downloads and exports not yet cleaned up)."""
@@ -196,17 +198,22 @@ class MedSegDiffLogic:
             return {"imageId": imageId, "uploadPath": None}
         return {"imageId": self.imageIdFromName(volumeNode.GetName()), "uploadPath": self.writeVolume(volumeNode)}
 
-    def runRemote(self, report, prepared, params):
-        """Server part of inference: upload if needed, infer, download the uncertainty map. Thread-safe."""
+    def runRemote(self, report, prepared, params, labelIn=None):
+        """Server part of inference: upload if needed, infer, download the uncertainty map. Thread-safe.
+
+        ``params`` may hold ``foreground`` / ``background`` clicks and ``labelIn`` is a scribble file (Refine).
+        """
         self._requireConnection()
-        params = validate_params(params, self.serverInfo.parameters(self.model))
+        points = {name: params[name] for name in ("foreground", "background") if name in params}
+        scalars = {name: value for name, value in params.items() if name not in points}
+        params = {**validate_params(scalars, self.serverInfo.parameters(self.model)), **points}
         imageId = prepared["imageId"]
         if prepared.get("uploadPath"):
             report(0.05, "Uploading the volume ...")
             imageId = self.uploadFile(report, prepared["uploadPath"], imageId)
         report(None, f"Running {self.model} on '{imageId}' ({params}) ...")
         folder = self._newFolder(imageId)
-        infer = self.client.infer(self.model, imageId, params, dest_dir=folder)
+        infer = self.client.infer(self.model, imageId, params, dest_dir=folder, label_in=labelIn)
         report(0.8, "Downloading the uncertainty map ...")
         warnings = []
         try:
@@ -224,6 +231,7 @@ class MedSegDiffLogic:
             "uncertaintyPath": uncertaintyPath,
             "folder": folder,
             "result": infer.result,
+            "params": params,
             "warnings": warnings,
         }
 
@@ -253,6 +261,7 @@ class MedSegDiffLogic:
                 display.setSliceLayers(self.scene, volumeNode)
         finally:
             shutil.rmtree(remote["folder"], ignore_errors=True)
+        self.interactive.start(volumeNode, segmentationNode, uncertaintyNode, remote.get("params"))
         return {
             "imageId": remote["imageId"],
             "segmentation": segmentationNode,
@@ -277,6 +286,14 @@ class MedSegDiffLogic:
         """
         remote = self.runRemote(progress or _noReport, self.prepareInput(volumeNode), params)
         return self.importResults(volumeNode, remote)
+
+    def refine(self, volumeNode, params=None, progress=None):
+        """Refine the current result with the marks added since the last Refine (``InteractiveCorrection.refine``)."""
+        return self.interactive.refine(volumeNode, params, progress)
+
+    def undo(self, volumeNode, progress=None):
+        """Undo the last Refine of the current result (``InteractiveCorrection.undo``)."""
+        return self.interactive.undo(volumeNode, progress=progress)
 
     # -- review ---------------------------------------------------------------------------------------
 
@@ -314,6 +331,7 @@ class MedSegDiffLogic:
             segmentationNode, volumeNode, self.serverInfo.labels(self.model), self.serverInfo.colors(self.model),
             shape, ijkToRas,
         )
+        skipped = [name for name in skipped if name not in SCRIBBLE_SEGMENTS]  # marks for Refine, not labels
         labelNode = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{imageId} {FINAL_TAG}")
         try:
             slicer.util.updateVolumeFromArray(labelNode, array)
