@@ -16,6 +16,7 @@ from typing import Any
 from .context import Context
 from .models import EXPERIMENTS
 from .protocol import Cells, cell_key, fold_data, run_cell, run_workers
+from .protocol_report import plot_reliability
 from .report import Section, finite, md_table
 from .stats import mean_sd, paired_difference
 
@@ -81,7 +82,10 @@ def run(ctx: Context) -> Section:
         "evaluation": f"DDIM {s.eval_steps} steps x {s.eval_members} members (the protocol's)",
         "quick_note": "QUICK MODE: tiny settings; numbers mean nothing" if s.quick else None,
     }
-    return Section("experiments", finite(results), table, [])
+    figures = [plot_reliability(ctx, {v: [c[f"reliability_{region}"] for cs in by_head.values() for c in cs
+                                          if c.get(f"reliability_{region}")] for v, by_head in cells.items()},
+                                region, f"reliability_experiments_{region}.png") for region in ("fg", "6mm")]
+    return Section("experiments", finite(results), table, [f for f in figures if f])
 
 
 if __name__ == "__main__":

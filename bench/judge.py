@@ -84,6 +84,7 @@ def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> 
         "ece_fg": reliability(prob[fg], reference[fg])["ece"],
         "ece_6mm": reliability(prob[band], reference[band])["ece"],
         "reliability_fg": reliability(prob[fg], reference[fg]),
+        "reliability_6mm": reliability(prob[band], reference[band]),
         "brier": brier(prob[fg], reference[fg]),
         "nll": nll(prob[fg], reference[fg]),
     })

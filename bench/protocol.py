@@ -31,7 +31,7 @@ from .judge import BAND_MM, judge
 from .models import INTERACTIVE_MODELS, build, predict, protocol_models, train
 from .report import Section, finite
 from .settings import REPO
-from .protocol_report import summarise, tables, plot_curves
+from .protocol_report import UNCERTAINTY_METHODS, plot_curves, plot_reliability, summarise, tables
 
 __all__ = ["run", "fold_data", "cell_key", "selected", "Cells", "run_cell", "run_workers"]
 
@@ -248,6 +248,12 @@ def run(ctx: Context) -> Section:
     summary = summarise(results, s.seeds)
     summary["protocol"] = protocol
     figures = [plot_curves(ctx, results)]
+    for region in ("fg", "6mm"):  # over predicted ∪ reference brain, and over the 6 mm band around the surface
+        diagrams = {name: [(c[sub] if sub else c).get(f"reliability_{region}") for by_seed in results.get(model, {}).values()
+                           for c in by_seed.values() if (c.get(sub) if sub else c)]
+                    for name, (model, sub) in UNCERTAINTY_METHODS.items()}
+        figures.append(plot_reliability(ctx, {k: [d for d in v if d] for k, v in diagrams.items()}, region, f"reliability_{region}.png"))
+    figures = [f for f in figures if f]
     return Section("protocol", finite(summary), tables(summary), figures)
 
 

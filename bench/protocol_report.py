@@ -10,7 +10,7 @@ from .models import DIFFUSION_MODELS
 from .report import md_table, save_figure
 from .stats import mean_sd, paired_difference
 
-__all__ = ["UNCERTAINTY_METHODS", "UNCERTAINTY_METRICS", "summarise", "tables", "plot_curves"]
+__all__ = ["UNCERTAINTY_METHODS", "UNCERTAINTY_METRICS", "summarise", "tables", "plot_curves", "pooled_reliability", "plot_reliability"]
 
 UNCERTAINTY_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in DIFFUSION_MODELS},
@@ -163,3 +163,41 @@ def plot_curves(ctx, results: dict) -> str:
     ax.legend(fontsize=7)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return save_figure(fig, ctx.out_dir / "validation_curves.png")
+
+
+def pooled_reliability(diagrams: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Several reliability diagrams (``medsegdiff.evaluation.reliability``, same bins) pooled voxel-weighted:
+    per bin the mean probability, the observed rate (NaN for empty bins) and the voxel count."""
+    counts = np.array([d["count"] for d in diagrams], dtype=float)
+    nan = lambda key: np.array([[np.nan if v is None else v for v in d[key]] for d in diagrams], dtype=float)  # noqa: E731
+    total = counts.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.nansum(nan("mean_probability") * counts, axis=0) / total
+        rate = np.nansum(nan("observed_rate") * counts, axis=0) / total
+    return np.where(total > 0, mean_p, np.nan), np.where(total > 0, rate, np.nan), total
+
+
+RELIABILITY_REGIONS = {
+    "fg": "predicted ∪ reference brain (below p = 0.5 only missed reference voxels are in it: rate 1 by construction)",
+    "6mm": "the 6 mm band around the reference surface",
+}
+
+
+def plot_reliability(ctx, groups: dict[str, list[dict[str, Any]]], region: str, filename: str) -> str | None:
+    """Reliability diagram over ``region`` (:data:`RELIABILITY_REGIONS`), one line per method (cells pooled)."""
+    import matplotlib.pyplot as plt
+
+    groups = {name: diagrams for name, diagrams in groups.items() if diagrams}
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(5.4, 5.0))
+    ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="calibrated")
+    for name, diagrams in groups.items():
+        mean_p, rate, _ = pooled_reliability(diagrams)
+        ax.plot(mean_p, rate, marker="o", markersize=3, label=name)
+    ax.set_xlabel("predicted foreground probability (bin mean)")
+    ax.set_ylabel("observed foreground rate")
+    ax.set_title(f"Reliability, held-out heads, over\n{RELIABILITY_REGIONS[region]}", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return save_figure(fig, ctx.out_dir / filename)

@@ -95,7 +95,13 @@ def _experiments(report: dict[str, Any]) -> list[str]:
     return [f"Design experiments (issue 10), the protocol's folds and training, {section['seeds']} seed(s) "
             f"(per-head Δ to `medsegdiff`, same seeds; {section['evaluation']}):", "",
             *_table(["variant", "Dice", "HD95 mm", "Dice LCC", "AUROC ≤6 mm", "MI / H", "Δ Dice", "Δ AUROC ≤6 mm",
-                     "Δ MI / H"], rows), ""]
+                     "Δ MI / H"], rows), "",
+            "Reliability diagrams: " + ", ".join(f"`bench/results/{f}`" for f in
+                                                 report["sections"]["experiments"].get("figures", [])) +
+            " (over predicted ∪ reference brain, `_fg`: below p = 0.5 only missed reference voxels are in that region, "
+            "so the observed rate there is 1 by construction; `_6mm`: the band around the surface, drawn for cells "
+            "that store it). The protocol section draws `reliability_fg.png` / `reliability_6mm.png` for every "
+            "method, baselines included, when it runs.", ""]
 
 
 def _interactive_targets(report: dict[str, Any]) -> list[list[str]]:

@@ -46,3 +46,14 @@ def test_compare_pairs_heads_over_seeds():
     # the diversity metrics are read from the cell's "diversity" entry
     assert out["medsegdiff_eps"]["disagreement_fraction"]["mean"] == pytest.approx(0.4)
     assert "minus_medsegdiff" not in out["medsegdiff"]
+
+
+def test_reliability_diagrams_pool_voxel_weighted():
+    from bench.protocol_report import pooled_reliability
+
+    a = {"count": [3, 0], "mean_probability": [0.2, None], "observed_rate": [0.0, None]}
+    b = {"count": [1, 4], "mean_probability": [0.4, 0.9], "observed_rate": [1.0, 0.75]}
+    mean_p, rate, count = pooled_reliability([a, b])
+    # bin 0: (3 * .2 + 1 * .4) / 4 = .25, rate (0 + 1) / 4 = .25; bin 1: b alone
+    assert mean_p.tolist() == pytest.approx([0.25, 0.9]) and rate.tolist() == pytest.approx([0.25, 0.75])
+    assert count.tolist() == [4, 4]
