@@ -1,7 +1,8 @@
 """Issue-10 design experiments next to the protocol's MedSegDiff: same folds, seeds, iterations and evaluation.
 
 ``medsegdiff_eps`` (the paper's ε objective), ``medsegdiff_v`` (v objective) and ``medsegdiff_fused_skips``
-(decoder skips carry mask + fused image features) against ``medsegdiff`` (x0 objective, mask-encoder skips) — the protocol's cells
+(decoder skips carry mask + fused image features) and ``medsegdiff_guided`` against ``medsegdiff`` (x0 objective,
+mask-encoder skips), with the size-matched U-Net (softmax and MC-dropout) of the same seeds as reference — the protocol's cells
 (``bench.protocol.run_cell``), computed for seeds ``0 .. BENCH_EXPERIMENT_SEEDS - 1`` (default 1) and kept in
 the run folder, so that a later full protocol run with ``BENCH_EXPERIMENTS=1`` reuses them. Reported per
 variant: Dice, HD95 (after the largest-component step too), AUROC of the entropy for wrong voxels within 6 mm,
@@ -22,12 +23,13 @@ from .stats import mean_sd, paired_difference
 
 __all__ = ["VARIANTS_COMPARED", "METRICS", "run", "compare"]
 
-VARIANTS_COMPARED = ("medsegdiff", *EXPERIMENTS)
+VARIANTS_COMPARED = ("medsegdiff", *EXPERIMENTS, "unet")
+"""The variants' cells; ``unet`` (the size-matched U-Net, softmax) also gives the ``mc_dropout`` row."""
 METRICS = ("dice", "hd95_mm", "dice_lcc", "hd95_lcc_mm", "auroc_6mm", "disagreement_fraction", "pairwise_dice")
 
 
 def _metric(cell: dict[str, Any], name: str) -> float | None:
-    return cell.get(name, cell.get("diversity", {}).get(name))
+    return cell.get(name, (cell.get("diversity") or {}).get(name))
 
 
 def compare(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
@@ -68,6 +70,7 @@ def run(ctx: Context) -> Section:
                     data = data or fold_data(ctx, head)
                     cell = run_cell(ctx, store, head, variant, seed, data)
                 cells[variant].setdefault(head, []).append(cell)
+    cells["mc_dropout"] = {head: [c["mc_dropout"] for c in cs] for head, cs in cells["unet"].items()}
     summary = compare(cells)
     rows = []
     for variant, e in summary.items():

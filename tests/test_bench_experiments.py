@@ -37,6 +37,7 @@ def test_compare_pairs_heads_over_seeds():
     cells = {
         "medsegdiff": {"a": [_cell(0.80, 0.1), _cell(0.90, 0.1)], "b": [_cell(0.70, 0.2)], "c": [_cell(0.60, 0.1)]},
         "medsegdiff_eps": {"a": [_cell(0.95, 0.5)], "b": [_cell(0.80, 0.4)], "c": [_cell(0.75, 0.3)]},
+        "unet": {h: [{**_cell(0.7, 0.0), "diversity": None}] for h in "abc"},  # one softmax: no members
     }
     out = compare(cells)
     # head means: ours a .85, b .70, c .60; eps .95, .80, .75 -> differences .10, .10, .15: mean 0.11667
@@ -46,6 +47,7 @@ def test_compare_pairs_heads_over_seeds():
     # the diversity metrics are read from the cell's "diversity" entry
     assert out["medsegdiff_eps"]["disagreement_fraction"]["mean"] == pytest.approx(0.4)
     assert "minus_medsegdiff" not in out["medsegdiff"]
+    assert out["unet"]["disagreement_fraction"]["mean"] is None and out["unet"]["dice"]["mean"] == pytest.approx(0.7)
 
 
 def test_reliability_diagrams_pool_voxel_weighted():
