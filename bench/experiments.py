@@ -17,7 +17,7 @@ from typing import Any
 from .context import Context
 from .models import EXPERIMENTS
 from .protocol import Cells, cell_key, fold_data, run_cell, run_workers
-from .protocol_report import plot_reliability
+from .protocol_report import RELIABILITY_REGIONS, format_difference, plot_reliability
 from .report import Section, finite, md_table
 from .stats import mean_sd, paired_difference
 
@@ -72,12 +72,8 @@ def run(ctx: Context) -> Section:
                 cells[variant].setdefault(head, []).append(cell)
     cells["mc_dropout"] = {head: [c["mc_dropout"] for c in cs] for head, cs in cells["unet"].items()}
     summary = compare(cells)
-    rows = []
-    for variant, e in summary.items():
-        diff = e.get("minus_medsegdiff", {}).get("dice")
-        rows.append([variant, *(e[m]["mean"] for m in METRICS),
-                     None if diff is None else f"{diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}] {diff['verdict']}"
-                     if diff and diff.get("ci95") else None])
+    rows = [[variant, *(e[m]["mean"] for m in METRICS), format_difference(e.get("minus_medsegdiff", {}).get("dice"))]
+            for variant, e in summary.items()]
     table = md_table(["variant", *METRICS, "Δ Dice vs medsegdiff (95 % CI, per head)"], rows)
     results = {
         "experiments": summary,
@@ -85,9 +81,7 @@ def run(ctx: Context) -> Section:
         "evaluation": f"DDIM {s.eval_steps} steps x {s.eval_members} members (the protocol's)",
         "quick_note": "QUICK MODE: tiny settings; numbers mean nothing" if s.quick else None,
     }
-    figures = [plot_reliability(ctx, {v: [c[f"reliability_{region}"] for cs in by_head.values() for c in cs
-                                          if c.get(f"reliability_{region}")] for v, by_head in cells.items()},
-                                region, f"reliability_experiments_{region}.png") for region in ("fg", "6mm")]
+    figures = [plot_reliability(ctx, cells, region, f"reliability_experiments_{region}.png") for region in RELIABILITY_REGIONS]
     return Section("experiments", finite(results), table, [f for f in figures if f])
 
 

@@ -34,7 +34,7 @@ from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
-__all__ = ["CLICKS", "RADIUS", "FIGURE_MODEL", "next_click", "painted_disc", "refine", "run"]
+__all__ = ["CLICKS", "RADIUS", "FIGURE_MODEL", "dice_auc", "next_click", "painted_disc", "refine", "run"]
 
 CLICKS = 5
 RADIUS = 2
@@ -79,6 +79,11 @@ def _network(ctx: Context, head: str, model: str, data) -> tuple[torch.nn.Module
     return network.eval(), f"trained here for {iterations} iterations ({why}): numbers mean nothing"
 
 
+def dice_auc(dice: list[float]) -> float:
+    """Area under the Dice-per-click curve (trapezoid), normalised to [0, 1]."""
+    return float(np.trapz(dice) / (len(dice) - 1))
+
+
 def painted_disc(auto: np.ndarray, reference: np.ndarray) -> list[float]:
     """The no-model baseline: each click paints a disc of :data:`RADIUS` into the label (Dice after each)."""
     painted, dice = auto.copy(), [binary_dice(auto, reference)]
@@ -121,7 +126,7 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str) -> dict[
         "network": source,
         "automatic_seconds": auto_seconds,
         "dice": dice,
-        "dice_auc": float(np.trapz(dice) / (len(dice) - 1)),
+        "dice_auc": dice_auc(dice),
         "seconds_per_interaction": float(np.mean(seconds)) if seconds else None,
         "clicks": clicks,
         "uncertainty_auroc": {"before": auroc(entropy_before, auto != reference),
@@ -140,8 +145,9 @@ def run(ctx: Context) -> Section:
         volume = data[2]
         methods = {model: refine(ctx, volume, *_network(ctx, head, model, data)) for model in INTERACTIVE_MODELS}
         auto = methods["medsegdiff"]["_figure"]["auto"]
+        painted = painted_disc(auto, (volume.label > 0).astype(np.uint8))
         per_head[head] = {"slices": int(volume.label.shape[2]), "methods": methods,
-                          "painted_disc": {"dice": painted_disc(auto, (volume.label > 0).astype(np.uint8))}}
+                          "painted_disc": {"dice": painted, "dice_auc": dice_auc(painted)}}
     pictures = {h: {m: r["methods"][m].pop("_figure") for m in INTERACTIVE_MODELS} for h, r in per_head.items()}
     first = next(iter(pictures))
     figure = plot_interaction(pictures[first][FIGURE_MODEL], ctx.out_dir / "interactive.png",
@@ -150,8 +156,8 @@ def run(ctx: Context) -> Section:
     for head, r in per_head.items():
         for method, m in r["methods"].items():
             rows.append([head, method, *m["dice"], m["dice_auc"], m["seconds_per_interaction"]])
-        painted = r["painted_disc"]["dice"]
-        rows.append([head, "painted disc (from medsegdiff's label)", *painted, float(np.trapz(painted) / CLICKS), None])
+        painted = r["painted_disc"]
+        rows.append([head, "painted disc (from medsegdiff's label)", *painted["dice"], painted["dice_auc"], None])
     table = md_table(["head", "method", *[f"Dice {c}" for c in range(CLICKS + 1)], "AUC", "s / interaction"], rows)
     summary = {}
     for model in INTERACTIVE_MODELS:

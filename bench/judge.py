@@ -74,6 +74,7 @@ def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> 
     head = head | reference | label
     band = surface_band(reference, spacing, BAND_MM)
     fg = foreground_region(label, reference)
+    reliability_fg, reliability_6mm = reliability(prob[fg], reference[fg]), reliability(prob[band], reference[band])
     out.update({
         "auroc": auroc(entropy[head], errors[head]),
         "auroc_6mm": auroc(entropy[band], errors[band]),
@@ -81,10 +82,10 @@ def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> 
         "auprc_6mm": auprc(entropy[band], errors[band]),
         "error_fraction_head": float(errors[head].mean()),
         "errors_in_band": float(errors[band].sum() / max(int(errors.sum()), 1)),
-        "ece_fg": reliability(prob[fg], reference[fg])["ece"],
-        "ece_6mm": reliability(prob[band], reference[band])["ece"],
-        "reliability_fg": reliability(prob[fg], reference[fg]),
-        "reliability_6mm": reliability(prob[band], reference[band]),
+        "ece_fg": reliability_fg["ece"],
+        "ece_6mm": reliability_6mm["ece"],
+        "reliability_fg": reliability_fg,
+        "reliability_6mm": reliability_6mm,
         "brier": brier(prob[fg], reference[fg]),
         "nll": nll(prob[fg], reference[fg]),
     })

@@ -31,7 +31,7 @@ from .judge import BAND_MM, judge
 from .models import INTERACTIVE_MODELS, build, predict, protocol_models, train
 from .report import Section, finite
 from .settings import REPO
-from .protocol_report import UNCERTAINTY_METHODS, plot_curves, plot_reliability, summarise, tables
+from .protocol_report import RELIABILITY_REGIONS, plot_curves, plot_reliability, summarise, tables, uncertainty_cells
 
 __all__ = ["run", "fold_data", "cell_key", "selected", "Cells", "run_cell", "run_workers"]
 
@@ -162,12 +162,15 @@ def selected(plan: list[tuple[str, str, int]], spec: str | None) -> list[tuple[s
     if not spec:
         return plan
     wanted = [item.strip().split(":") for item in spec.split(",") if item.strip()]
-    picked = [cell for cell in plan if any(w[0] == cell[1] and (len(w) == 1 or int(w[1]) == cell[2]) for w in wanted)]
+
+    def names(w: list[str], cell: tuple[str, str, int]) -> bool:
+        return w[0] == cell[1] and (len(w) == 1 or int(w[1]) == cell[2])
+
     for w in wanted:
-        if not any(w[0] == c[1] and (len(w) == 1 or int(w[1]) == c[2]) for c in plan):
+        if not any(names(w, c) for c in plan):
             raise ValueError(f"BENCH_CELLS names {':'.join(w)}, which is not a cell of this run "
                              f"(models {sorted({c[1] for c in plan})}; set BENCH_EXPERIMENTS=1 for the experiments)")
-    return picked
+    return [cell for cell in plan if any(names(w, cell) for w in wanted)]
 
 
 def work(ctx: Context, cells: Cells) -> None:
@@ -248,11 +251,8 @@ def run(ctx: Context) -> Section:
     summary = summarise(results, s.seeds)
     summary["protocol"] = protocol
     figures = [plot_curves(ctx, results)]
-    for region in ("fg", "6mm"):  # over predicted ∪ reference brain, and over the 6 mm band around the surface
-        diagrams = {name: [(c[sub] if sub else c).get(f"reliability_{region}") for by_seed in results.get(model, {}).values()
-                           for c in by_seed.values() if (c.get(sub) if sub else c)]
-                    for name, (model, sub) in UNCERTAINTY_METHODS.items()}
-        figures.append(plot_reliability(ctx, {k: [d for d in v if d] for k, v in diagrams.items()}, region, f"reliability_{region}.png"))
+    methods = uncertainty_cells(results, s.seeds)
+    figures += [plot_reliability(ctx, methods, region, f"reliability_{region}.png") for region in RELIABILITY_REGIONS]
     figures = [f for f in figures if f]
     return Section("protocol", finite(summary), tables(summary), figures)
 

@@ -10,7 +10,8 @@ from .models import DIFFUSION_MODELS
 from .report import md_table, save_figure
 from .stats import mean_sd, paired_difference
 
-__all__ = ["UNCERTAINTY_METHODS", "UNCERTAINTY_METRICS", "summarise", "tables", "plot_curves", "pooled_reliability", "plot_reliability"]
+__all__ = ["UNCERTAINTY_METHODS", "UNCERTAINTY_METRICS", "summarise", "tables", "plot_curves", "pooled_reliability", "plot_reliability", "uncertainty_cells",
+           "format_difference", "RELIABILITY_REGIONS"]
 
 UNCERTAINTY_METHODS: dict[str, tuple[str, str | None]] = {
     **{name: (name, None) for name in DIFFUSION_MODELS},
@@ -113,7 +114,7 @@ def _pm(stat: dict[str, Any]) -> str:
     return f"{stat['mean']:.3f}" + (f" ± {stat['sd']:.3f}" if stat.get("sd") is not None else "")
 
 
-def _diff(d: dict[str, Any] | None) -> str:
+def format_difference(d: dict[str, Any] | None) -> str:
     if not d or d.get("mean") is None:
         return "–"
     ci = d.get("ci95")
@@ -122,8 +123,8 @@ def _diff(d: dict[str, Any] | None) -> str:
 
 def tables(summary: dict[str, Any]) -> str:
     """Accuracy, uncertainty and (second, labelled) wall-clock tables in markdown."""
-    rows = [[name, _pm(b["dice"]), _pm(b["hd95_mm"]), _diff(b.get("medsegdiff_minus_this_dice")),
-             _pm(b.get("dice_lcc", {})), _pm(b.get("hd95_lcc_mm", {})), _diff(b.get("medsegdiff_minus_this_dice_lcc"))]
+    rows = [[name, _pm(b["dice"]), _pm(b["hd95_mm"]), format_difference(b.get("medsegdiff_minus_this_dice")),
+             _pm(b.get("dice_lcc", {})), _pm(b.get("hd95_lcc_mm", {})), format_difference(b.get("medsegdiff_minus_this_dice_lcc"))]
             for name, b in summary["baselines"].items()]
     text = ("Accuracy, leave-one-head-out (mean ± sd over folds x seeds; Δ = MedSegDiff − model, per-head, 95 % "
             "t-interval; LCC = after keeping the largest connected component, the app's post-processing)\n\n")
@@ -133,7 +134,7 @@ def tables(summary: dict[str, Any]) -> str:
         div = u["diversity"] or {}
         rows.append([name, u["auroc"], u["auroc_6mm"], u["auprc"], u["ece_fg"], u["brier"], u["nll"],
                      div.get("pairwise_dice"), div.get("ged"), div.get("disagreement_fraction"),
-                     _diff(u.get("medsegdiff_minus_this_auroc_6mm"))])
+                     format_difference(u.get("medsegdiff_minus_this_auroc_6mm"))])
     text += "\n\nUncertainty (errors = voxels the label gets wrong; ECE / Brier / NLL over predicted ∪ reference brain)\n\n"
     text += md_table(["method", "AUROC head", "AUROC ≤6 mm", "AUPRC head", "ECE fg", "Brier fg", "NLL fg",
                       "pairwise Dice", "GED", "MI / H", "Δ AUROC ≤6 mm"], rows)
@@ -183,10 +184,18 @@ RELIABILITY_REGIONS = {
 }
 
 
-def plot_reliability(ctx, groups: dict[str, list[dict[str, Any]]], region: str, filename: str) -> str | None:
-    """Reliability diagram over ``region`` (:data:`RELIABILITY_REGIONS`), one line per method (cells pooled)."""
+def uncertainty_cells(results: dict, seeds: int) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """{uncertainty method: {test head: [its scores per seed]}} of the methods the run has."""
+    return {name: _cells(results, model, sub, seeds) for name, (model, sub) in UNCERTAINTY_METHODS.items() if model in results}
+
+
+def plot_reliability(ctx, methods: dict[str, dict[str, list[dict[str, Any]]]], region: str, filename: str) -> str | None:
+    """Reliability diagram over ``region`` (:data:`RELIABILITY_REGIONS`), one line per method of
+    ``{method: {head: [cell]}}`` (its cells pooled; cells without that region's diagram are left out)."""
     import matplotlib.pyplot as plt
 
+    key = f"reliability_{region}"
+    groups = {name: [c[key] for cs in by_head.values() for c in cs if c.get(key)] for name, by_head in methods.items()}
     groups = {name: diagrams for name, diagrams in groups.items() if diagrams}
     if not groups:
         return None

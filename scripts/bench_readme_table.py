@@ -35,6 +35,11 @@ def _delta(d: dict[str, Any] | None) -> str:
     return text + (" **behind**" if d.get("verdict") == "behind" else f" {d.get('verdict', '')}")
 
 
+def _results(report: dict[str, Any], section: str) -> dict[str, Any] | None:
+    """The results of one bench section of ``latest.json`` (None when the run has not measured it)."""
+    return report.get("sections", {}).get(section, {}).get("results")
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -83,7 +88,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def _experiments(report: dict[str, Any]) -> list[str]:
-    section = report.get("sections", {}).get("experiments", {}).get("results")
+    section = _results(report, "experiments")
     if not section:
         return ["Design experiments (ε objective, fused skips): **pending** — not measured in this run yet.", ""]
     rows = []
@@ -105,7 +110,7 @@ def _experiments(report: dict[str, Any]) -> list[str]:
 
 
 def _interactive_targets(report: dict[str, Any]) -> list[list[str]]:
-    section = report.get("sections", {}).get("interactive", {}).get("results")
+    section = _results(report, "interactive")
     if not section:
         return [["interactive: +3 Dice points after 5 clicks (held-out heads)", "pending", "–"]]
     heads = section["per_head"]
@@ -165,15 +170,15 @@ def _active_learning(report: dict[str, Any]) -> list[str]:
 
 
 def _interactive(report: dict[str, Any]) -> list[str]:
-    section = report.get("sections", {}).get("interactive", {}).get("results")
+    section = _results(report, "interactive")
     if not section:
         return ["Interactive correction (simulated clicks on held-out heads): **pending** — not measured in this run yet.", ""]
     rows = []
     for head, r in section["per_head"].items():
         for method, m in r["methods"].items():
             rows.append([head, method, *(_f(v) for v in m["dice"]), _f(m["dice_auc"]), _f(m["seconds_per_interaction"], 2)])
-        painted = r["painted_disc"]["dice"]
-        rows.append([head, "painted disc", *(_f(v) for v in painted), _f(sum((a + b) / 2 for a, b in zip(painted, painted[1:])) / (len(painted) - 1)), "–"])
+        painted = r["painted_disc"]
+        rows.append([head, "painted disc", *(_f(v) for v in painted["dice"]), _f(painted["dice_auc"]), "–"])
     clicks = section["clicks"]
     methods = "; ".join(f"`{k}`: {v}" for k, v in section.get("methods", {}).items())
     return [f"Interactive correction: up to {clicks} simulated clicks at the centre of the largest error, on each "

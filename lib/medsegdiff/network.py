@@ -118,8 +118,7 @@ class MedSegDiffUNet(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.out_channels = num_classes + 1 if background_channel else num_classes
-        self.guidance_channels = int(guidance_channels)
-        self.image_channels = in_channels * (2 * context_slices + 1) + self.guidance_channels
+        self.image_channels = in_channels * (2 * context_slices + 1) + int(guidance_channels)
         self.skip_source = skip_source
         self.divisor = 2 ** (len(channels) - 1)
         conv = Conv[Conv.CONV, spatial_dims]

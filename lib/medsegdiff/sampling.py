@@ -150,10 +150,11 @@ class EnsembleSampler:
         ids = list(range(image.shape[0])) if sample_ids is None else [int(i) for i in sample_ids]
         if len(ids) != image.shape[0]:
             raise ValueError(f"{len(ids)} sample ids for a batch of {image.shape[0]} images")
-        if getattr(network, "guidance_channels", 0):  # a guided network also reads the marks as image channels
+        config = getattr(network, "config", {})
+        if config.get("guidance_channels"):  # a guided network also reads the marks as image channels
             image = torch.cat([image, guidance_maps(known, image)], dim=1)
         features = network.encode_image(image)  # image-only part: once per image
-        background = bool(getattr(network, "config", {}).get("background_channel", False))
+        background = bool(config.get("background_channel", False))
         known_x0 = None if known is None else known.target(network.num_classes, background).to(image.device)
         members, nfe = [], 0
         for first in range(0, self.num_ensemble, self.member_batch_size):
