@@ -17,6 +17,9 @@ from MedSegDiffLib import BackgroundWork, MedSegDiffClient  # noqa: E402
 
 IMAGE = "robex_head"  # 3.2 MB, always in the sample datastore
 OLD_POLL_MS = 200  # the widget's QTimer before: a 200 ms interval, no wait in the callback
+# Downloads per job. Polled the old way a worker still gets the GIL for about one switch interval (5 ms) per
+# tick, so a single 10 ms download can finish within a few ticks; twenty need ~40 ticks (8 s) that way.
+DOWNLOADS = 20
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def client(monailabel_server):
 
 
 def _download(client, folder):
-    return lambda report: client.download_image(IMAGE, str(folder))
+    return lambda report: [client.download_image(IMAGE, str(folder)) for _ in range(DOWNLOADS)][-1]
 
 
 def test_download_runs_at_full_speed_between_slicer_timer_ticks(client, tmp_path):
