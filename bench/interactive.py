@@ -5,10 +5,10 @@ protocol as ``cells/<head>__<model>__s0.pt``, computed here when missing) of :da
 (``medsegdiff``: RePaint-style conditioning only; ``medsegdiff_guided``: the same plus the marks as guidance
 channels, trained with simulated clicks), start from the automatic label, then up to :data:`CLICKS` simulated
 clicks, each at the centre (maximum of the distance transform) of the largest 3D error component of the current
-label: a foreground click on a miss, a background click on a false positive. The model takes each click as a
-disc of :data:`RADIUS` model voxels on the click's axial slice (:mod:`medsegdiff.interaction`) and re-samples
-that slice only; the baseline "painted disc" paints the same disc into medsegdiff's automatic label without a
-model. Reported: Dice after every click, the area under the Dice curve (trapezoid, normalised to [0, 1]),
+label (:func:`medsegdiff.guidance.largest_error_click`): a foreground click on a miss, a background click on a
+false positive. The model takes each click as a ball of :data:`RADIUS` model voxels, as the infer task does
+(:mod:`medsegdiff.interaction`), and re-samples the slices the ball crosses; the baseline "painted ball" paints
+the same ball into the method's own automatic label without a model. Reported: Dice after every click, the area under the Dice curve (trapezoid, normalised to [0, 1]),
 seconds per interaction, and the AUROC of the entropy for the wrong voxels before / after.
 """
 
@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from medsegdiff.evaluation import auroc, binary_dice
 from medsegdiff.inferer import MedSegDiffInferer
-from medsegdiff.interaction import UNKNOWN, KnownRegion, click_discs
+from medsegdiff.guidance import largest_error_click
+from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls
 from medsegdiff.sample_model import sample_diffusion_config
 from medsegdiff.sampling import EnsembleSampler
 
@@ -34,28 +34,13 @@ from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
-__all__ = ["CLICKS", "RADIUS", "FIGURE_MODEL", "dice_auc", "next_click", "painted_disc", "refine", "run"]
+__all__ = ["CLICKS", "RADIUS", "FIGURE_MODEL", "dice_auc", "painted_ball", "refine", "run"]
 
 CLICKS = 5
 RADIUS = 2
-"""Click disc radius in model voxels (3 mm each), for the model and the painted-disc baseline."""
+"""Click ball radius in model voxels (3 mm each), for the model and the painted-ball baseline."""
 FIGURE_MODEL = "medsegdiff"
 """The method the figure shows (the committed sample model's kind)."""
-
-
-def next_click(prediction: np.ndarray, reference: np.ndarray) -> tuple[tuple[int, ...], int] | None:
-    """(voxel, class) of the next simulated click: the centre of the largest error component; None if no error."""
-    errors = prediction != reference
-    components, count = ndimage.label(errors)
-    if count == 0:
-        return None
-    largest = 1 + int(np.argmax(ndimage.sum_labels(errors, components, range(1, count + 1))))
-    region = components == largest
-    distance = ndimage.distance_transform_edt(region)  # the volume's border is no boundary of the error region
-    deepest = np.argwhere(distance == distance.max())
-    centroid = np.argwhere(region).mean(axis=0)  # ties (thin regions): the deepest voxel nearest the centroid
-    voxel = tuple(int(v) for v in deepest[np.argmin(((deepest - centroid) ** 2).sum(axis=1))])
-    return voxel, int(reference[voxel] > 0)
 
 
 def _network(ctx: Context, head: str, model: str, data) -> tuple[torch.nn.Module, str]:
@@ -84,19 +69,19 @@ def dice_auc(dice: list[float]) -> float:
     return float(np.trapz(dice) / (len(dice) - 1))
 
 
-def painted_disc(auto: np.ndarray, reference: np.ndarray) -> list[float]:
-    """The no-model baseline: each click paints a disc of :data:`RADIUS` into the label (Dice after each)."""
+def painted_ball(auto: np.ndarray, reference: np.ndarray) -> list[float]:
+    """The no-model baseline: each click paints a ball of :data:`RADIUS` into the label (Dice after each)."""
     painted, dice = auto.copy(), [binary_dice(auto, reference)]
     for _ in range(CLICKS):
-        click = next_click(painted, reference)
+        click = largest_error_click(painted, reference)
         if click is not None:
-            painted[click_discs(reference.shape, [click[0]], RADIUS, slice_axis=2).numpy()] = click[1]
+            painted[click_balls(reference.shape, [click[0]], RADIUS).numpy()] = click[1]
         dice.append(binary_dice(painted, reference))
     return dice
 
 
 def refine(ctx: Context, volume, network: torch.nn.Module, source: str) -> dict[str, Any]:
-    """Automatic label, then :data:`CLICKS` simulated clicks, each re-sampling its slice with the marks."""
+    """Automatic label, then :data:`CLICKS` simulated clicks, each re-sampling the slices its ball crosses."""
     s = ctx.settings
     reference = (volume.label > 0).astype(np.uint8)
     sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, s.eval_members)
@@ -111,12 +96,13 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str) -> dict[
     marks = torch.full((1, 1, *reference.shape), UNKNOWN, dtype=torch.long)
     current, dice, seconds, clicks = auto.copy(), [binary_dice(auto, reference)], [], []
     for _ in range(CLICKS):
-        click = next_click(current, reference)
+        click = largest_error_click(current, reference)
         if click is not None:
-            (voxel, value), disc = click, click_discs(reference.shape, [click[0]], RADIUS, slice_axis=2)
-            marks[0, 0][disc] = value
+            (voxel, value), ball = click, click_balls(reference.shape, [click[0]], RADIUS)
+            marks[0, 0][ball] = value
+            crossed = torch.nonzero(ball.flatten(0, 1).any(dim=0)).flatten().tolist()
             start = time.perf_counter()
-            result = inferer(image, network, known=KnownRegion(marks), previous=result, slices=[voxel[2]])
+            result = inferer(image, network, known=KnownRegion(marks), previous=result, slices=crossed)
             seconds.append(time.perf_counter() - start)
             current = label(result)
             clicks.append({"voxel": list(voxel), "foreground": bool(value)})
@@ -144,10 +130,10 @@ def run(ctx: Context) -> Section:
         data = fold_data(ctx, head)
         volume = data[2]
         methods = {model: refine(ctx, volume, *_network(ctx, head, model, data)) for model in INTERACTIVE_MODELS}
-        auto = methods["medsegdiff"]["_figure"]["auto"]
-        painted = painted_disc(auto, (volume.label > 0).astype(np.uint8))
-        per_head[head] = {"slices": int(volume.label.shape[2]), "methods": methods,
-                          "painted_disc": {"dice": painted, "dice_auc": dice_auc(painted)}}
+        for m in methods.values():
+            painted = painted_ball(m["_figure"]["auto"], (volume.label > 0).astype(np.uint8))
+            m["painted_ball"] = {"dice": painted, "dice_auc": dice_auc(painted)}
+        per_head[head] = {"slices": int(volume.label.shape[2]), "methods": methods}
     pictures = {h: {m: r["methods"][m].pop("_figure") for m in INTERACTIVE_MODELS} for h, r in per_head.items()}
     first = next(iter(pictures))
     figure = plot_interaction(pictures[first][FIGURE_MODEL], ctx.out_dir / "interactive.png",
@@ -156,21 +142,22 @@ def run(ctx: Context) -> Section:
     for head, r in per_head.items():
         for method, m in r["methods"].items():
             rows.append([head, method, *m["dice"], m["dice_auc"], m["seconds_per_interaction"]])
-        painted = r["painted_disc"]
-        rows.append([head, "painted disc (from medsegdiff's label)", *painted["dice"], painted["dice_auc"], None])
+            painted = m["painted_ball"]
+            rows.append([head, f"painted ball (into {method}'s label)", *painted["dice"], painted["dice_auc"], None])
     table = md_table(["head", "method", *[f"Dice {c}" for c in range(CLICKS + 1)], "AUC", "s / interaction"], rows)
     summary = {}
     for model in INTERACTIVE_MODELS:
         gain = [r["methods"][model]["dice"][-1] - r["methods"][model]["dice"][0] for r in per_head.values()]
-        over_disc = [min(np.subtract(r["methods"][model]["dice"], r["painted_disc"]["dice"])) for r in per_head.values()]
-        summary[model] = {"dice_gain_after_clicks": float(np.mean(gain)), "worst_click_vs_painted_disc": float(min(over_disc))}
+        methods = [r["methods"][model] for r in per_head.values()]
+        over_ball = [min(np.subtract(m["dice"], m["painted_ball"]["dice"])) for m in methods]
+        summary[model] = {"dice_gain_after_clicks": float(np.mean(gain)), "worst_click_vs_painted_ball": float(min(over_ball))}
     results = {
         "interactive": summary,
         "clicks": CLICKS, "radius_voxels": RADIUS, "radius_mm": RADIUS * SPACING_MM,
-        "sampler": f"DDIM {s.eval_steps} steps x {s.eval_members} members, the click's slice re-sampled",
+        "sampler": f"DDIM {s.eval_steps} steps x {s.eval_members} members, the slices the click's ball crosses re-sampled",
         "methods": {"medsegdiff": "RePaint-style conditioning only (any trained network)",
                     "medsegdiff_guided": "RePaint-style conditioning + the marks as guidance channels (trained with "
-                                         "simulated clicks)"},
+                                         "simulated clicks, half of them on the network's own errors)"},
         "per_head": per_head,
         "quick_note": "QUICK MODE: one head, a central slab, a barely trained network; numbers mean nothing" if s.quick else None,
     }

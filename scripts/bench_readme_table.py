@@ -118,7 +118,7 @@ def _interactive_targets(report: dict[str, Any]) -> list[list[str]]:
     for method in next(iter(heads.values()))["methods"]:
         runs = {h: r["methods"][method] for h, r in heads.items()}
         gains = {h: m["dice"][-1] - m["dice"][0] for h, m in runs.items()}
-        worst = {h: min(a - b for a, b in zip(m["dice"], heads[h]["painted_disc"]["dice"])) for h, m in runs.items()}
+        worst = {h: min(a - b for a, b in zip(m["dice"], m["painted_ball"]["dice"])) for h, m in runs.items()}
         auroc = {h: (m["uncertainty_auroc"]["before"], m["uncertainty_auroc"]["after"]) for h, m in runs.items()}
         seconds = [m["seconds_per_interaction"] for m in runs.values() if m.get("seconds_per_interaction") is not None]
         rows += [
@@ -177,13 +177,14 @@ def _interactive(report: dict[str, Any]) -> list[str]:
     for head, r in section["per_head"].items():
         for method, m in r["methods"].items():
             rows.append([head, method, *(_f(v) for v in m["dice"]), _f(m["dice_auc"]), _f(m["seconds_per_interaction"], 2)])
-        painted = r["painted_disc"]
-        rows.append([head, "painted disc", *(_f(v) for v in painted["dice"]), _f(painted["dice_auc"]), "–"])
+            painted = m["painted_ball"]
+            rows.append([head, f"painted ball into {method}'s label", *(_f(v) for v in painted["dice"]),
+                         _f(painted["dice_auc"]), "–"])
     clicks = section["clicks"]
     methods = "; ".join(f"`{k}`: {v}" for k, v in section.get("methods", {}).items())
     return [f"Interactive correction: up to {clicks} simulated clicks at the centre of the largest error, on each "
-            f"held-out head with its fold's seed-0 networks ({methods}; painted disc: the same clicks painted into "
-            f"medsegdiff's automatic label, no model; {section['sampler']}):", "",
+            f"held-out head with its fold's seed-0 networks ({methods}; painted ball: each click's ball of "
+            f"{section['radius_mm']:g} mm painted into that method's own automatic label, no model; {section['sampler']}):", "",
             *_table(["head", "method", *[f"Dice {c}" for c in range(clicks + 1)], "AUC", "s / interaction"], rows), ""]
 
 

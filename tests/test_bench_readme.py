@@ -12,9 +12,9 @@ spec.loader.exec_module(table)
 
 
 def _interactive(model, painted, before=0.7, after=0.72, seconds=0.5):
-    run = {"dice": model, "uncertainty_auroc": {"before": before, "after": after}, "seconds_per_interaction": seconds}
-    return {"sections": {"interactive": {"results": {"per_head": {"colin27": {
-        "methods": {"medsegdiff": run}, "painted_disc": {"dice": painted}}}}}}}
+    run = {"dice": model, "uncertainty_auroc": {"before": before, "after": after}, "seconds_per_interaction": seconds,
+           "painted_ball": {"dice": painted}}
+    return {"sections": {"interactive": {"results": {"per_head": {"colin27": {"methods": {"medsegdiff": run}}}}}}}
 
 
 def test_interactive_targets_follow_the_numbers():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from medsegdiff.diffusion import DiffusionConfig
-from medsegdiff.guidance import SimulatedClicksd, guidance_maps
+from medsegdiff.guidance import ErrorClicks, SimulatedClicksd, guidance_maps, largest_error_click
 from medsegdiff.interaction import UNKNOWN, KnownRegion
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
@@ -120,3 +120,42 @@ def test_train_task_samples_carry_simulated_clicks():
         assert (s["label"][0][fg] == 1).all()  # marks follow the augmented label
     plain = sample_transforms((24, 24), 2, 2)({"image": torch.from_numpy(image), "label": torch.from_numpy(label)})
     assert (plain[0] if isinstance(plain, list) else plain)["image"].shape == (1, 24, 24)
+
+
+def test_largest_error_click_is_the_centre_of_the_largest_error_with_its_class():
+    reference = np.zeros((12, 12, 3), np.uint8)
+    reference[1:10, 1:10, 1] = 2  # a 9 x 9 square of class 2 the prediction misses ...
+    prediction = np.zeros_like(reference)
+    prediction[11, 11, 0] = 1  # ... and a one-voxel false positive
+    assert largest_error_click(prediction, reference) == ((5, 5, 1), 2)
+    prediction = reference.copy()
+    prediction[0:12, 0:12, 2] = 1  # now the largest error is a false-positive slice
+    voxel, value = largest_error_click(prediction, reference)
+    assert value == 0 and voxel[2] == 2 and voxel[:2] in [(5, 5), (5, 6), (6, 5), (6, 6)]
+    assert largest_error_click(reference, reference) is None
+
+
+def test_error_clicks_replace_the_simulated_clicks_by_one_on_the_networks_own_error():
+    net = guided()
+    image, label = _square()
+    images = torch.from_numpy(np.repeat(image[None], 4, 0)).float()[:, :, :16, :16]
+    labels = torch.from_numpy(np.repeat(label[None], 4, 0)).float()[:, :, :16, :16]
+    images = torch.cat([images, torch.zeros_like(images), torch.ones_like(images)], dim=1)  # a background mark everywhere
+    batch = {"image": images, "label": labels}
+    assert torch.equal(ErrorClicks(net, DIFFUSION, prob=0.0)(batch)["image"], images)
+
+    out = ErrorClicks(net, DIFFUSION, prob=1.0, radius=0, seed=3)(batch)["image"]
+    twin = ErrorClicks(net, DIFFUSION, prob=1.0, radius=0, seed=3)
+    torch.rand(4, generator=twin.generator)  # the draw that chose the samples
+    automatic = twin.automatic_labels(images)[:, 0]
+    assert torch.equal(out[:, 0], images[:, 0])  # the image channel is untouched
+    for i in range(4):
+        errors = automatic[i] != labels[i, 0].long()
+        marked = out[i, 1:].bool()
+        if not errors.any():
+            assert not marked.any()
+            continue
+        assert int(marked.sum()) == 1  # one click of radius 0 replaces the simulated marks
+        channel, *voxel = torch.nonzero(marked)[0].tolist()
+        assert errors[tuple(voxel)]  # on a voxel the automatic label gets wrong ...
+        assert channel == (0 if labels[i, 0][tuple(voxel)] == 1 else 1)  # ... marked with the reference's class

@@ -5,7 +5,7 @@ import torch
 
 from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.inferer import MedSegDiffInferer
-from medsegdiff.interaction import UNKNOWN, KnownRegion, click_discs, marks_to_labels
+from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls, marks_to_labels
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
 
@@ -20,16 +20,16 @@ def tiny(spatial_dims=2, size=(16, 16), num_classes=1, background_channel=False)
     ).eval()
 
 
-def test_click_discs_radius_and_slice():
-    mask = click_discs((5, 7, 3), [[2, 3, 1]], radius=1, slice_axis=2)
-    assert mask.sum() == 5  # the voxel and its 4 in-plane neighbours
-    assert mask[:, :, 1].sum() == 5 and not mask[:, :, 0].any() and not mask[:, :, 2].any()
-    assert mask[1, 3, 1] and mask[2, 4, 1] and not mask[1, 4, 1]
-    assert click_discs((5, 5, 5), [[2, 2, 2]], radius=1).sum() == 7  # a ball: 6 neighbours
+def test_click_balls_radius():
+    mask = click_balls((5, 7), [[2, 3]], radius=1)
+    assert mask.sum() == 5  # the voxel and its 4 neighbours
+    assert mask[1, 3] and mask[2, 4] and not mask[1, 4]
+    ball = click_balls((5, 7, 5), [[2, 3, 1]], radius=2)
+    assert [int(ball[:, :, k].sum()) for k in range(5)] == [9, 13, 9, 1, 0]  # cross-sections of radius √3, 2, √3, 0, none
     with pytest.raises(ValueError, match="outside"):
-        click_discs((5, 5), [[2, 5]], radius=1)
+        click_balls((5, 5), [[2, 5]], radius=1)
     with pytest.raises(ValueError, match="outside"):
-        click_discs((5, 5), [[2, 2, 0]], radius=1)
+        click_balls((5, 5), [[2, 2, 0]], radius=1)
 
 
 def test_marks_to_labels_scribbles_win_over_discs():

@@ -16,7 +16,7 @@ import torch
 
 from .diffusion import labels_to_diffusion_target
 
-__all__ = ["KnownRegion", "click_discs", "marks_to_labels", "UNKNOWN"]
+__all__ = ["KnownRegion", "click_balls", "marks_to_labels", "UNKNOWN"]
 
 UNKNOWN = -1
 """Value of an unmarked voxel in a marks label map."""
@@ -58,16 +58,16 @@ class KnownRegion:
         return (self.target(num_classes, False) + 1.0) / 2.0
 
 
-def click_discs(
-    shape: Sequence[int], points: Sequence[Sequence[int]], radius: int, slice_axis: int | None = None
-) -> torch.Tensor:
-    """Bool mask of discs of ``radius`` voxels around ``points`` (each a full index into ``shape``).
+def click_balls(shape: Sequence[int], points: Sequence[Sequence[int]], radius: int) -> torch.Tensor:
+    """Bool mask of balls (discs on a 2D grid) of ``radius`` voxels around ``points`` (full indices into ``shape``).
+
+    A click on a volume is a ball for a 2D network too: it marks the slices it crosses, each with the ball's
+    cross-section.
 
     Args:
         shape: the spatial shape of the grid (2D or 3D).
         points: voxel indices, one coordinate per axis of ``shape``.
-        radius: disc radius in voxels (0: the voxel alone).
-        slice_axis: a disc lies on the point's slice along this axis (2D network); ``None``: a ball.
+        radius: ball radius in voxels (0: the voxel alone).
     """
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
@@ -76,12 +76,7 @@ def click_discs(
     for point in points:
         if len(point) != len(shape) or any(not 0 <= int(p) < s for p, s in zip(point, shape)):
             raise ValueError(f"point {list(point)} lies outside a grid of shape {list(shape)}")
-        distance = torch.zeros(tuple(shape))
-        for axis, (grid, p) in enumerate(zip(grids, point)):
-            if axis == slice_axis:
-                distance = distance + torch.where(grid == int(p), 0.0, float("inf"))
-            else:
-                distance = distance + (grid - int(p)).float() ** 2
+        distance = sum((grid - int(p)).float() ** 2 for grid, p in zip(grids, point))
         mask |= distance <= radius**2
     return mask
 
@@ -91,21 +86,20 @@ def marks_to_labels(
     foreground: Sequence[Sequence[int]] = (),
     background: Sequence[Sequence[int]] = (),
     radius: int = 1,
-    slice_axis: int | None = None,
     scribble_foreground: torch.Tensor | None = None,
     scribble_background: torch.Tensor | None = None,
     foreground_class: int = 1,
 ) -> torch.Tensor:
     """One image's marks → a (1, *shape) label map for :class:`KnownRegion`.
 
-    Clicks become discs (:func:`click_discs`); scribbles (bool masks of ``shape``) mark exactly their voxels.
-    Where foreground and background marks overlap, the later kind wins in the order: foreground discs,
-    background discs, foreground scribbles, background scribbles (a scribble is more precise than a disc).
+    Clicks become balls (:func:`click_balls`); scribbles (bool masks of ``shape``) mark exactly their voxels.
+    Where foreground and background marks overlap, the later kind wins in the order: foreground balls,
+    background balls, foreground scribbles, background scribbles (a scribble is more precise than a ball).
     """
     labels = torch.full((1, *shape), UNKNOWN, dtype=torch.long)
     layers = [
-        (click_discs(shape, foreground, radius, slice_axis) if foreground else None, foreground_class),
-        (click_discs(shape, background, radius, slice_axis) if background else None, 0),
+        (click_balls(shape, foreground, radius) if foreground else None, foreground_class),
+        (click_balls(shape, background, radius) if background else None, 0),
         (scribble_foreground, foreground_class),
         (scribble_background, 0),
     ]

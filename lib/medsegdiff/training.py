@@ -26,7 +26,7 @@ from monai.transforms import (
 from monai.utils import convert_to_tensor, set_determinism
 
 from .diffusion import DiffusionConfig, SegDiffusionPrepareBatch, diffusion_loss, make_scheduler
-from .guidance import SimulatedClicksd
+from .guidance import ErrorClicks, SimulatedClicksd
 from .network import MedSegDiffUNet
 
 __all__ = ["LR_SCHEDULES", "segmentation_augmentations", "train_on_arrays"]
@@ -79,7 +79,8 @@ def train_on_arrays(
     """Train ``network`` on images (N, in_channels, *spatial) and integer labels (N, 1, *spatial).
 
     A network with guidance channels gets simulated clicks (``medsegdiff.guidance.SimulatedClicksd``) appended
-    to every augmented image.
+    to every augmented image, and half the samples of a batch a click on its own error instead
+    (``medsegdiff.guidance.ErrorClicks``).
 
     ``lr_schedule="cosine"`` warms the learning rate up over the first 5 % of the iterations and anneals it
     to ~0 by the last one (``torch.optim.lr_scheduler.OneCycleLR``); ``"constant"`` keeps ``learning_rate``.
@@ -99,6 +100,7 @@ def train_on_arrays(
     if network.config.get("guidance_channels"):  # learn the marks channels from simulated clicks
         steps.append(SimulatedClicksd())
     transform = Compose(steps) if steps else None
+    error_clicks = ErrorClicks(network, diffusion, seed=seed) if network.config.get("guidance_channels") else None
     scheduler = make_scheduler(diffusion, "ddpm")
     prepare = SegDiffusionPrepareBatch(
         scheduler, network.num_classes, diffusion.prediction_type, background=network.config["background_channel"]
@@ -120,6 +122,8 @@ def train_on_arrays(
         # plain tensors: MONAI's MetaTensor would add __torch_function__ overhead to every op of the network
         batch = {k: torch.stack([convert_to_tensor(item[k], track_meta=False) for item in items]) for k in ("image", "label")}
         batch["label"] = batch["label"].round()
+        if error_clicks is not None:
+            batch = error_clicks(batch)
         loss = diffusion_loss(network, scheduler, prepare, batch, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

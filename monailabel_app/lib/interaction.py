@@ -3,8 +3,8 @@
 A request of the ``medsegdiff`` infer task may carry DeepEdit-style clicks (``foreground`` / ``background``:
 ``[i, j, k]`` voxels of the image that was sent) and a scribble volume ``label_in`` on the image grid (MONAI
 Label's uploaded ``label`` file) with the values of :data:`LABEL_IN_VALUES`. The marks become a
-:class:`~medsegdiff.interaction.KnownRegion` on the model grid (clicks: discs of ``click_radius`` model voxels in
-the slice plane; scribbles: their voxels), which the sampler keeps (RePaint-style conditioning). On the image grid
+:class:`~medsegdiff.interaction.KnownRegion` on the model grid (clicks: balls of ``click_radius`` model voxels;
+scribbles: their voxels), which the sampler keeps (RePaint-style conditioning). On the image grid
 the result then gets the marked class on exactly the marked voxels.
 
 Results are cached (:class:`ResultCache`) per image, checkpoint, seed and sampler settings together with their
@@ -116,7 +116,6 @@ def model_labels(
     model_affine: np.ndarray,
     model_shape: Sequence[int],
     radius: int,
-    slice_axis: int | None,
     marked_class: int,
 ) -> torch.Tensor:
     """The marks as a (1, 1, *model_shape) label map on the model grid (:data:`UNKNOWN` where unmarked).
@@ -124,8 +123,7 @@ def model_labels(
     Args:
         image_affine: voxel → world of the image that was sent.
         model_affine: voxel → world of the model grid.
-        radius: click disc radius in model voxels.
-        slice_axis: discs lie in the slice plane of this axis (2D network); None: balls (3D network).
+        radius: click ball radius in model voxels (a 2D network re-samples the slices a ball crosses).
     """
     image_to_model = np.linalg.inv(np.asarray(model_affine, dtype=np.float64)) @ np.asarray(image_affine, np.float64)
     grid = [int(s) for s in model_shape]
@@ -142,7 +140,6 @@ def model_labels(
         foreground=_to_model_voxels(marks.foreground, image_to_model, grid).tolist(),
         background=_to_model_voxels(marks.background, image_to_model, grid).tolist(),
         radius=radius,
-        slice_axis=slice_axis,
         scribble_foreground=scribble(marks.scribble_foreground),
         scribble_background=scribble(marks.scribble_background),
         foreground_class=marked_class,

@@ -196,10 +196,9 @@ class MedSegDiffInfer(BasicInferTask):
             raise HTTPException(status_code=422, detail=str(e)) from e
         self._request.marks = marks
         two_d = network.spatial_dims == 2
-        labels = model_labels(
-            marks, image.meta["original_affine"], image.affine, image.shape[1:], values["click_radius"],
-            self.model_info.slice_axis if two_d else None, values["marked_class"],
-        )  # fmt: skip
+        labels = model_labels(  # a click is a ball on the model grid, for a 2D network too: it marks the slices it crosses
+            marks, image.meta["original_affine"], image.affine, image.shape[1:], values["click_radius"], values["marked_class"]
+        )
         known = None if marks.is_empty() else KnownRegion(labels)
         self._request.labels = labels.to(torch.int16)
         self._request.result_key = self._result_key(tuple(image.shape[1:]))

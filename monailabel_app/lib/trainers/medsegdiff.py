@@ -33,6 +33,7 @@ from torch import nn
 
 from medsegdiff.checkpoint import from_payload, read_checkpoint
 from medsegdiff.diffusion import SegDiffusionPrepareBatch, make_scheduler
+from medsegdiff.guidance import ErrorClicks, ErrorClicksPrepareBatch
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
@@ -311,6 +312,8 @@ class MedSegDiffTrain(BasicTrainTask):
             context.scheduler, network.num_classes, context.diffusion.prediction_type,
             background=network.config["background_channel"],
         )
+        if network.config.get("guidance_channels"):  # half the samples click on the network's own error
+            prepare_batch = ErrorClicksPrepareBatch(ErrorClicks(network, context.diffusion), prepare_batch)
         return SupervisedTrainer(
             device=context.device,
             max_epochs=context.max_epochs,
