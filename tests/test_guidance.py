@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from medsegdiff.diffusion import DiffusionConfig
-from medsegdiff.guidance import ErrorClicks, SimulatedClicksd, guidance_maps, largest_error_click
+from medsegdiff.diffusion import DiffusionConfig, SegDiffusionPrepareBatch, make_scheduler
+from medsegdiff.guidance import ErrorClicks, ErrorClicksPrepareBatch, SimulatedClicksd, guidance_maps, largest_error_click
 from medsegdiff.interaction import UNKNOWN, KnownRegion
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
@@ -145,6 +145,7 @@ def test_error_clicks_replace_the_simulated_clicks_by_one_on_the_networks_own_er
     assert torch.equal(ErrorClicks(net, DIFFUSION, prob=0.0)(batch)["image"], images)
 
     out = ErrorClicks(net, DIFFUSION, prob=1.0, radius=0, seed=3)(batch)["image"]
+    assert not torch.equal(out, images)
     twin = ErrorClicks(net, DIFFUSION, prob=1.0, radius=0, seed=3)
     torch.rand(4, generator=twin.generator)  # the draw that chose the samples
     automatic = twin.automatic_labels(images)[:, 0]
@@ -159,3 +160,15 @@ def test_error_clicks_replace_the_simulated_clicks_by_one_on_the_networks_own_er
         channel, *voxel = torch.nonzero(marked)[0].tolist()
         assert errors[tuple(voxel)]  # on a voxel the automatic label gets wrong ...
         assert channel == (0 if labels[i, 0][tuple(voxel)] == 1 else 1)  # ... marked with the reference's class
+
+
+def test_the_train_tasks_prepare_batch_gets_the_error_clicks():
+    net = guided()
+    image, label = _square(16)
+    batch = {"image": torch.from_numpy(np.repeat(np.concatenate([image, 0 * image, 0 * image])[None], 2, 0)),
+             "label": torch.from_numpy(np.repeat(label[None], 2, 0))}
+    prepare = SegDiffusionPrepareBatch(make_scheduler(DIFFUSION, "ddpm"), 1, "sample")
+    clicked = ErrorClicks(net, DIFFUSION, prob=1.0, seed=5)(batch)["image"]
+    assert clicked[:, 1:].any()
+    _, _, _, kwargs = ErrorClicksPrepareBatch(ErrorClicks(net, DIFFUSION, prob=1.0, seed=5), prepare)(batch)
+    assert torch.equal(kwargs["condition"], clicked.float())
