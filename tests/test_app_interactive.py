@@ -69,8 +69,8 @@ def test_clicks_and_scribbles_give_the_marked_class(monailabel_server, client, p
     corrected = _array(path)
     assert all(corrected[tuple(p)] == 1 for p in foreground) and all(corrected[tuple(p)] == 0 for p in background)
     resampled = out["interaction"]["resampled_slices"]
-    # every click is on one slice; its ball (radius 1 model voxel) crosses that slice and its two neighbours
-    assert resampled == list(range(resampled[0], resampled[0] + 3))
+    # every click is on one slice; its ball (the default radius, 2 model voxels) crosses that slice and two per side
+    assert resampled == list(range(resampled[0], resampled[0] + 5))
     assert 0 < out["nfe"] < result["nfe"]
 
     # a line across a slice that says the opposite of the plain label at every voxel

@@ -221,7 +221,7 @@ INFER_PARAMS: tuple[Param, ...] = (
     ),
     PointsParam("foreground", help="interactive correction: [i, j, k] image voxels that must be the marked class"),
     PointsParam("background", help="interactive correction: [i, j, k] image voxels that must be background"),
-    IntParam("click_radius", 1, 0, 10, "radius (model-grid voxels) of the ball each click marks; a 2D model re-samples the slices it crosses"),
+    IntParam("click_radius", 2, 0, 10, "radius (model-grid voxels) of the ball each click marks; a 2D model re-samples the slices it crosses"),
     IntParam("marked_class", 1, 1, 255, "the label value foreground clicks and scribbles mark"),
 )
 """Parameters of ``POST /infer/<model>``."""

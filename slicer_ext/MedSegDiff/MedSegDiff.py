@@ -62,7 +62,7 @@ class MedSegDiffParameterNode:
     numEnsemble: Annotated[int, WithinRange(*KNOWN_RANGES["num_ensemble"])] = 5
     seed: Annotated[int, WithinRange(*KNOWN_RANGES["seed"])] = 0
     maxEpochs: Annotated[int, WithinRange(1, 100000)] = 10
-    clickRadius: Annotated[int, WithinRange(0, 100)] = 1
+    clickRadius: Annotated[int, WithinRange(0, 100)] = 2
 
 
 class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
