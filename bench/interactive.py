@@ -39,8 +39,8 @@ __all__ = ["CLICKS", "RADIUS", "FIGURE_MODEL", "dice_auc", "painted_ball", "refi
 CLICKS = 5
 RADIUS = 2
 """Click ball radius in model voxels (3 mm each), for the model and the painted-ball baseline."""
-FIGURE_MODEL = "medsegdiff"
-"""The method the figure shows (the committed sample model's kind)."""
+FIGURE_MODEL = "medsegdiff_guided"
+"""The method the figure shows (the committed sample model's kind: guidance channels + RePaint)."""
 
 
 def _network(ctx: Context, head: str, model: str, data) -> tuple[torch.nn.Module, str]:

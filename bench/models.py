@@ -1,6 +1,7 @@
 """The compared models: how each is built, trained (fixed iterations, cosine schedule) and applied to a head.
 
-``medsegdiff`` is the sample model's architecture (``SAMPLE_MODEL_2D``, x0 prediction); ``medsegdiff_no_ff`` and
+``medsegdiff`` is the sample model's architecture without its guidance channels (``PROTOCOL_NETWORK``, x0
+prediction; ``medsegdiff_guided`` is the sample model's own, with them); ``medsegdiff_no_ff`` and
 ``medsegdiff_no_fusion`` are its ablations; ``medsegdiff_fused_skips`` (decoder skips carry mask + fused image
 features) and ``medsegdiff_eps`` (the paper's ε objective) are the design experiments (``EXPERIMENTS``, only with
 ``BENCH_EXPERIMENTS=1``); ``plain_segmenter`` is the same network without diffusion
@@ -39,7 +40,11 @@ from medsegdiff.training import train_on_arrays
 
 from .grid import GridVolume
 
-__all__ = ["MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
+__all__ = ["PROTOCOL_NETWORK", "MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
+
+PROTOCOL_NETWORK: dict[str, Any] = {**SAMPLE_MODEL_2D, "guidance_channels": 0}
+"""The protocol's MedSegDiff: the sample model's network without the guidance channels it gained after the
+protocol was measured (``medsegdiff_guided`` adds them back); the baselines are sized to it."""
 
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "medsegdiff": ({}, "sample"),
@@ -50,10 +55,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "medsegdiff_no_ff": ({"use_ff_parser": False}, "sample"),
     "medsegdiff_no_fusion": ({"use_fusion": False}, "sample"),
 }
-"""Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``SAMPLE_MODEL_2D`` and the
+"""Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``PROTOCOL_NETWORK`` and the
 objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's; ``v_prediction``).
-``medsegdiff_guided`` also reads the annotator's marks as image channels, trained with simulated clicks
-(``medsegdiff.guidance``); without marks they are zeros, so the protocol scores its automatic result."""
+``medsegdiff_guided`` (the committed sample model's network) also reads the annotator's marks as image channels,
+trained with simulated clicks (``medsegdiff.guidance``); without marks they are zeros, so the protocol scores its
+automatic result."""
 
 DIFFUSION_MODELS = tuple(VARIANTS)
 MODELS = (*DIFFUSION_MODELS, "plain_segmenter", "unet")
@@ -74,11 +80,11 @@ def build(model: str, seed: int) -> nn.Module:
     """A freshly initialised network for ``model`` (weights from ``torch.manual_seed(seed)``)."""
     torch.manual_seed(seed)
     if model in VARIANTS:
-        return MedSegDiffUNet(**{**SAMPLE_MODEL_2D, **VARIANTS[model][0]})
+        return MedSegDiffUNet(**{**PROTOCOL_NETWORK, **VARIANTS[model][0]})
     if model == "plain_segmenter":
-        return PlainSegmenter(MedSegDiffUNet(**SAMPLE_MODEL_2D))
+        return PlainSegmenter(MedSegDiffUNet(**PROTOCOL_NETWORK))
     if model == "unet":
-        target = count_parameters(MedSegDiffUNet(**SAMPLE_MODEL_2D))
+        target = count_parameters(MedSegDiffUNet(**PROTOCOL_NETWORK))
         torch.manual_seed(seed)
         return size_matched_unet(target, num_classes=1, dropout=0.2)
     raise ValueError(f"model must be one of {MODELS}, got {model!r}")

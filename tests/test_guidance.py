@@ -135,7 +135,7 @@ def test_largest_error_click_is_the_centre_of_the_largest_error_with_its_class()
     assert largest_error_click(reference, reference) is None
 
 
-def test_error_clicks_replace_the_simulated_clicks_by_clicks_on_the_networks_own_errors():
+def test_error_clicks_replace_the_simulated_clicks_by_one_on_the_networks_own_error():
     net = guided()
     image, label = _square()
     images = torch.from_numpy(np.repeat(image[None], 4, 0)).float()[:, :, :16, :16]
@@ -144,14 +144,11 @@ def test_error_clicks_replace_the_simulated_clicks_by_clicks_on_the_networks_own
     batch = {"image": images, "label": labels}
     assert torch.equal(ErrorClicks(net, DIFFUSION, prob=0.0)(batch)["image"], images)
 
-    out = ErrorClicks(net, DIFFUSION, prob=1.0, max_clicks=1, radius=0, seed=3)(batch)["image"]
+    out = ErrorClicks(net, DIFFUSION, prob=1.0, radius=0, seed=3)(batch)["image"]
     assert not torch.equal(out, images)
-    twin = ErrorClicks(net, DIFFUSION, prob=1.0, max_clicks=1, radius=0, seed=3)
-    torch.rand(4, generator=twin.generator)  # the draws that chose the samples and their click counts
-    twin._draw(1, 4)
-    plain = images.clone()
-    plain[:, 1:] = 0
-    automatic = twin.labels(plain)[:, 0]
+    twin = ErrorClicks(net, DIFFUSION, prob=1.0, radius=0, seed=3)
+    torch.rand(4, generator=twin.generator)  # the draw that chose the samples
+    automatic = twin.automatic_labels(images)[:, 0]
     assert torch.equal(out[:, 0], images[:, 0])  # the image channel is untouched
     for i in range(4):
         errors = automatic[i] != labels[i, 0].long()
@@ -163,13 +160,6 @@ def test_error_clicks_replace_the_simulated_clicks_by_clicks_on_the_networks_own
         channel, *voxel = torch.nonzero(marked)[0].tolist()
         assert errors[tuple(voxel)]  # on a voxel the automatic label gets wrong ...
         assert channel == (0 if labels[i, 0][tuple(voxel)] == 1 else 1)  # ... marked with the reference's class
-
-    several = ErrorClicks(net, DIFFUSION, prob=1.0, max_clicks=3, radius=0, seed=3)(batch)["image"]
-    counts = several[:, 1:].flatten(1).sum(1)
-    assert counts.max() > 1 and counts.max() <= 3  # up to three clicks, each on the label given the clicks before
-    for i in range(4):
-        for channel, *voxel in torch.nonzero(several[i, 1:].bool()).tolist():
-            assert channel == (0 if labels[i, 0][tuple(voxel)] == 1 else 1)
 
 
 def test_the_train_tasks_prepare_batch_gets_the_error_clicks():

@@ -8,11 +8,11 @@ the RePaint-style conditioning every network gets. Training learns the path from
 case), else a few discs drawn from the reference label — foreground clicks inside it (marking the class under
 the click), background clicks half in the band just outside its boundary (where boundary errors are) and half on
 other tissue outside it (brighter than a fifth of the image's maximum: where islands such as the neck are).
-:class:`ErrorClicks` then replaces the clicks of some samples by clicks on the network's own errors, as
-DeepEdit and nnInteractive train: the network's label of the sample (one DDIM step from noise, as the infer task
-samples it) is compared with the reference, the next click goes to the centre of the largest error component
-(:func:`largest_error_click`, the rule the interactive bench clicks by), and so on for up to three clicks, so the
-network learns to correct the region around a click rather than only to copy the marked voxels.
+:class:`ErrorClicks` then replaces the clicks of some samples by one click on the network's own error, as
+DeepEdit and nnInteractive train: the network's automatic label of the sample (one DDIM step from noise, as the
+infer task samples it, without marks) is compared with the reference and the click goes to the centre of the
+largest error component (:func:`largest_error_click`, the rule the interactive bench clicks by), so the network
+learns to correct the region around a click rather than only to copy the marked voxels.
 """
 
 from __future__ import annotations
@@ -124,71 +124,58 @@ class SimulatedClicksd(Randomizable, MapTransform):
 
 
 class ErrorClicks:
-    """Give a share of a training batch clicks on the network's own errors instead of its simulated clicks.
+    """Give a share of a training batch one click on the network's own error instead of its simulated clicks.
 
-    For each chosen sample (its simulated clicks removed) the network labels the image in one DDIM step from
-    pure noise, as the infer task's automatic label (gradient-free); :func:`largest_error_click` against the
-    reference places the next click, and the network labels the image again with that click, up to a count
-    drawn from 1..``max_clicks`` (DeepEdit's iterative click simulation): the network learns to fix the region
-    around a click given the clicks before it. A click is a disc of a radius drawn from 0..``radius`` (the
-    cross-sections of a ball on the slices it crosses) marking only the voxels of the clicked class. A sample
-    whose label is already right gets no more clicks.
+    For each chosen sample the network labels the image without marks from pure noise in one DDIM step (the
+    infer task's automatic label, gradient-free); :func:`largest_error_click` against the reference places a
+    disc of ``radius`` voxels, marking only the voxels of the clicked class, and that click replaces the
+    sample's guidance channels. Samples whose automatic label is already right keep their simulated clicks.
 
     Args:
         network: the network being trained (its guidance channels are the image's last two).
         diffusion: the diffusion it is trained with.
-        prob: share of the samples that get error clicks.
-        max_clicks: at most this many clicks per chosen sample.
-        radius: largest disc radius in voxels.
-        seed: seeds which samples are chosen, their click counts and radii, and the noise of their labels.
+        prob: share of the samples that get an error click.
+        radius: disc radius in voxels.
+        seed: seeds which samples are chosen and the noise of their automatic label.
     """
 
-    def __init__(
-        self, network: nn.Module, diffusion: DiffusionConfig, prob: float = 0.5, max_clicks: int = 3, radius: int = 2,
-        seed: int = 0,
-    ) -> None:
-        if not 0.0 <= prob <= 1.0 or max_clicks < 1 or radius < 0:
-            raise ValueError(f"need prob in [0, 1], max_clicks >= 1 and radius >= 0, got {prob}, {max_clicks}, {radius}")
-        self.network, self.prob, self.max_clicks, self.radius = network, prob, max_clicks, radius
+    def __init__(self, network: nn.Module, diffusion: DiffusionConfig, prob: float = 0.5, radius: int = 1, seed: int = 0) -> None:
+        if not 0.0 <= prob <= 1.0 or radius < 0:
+            raise ValueError(f"need prob in [0, 1] and radius >= 0, got {prob} and {radius}")
+        self.network, self.prob, self.radius = network, prob, radius
         self.scheduler = RespacedScheduler(diffusion, "ddim", 1)
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
-    def labels(self, images: torch.Tensor) -> torch.Tensor:
-        """The network's label (B, 1, *spatial) of images with the marks they carry: one DDIM step from noise."""
+    def automatic_labels(self, images: torch.Tensor) -> torch.Tensor:
+        """The network's label (B, 1, *spatial) of images without marks: one DDIM step from pure noise."""
         device = next(self.network.parameters()).device
+        plain = images.float().clone()
+        plain[:, -GUIDANCE_CHANNELS:] = 0.0
         t = int(self.scheduler.timesteps[0])
-        x = torch.randn((len(images), self.network.out_channels, *images.shape[2:]), generator=self.generator).to(device)
-        output = self.network(x, torch.full((len(images),), t, device=device), context=images.float().to(device))
-        x0, _ = self.scheduler.split(output.float(), t, x)
+        x = torch.randn((len(images), self.network.out_channels, *images.shape[2:]), generator=self.generator)
+        output = self.network(x.to(device), torch.full((len(images),), t, device=device), context=plain.to(device))
+        x0, _ = self.scheduler.split(output.float(), t, x.to(device))
         return probabilities_to_labels(diffusion_to_probabilities(x0, self.network.config["background_channel"])).cpu()
-
-    def _draw(self, high: int, size: int) -> list[int]:
-        return torch.randint(0, high, (size,), generator=self.generator).tolist()
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch (``image`` with guidance channels, ``label``) with error clicks for the chosen samples."""
         images, labels = torch.as_tensor(batch["image"]), torch.as_tensor(batch["label"])
-        chosen = torch.nonzero(torch.rand(len(images), generator=self.generator) < self.prob).flatten().tolist()
-        if not chosen:
+        chosen = torch.nonzero(torch.rand(len(images), generator=self.generator) < self.prob).flatten()
+        if len(chosen) == 0:
             return dict(batch)
+        predicted = self.automatic_labels(images[chosen])
         images = images.clone()
-        images[chosen, -GUIDANCE_CHANNELS:] = 0.0
-        wanted = {i: 1 + n for i, n in zip(chosen, self._draw(self.max_clicks, len(chosen)))}
-        for round in range(self.max_clicks):
-            active = [i for i in chosen if wanted[i] > round]
-            if not active:
-                break
-            predicted = self.labels(images[active])
-            for row, i in enumerate(active):
-                reference = labels[i, 0].detach().cpu().round().long()
-                click = largest_error_click(predicted[row, 0].numpy(), reference.numpy())
-                if click is None:
-                    wanted[i] = 0
-                    continue
-                (voxel, value), radius = click, self._draw(self.radius + 1, 1)[0]
-                disc = click_balls(tuple(reference.shape), [voxel], radius) & (reference == value)
-                images[i, -GUIDANCE_CHANNELS + (0 if value > 0 else 1)][disc.to(images.device)] = 1.0
+        for row, i in enumerate(chosen.tolist()):
+            reference = labels[i, 0].detach().cpu().round().long()
+            click = largest_error_click(predicted[row, 0].numpy(), reference.numpy())
+            if click is None:
+                continue
+            voxel, value = click
+            disc = click_balls(tuple(reference.shape), [voxel], self.radius) & (reference == value)
+            channels = images[i, -GUIDANCE_CHANNELS:]
+            channels.zero_()
+            channels[0 if value > 0 else 1][disc.to(images.device)] = 1.0
         return {**batch, "image": images}
 
 
