@@ -8,8 +8,9 @@ clicks, each at the centre (maximum of the distance transform) of the largest 3D
 label (:func:`medsegdiff.guidance.largest_error_click`): a foreground click on a miss, a background click on a
 false positive. The model takes each click as a ball of :data:`RADIUS` model voxels, as the infer task does
 (:mod:`medsegdiff.interaction`), and re-samples the slices the ball crosses; the baseline "painted ball" paints
-the same ball into the method's own automatic label without a model. Reported: Dice after every click, the area under the Dice curve (trapezoid, normalised to [0, 1]),
-seconds per interaction, and the AUROC of the entropy for the wrong voxels before / after.
+the same ball into the method's own automatic label without a model. Reported: Dice after every click, the area
+under the Dice curve (trapezoid, normalised to [0, 1]), seconds per interaction, and the AUROC of the entropy for
+the wrong voxels before / after.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from medsegdiff.evaluation import auroc, binary_dice
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.guidance import largest_error_click
-from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls
+from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls, slices_holding
 from medsegdiff.sample_model import sample_diffusion_config
 from medsegdiff.sampling import EnsembleSampler
 
@@ -100,9 +101,8 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str) -> dict[
         if click is not None:
             (voxel, value), ball = click, click_balls(reference.shape, [click[0]], RADIUS)
             marks[0, 0][ball] = value
-            crossed = torch.nonzero(ball.flatten(0, 1).any(dim=0)).flatten().tolist()
             start = time.perf_counter()
-            result = inferer(image, network, known=KnownRegion(marks), previous=result, slices=crossed)
+            result = inferer(image, network, known=KnownRegion(marks), previous=result, slices=slices_holding(ball, 2))
             seconds.append(time.perf_counter() - start)
             current = label(result)
             clicks.append({"voxel": list(voxel), "foreground": bool(value)})

@@ -19,13 +19,22 @@ __all__ = ["run"]
 WARMUP = 2
 
 
+def _sample_model_description() -> str:
+    from medsegdiff.sample_model import SAMPLE_MODEL_2D as net
+
+    clicks = (f", {net['guidance_channels']} guidance channels (simulated + error clicks)" if net.get("guidance_channels")
+              else "")
+    size = "x".join(str(v) for v in net["spatial_size"])
+    return f"sample model architecture (channels {'-'.join(map(str, net['channels']))}, {size} slices{clicks}), x0 prediction"
+
+
 def run(ctx: Context) -> Section:
     out = run_worker("bench.training_speed", {"iterations": ctx.settings.speed_iterations, "device": ctx.device.type})
     results = {
         "train_iters_per_second": out["medsegdiff"]["iters_per_second"],
         "train_peak_mb": out["medsegdiff"]["peak_rss_mb"],
         "batch_size": 8,
-        "model": "sample model architecture (channels 16-32-64-128, 80x80 slices), x0 prediction",
+        "model": _sample_model_description(),
         "medsegdiff": out["medsegdiff"],
         "unet_baseline": out["unet"],
         "unet_over_medsegdiff_speed": out["unet"]["iters_per_second"] / out["medsegdiff"]["iters_per_second"],

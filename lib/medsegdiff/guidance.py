@@ -153,9 +153,9 @@ class ErrorClicks:
         plain = images.float().clone()
         plain[:, -GUIDANCE_CHANNELS:] = 0.0
         t = int(self.scheduler.timesteps[0])
-        x = torch.randn((len(images), self.network.out_channels, *images.shape[2:]), generator=self.generator)
-        output = self.network(x.to(device), torch.full((len(images),), t, device=device), context=plain.to(device))
-        x0, _ = self.scheduler.split(output.float(), t, x.to(device))
+        x = torch.randn((len(images), self.network.out_channels, *images.shape[2:]), generator=self.generator).to(device)
+        output = self.network(x, torch.full((len(images),), t, device=device), context=plain.to(device))
+        x0, _ = self.scheduler.split(output.float(), t, x)
         return probabilities_to_labels(diffusion_to_probabilities(x0, self.network.config["background_channel"])).cpu()
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import torch
 
 from .diffusion import labels_to_diffusion_target
 
-__all__ = ["KnownRegion", "click_balls", "marks_to_labels", "UNKNOWN"]
+__all__ = ["KnownRegion", "click_balls", "marks_to_labels", "slices_holding", "UNKNOWN"]
 
 UNKNOWN = -1
 """Value of an unmarked voxel in a marks label map."""
@@ -79,6 +79,12 @@ def click_balls(shape: Sequence[int], points: Sequence[Sequence[int]], radius: i
         distance = sum((grid - int(p)).float() ** 2 for grid, p in zip(grids, point))
         mask |= distance <= radius**2
     return mask
+
+
+def slices_holding(mask: torch.Tensor, slice_axis: int) -> list[int]:
+    """The indices along ``slice_axis`` of the slices of a bool mask (*spatial) that hold a True voxel (the
+    slices a 2D network re-samples for a ball, or for the marks that changed)."""
+    return torch.nonzero(mask.movedim(slice_axis, 0).flatten(1).any(dim=1)).flatten().tolist()
 
 
 def marks_to_labels(

@@ -9,7 +9,7 @@ the result then gets the marked class on exactly the marked voxels.
 
 Results are cached (:class:`ResultCache`) per image, checkpoint, seed and sampler settings together with their
 marks, so that the next request for that image re-samples only around the marks that changed
-(:func:`changed_marks`) and keeps the rest: a 2D network the slices holding a change (:func:`changed_slices`), a
+(:func:`changed_marks`) and keeps the rest: a 2D network the slices holding a change (:func:`medsegdiff.interaction.slices_holding`), a
 3D network the sliding windows overlapping the box of the changed voxels.
 """
 
@@ -35,7 +35,6 @@ __all__ = [
     "read_marks",
     "model_labels",
     "changed_marks",
-    "changed_slices",
     "CachedResult",
     "ResultCache",
     "MarksOnImageGrid",
@@ -152,11 +151,6 @@ def changed_marks(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     if old.shape != new.shape:
         raise ValueError(f"mark maps of shapes {list(old.shape)} and {list(new.shape)}")
     return old.to(new.dtype) != new
-
-
-def changed_slices(changed: torch.Tensor, slice_axis: int) -> list[int]:
-    """The slices along ``slice_axis`` of a (1, 1, *shape) :func:`changed_marks` mask that hold a change."""
-    return torch.nonzero(changed[0, 0].movedim(slice_axis, 0).flatten(1).any(dim=1)).flatten().tolist()
 
 
 @dataclass

@@ -30,7 +30,7 @@ from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedCompo
 
 from medsegdiff.device import select_device
 from medsegdiff.inferer import MedSegDiffInferer
-from medsegdiff.interaction import KnownRegion
+from medsegdiff.interaction import KnownRegion, slices_holding
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -41,7 +41,6 @@ from ..interaction import (
     MarksOnImageGrid,
     ResultCache,
     changed_marks,
-    changed_slices,
     interaction_info,
     model_labels,
     read_marks,
@@ -209,7 +208,7 @@ class MedSegDiffInfer(BasicInferTask):
         changed = changed_marks(cached.marks, self._request.labels)
         if not two_d:
             return functools.partial(inferer, known=known, previous=cached.outputs, region=changed)
-        self._request.resampled = changed_slices(changed, self.model_info.slice_axis)
+        self._request.resampled = slices_holding(changed[0, 0], self.model_info.slice_axis)
         return functools.partial(inferer, known=known, previous=cached.outputs, slices=self._request.resampled)
 
     def _result_key(self, model_shape: tuple[int, ...]) -> tuple:
