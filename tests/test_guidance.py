@@ -135,6 +135,14 @@ def test_largest_error_click_is_the_centre_of_the_largest_error_with_its_class()
     assert largest_error_click(reference, reference) is None
 
 
+def test_largest_error_click_counts_the_grid_border_as_a_boundary():
+    reference = np.zeros((11, 11, 20), np.uint8)
+    prediction = reference.copy()
+    prediction[:, :, :9] = 1  # a false-positive slab on the bottom slices, cut by the grid's border (a neck)
+    voxel, value = largest_error_click(prediction, reference)
+    assert value == 0 and voxel == (5, 5, 4)  # inside the slab, not on its border slice z = 0
+
+
 def test_error_clicks_replace_the_simulated_clicks_by_one_on_the_networks_own_error():
     net = guided()
     image, label = _square()
