@@ -1,16 +1,18 @@
 """Interactive correction with simulated clicks (CVPR 2025 interactive 3D segmentation challenge style).
 
-On each held-out head, with the leave-one-head-out protocol's seed-0 networks trained without it (saved by the
-protocol as ``cells/<head>__<model>__s0.pt``, computed here when missing) of :data:`~bench.models.INTERACTIVE_MODELS`
+On each held-out head, with the leave-one-head-out protocol's networks trained without it, seeds
+``0..interactive_seeds - 1`` (saved by the protocol as ``cells/<head>__<model>__s<seed>.pt``, computed here when
+missing) of :data:`~bench.models.INTERACTIVE_MODELS`
 (``medsegdiff``: RePaint-style conditioning only; ``medsegdiff_guided``: the same plus the marks as guidance
 channels, trained with simulated clicks), start from the automatic label, then up to :data:`CLICKS` simulated
 clicks, each at the centre (maximum of the distance transform) of the largest 3D error component of the current
 label (:func:`medsegdiff.guidance.largest_error_click`): a foreground click on a miss, a background click on a
-false positive. The model takes each click as a ball of :data:`RADIUS` model voxels, as the infer task does
+false positive. The model takes each click as a ball of each of :data:`RADII` model voxels, as the infer task does
 (:mod:`medsegdiff.interaction`), and re-samples the slices the ball crosses; the baseline "painted ball" paints
 the same ball into the method's own automatic label without a model. Reported: Dice after every click, the area
 under the Dice curve (trapezoid, normalised to [0, 1]), seconds per interaction, and the AUROC of the entropy for
-the wrong voxels before / after.
+the wrong voxels before / after: each the mean over the seeds (each seed's run under ``per_seed``; the figure
+shows seed 0).
 """
 
 from __future__ import annotations
@@ -35,23 +37,30 @@ from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
-__all__ = ["CLICKS", "RADIUS", "FIGURE_MODEL", "dice_auc", "painted_ball", "refine", "run"]
+__all__ = ["CLICKS", "RADII", "FIGURE_MODEL", "method_name", "dice_auc", "painted_ball", "refine", "run"]
 
 CLICKS = 5
-RADIUS = 2
-"""Click ball radius in model voxels (3 mm each), for the model and the painted-ball baseline."""
+RADII = (2, 3)
+"""Click ball radii in model voxels (3 mm each) compared, for the model and the painted-ball baseline alike."""
 FIGURE_MODEL = "medsegdiff_guided"
-"""The method the figure shows (the committed sample model's kind: guidance channels + RePaint)."""
+"""The model the figure shows (the committed sample model's kind: guidance channels + RePaint), with its ball of
+the infer task's default ``click_radius`` (:data:`FIGURE_RADIUS`)."""
+FIGURE_RADIUS = 3
 
 
-def _network(ctx: Context, head: str, model: str, data) -> tuple[torch.nn.Module, str]:
-    """The protocol's seed-0 ``model`` of the fold that holds ``head`` out (computed here, as the protocol
+def method_name(model: str, radius: int) -> str:
+    """The table's name of ``model`` clicked with balls of ``radius`` voxels."""
+    return f"{model}, {radius * SPACING_MM:g} mm ball"
+
+
+def _network(ctx: Context, head: str, model: str, seed: int, data) -> tuple[torch.nn.Module, str]:
+    """The protocol's ``model`` of ``seed`` in the fold that holds ``head`` out (computed here, as the protocol
     computes it, when the run folder lacks it; quick mode trains a throw-away network instead)."""
     cells = Cells(ctx)
-    path = cells.network_path(cell_key(head, model, 0))
+    path = cells.network_path(cell_key(head, model, seed))
     if not path.is_file() and not ctx.settings.quick:
-        run_cell(ctx, cells, head, model, 0, data)
-    network = build(model, 0)
+        run_cell(ctx, cells, head, model, seed, data)
+    network = build(model, seed)
     why = "no protocol cell"
     if path.is_file():
         try:
@@ -61,7 +70,7 @@ def _network(ctx: Context, head: str, model: str, data) -> tuple[torch.nn.Module
             why = f"{path.name} holds another architecture"
     images, labels, _, _ = data
     iterations = max(ctx.settings.fallback_model_iterations, 40)  # the OneCycle warm-up needs >= 2 steps
-    network = train(model, build(model, 0).to(ctx.device), images, labels, iterations, 0, ctx.device).network
+    network = train(model, build(model, seed).to(ctx.device), images, labels, iterations, seed, ctx.device).network
     return network.eval(), f"trained here for {iterations} iterations ({why}): numbers mean nothing"
 
 
@@ -70,36 +79,52 @@ def dice_auc(dice: list[float]) -> float:
     return float(np.trapz(dice) / (len(dice) - 1))
 
 
-def painted_ball(auto: np.ndarray, reference: np.ndarray) -> list[float]:
-    """The no-model baseline: each click paints a ball of :data:`RADIUS` into the label (Dice after each)."""
+def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int) -> list[float]:
+    """The no-model baseline: each click paints a ball of ``radius`` into the label (Dice after each)."""
     painted, dice = auto.copy(), [binary_dice(auto, reference)]
     for _ in range(CLICKS):
         click = largest_error_click(painted, reference)
         if click is not None:
-            painted[click_balls(reference.shape, [click[0]], RADIUS).numpy()] = click[1]
+            painted[click_balls(reference.shape, [click[0]], radius).numpy()] = click[1]
         dice.append(binary_dice(painted, reference))
     return dice
 
 
-def refine(ctx: Context, volume, network: torch.nn.Module, source: str) -> dict[str, Any]:
-    """Automatic label, then :data:`CLICKS` simulated clicks, each re-sampling the slices its ball crosses."""
+def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: int = 0) -> dict[int, dict[str, Any]]:
+    """Automatic label, then for each of :data:`RADII` :data:`CLICKS` simulated clicks, each re-sampling the slices
+    its ball crosses; the painted-ball baseline of the same radius into this automatic label."""
     s = ctx.settings
     reference = (volume.label > 0).astype(np.uint8)
     sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, s.eval_members)
-    inferer = MedSegDiffInferer(sampler, seed=0, slice_axis=2, slice_batch_size=1)
+    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=2, slice_batch_size=1)
     image = torch.from_numpy(np.ascontiguousarray(volume.image))[None, None].float().to(ctx.device)
     start = time.perf_counter()
-    result = inferer(image, network)
+    automatic = inferer(image, network)
     auto_seconds = time.perf_counter() - start
     label = lambda out: out["label"][0, 0].cpu().numpy().astype(np.uint8)  # noqa: E731
+    auto = label(automatic)
+    entropy_before = automatic["entropy"][0, 0].cpu().numpy()
+    runs = {}
+    for radius in RADII:
+        run = {"network": source, "automatic_seconds": auto_seconds,
+               **_clicks(inferer, image, network, automatic, reference, radius)}
+        run["uncertainty_auroc"]["before"] = auroc(entropy_before, auto != reference)
+        run["_figure"].update(image=volume.image, reference=reference, auto=auto)
+        painted = painted_ball(auto, reference, radius)
+        runs[radius] = {**run, "painted_ball": {"dice": painted, "dice_auc": dice_auc(painted)}}
+    return runs
+
+
+def _clicks(inferer, image, network, result, reference, radius) -> dict[str, Any]:
+    """:data:`CLICKS` clicks of ``radius`` from the automatic ``result``: Dice after each, seconds, AUROC after."""
+    label = lambda out: out["label"][0, 0].cpu().numpy().astype(np.uint8)  # noqa: E731
     auto = label(result)
-    entropy_before = result["entropy"][0, 0].cpu().numpy()
     marks = torch.full((1, 1, *reference.shape), UNKNOWN, dtype=torch.long)
     current, dice, seconds, clicks = auto.copy(), [binary_dice(auto, reference)], [], []
     for _ in range(CLICKS):
         click = largest_error_click(current, reference)
         if click is not None:
-            (voxel, value), ball = click, click_balls(reference.shape, [click[0]], RADIUS)
+            (voxel, value), ball = click, click_balls(reference.shape, [click[0]], radius)
             marks[0, 0][ball] = value
             start = time.perf_counter()
             result = inferer(image, network, known=KnownRegion(marks), previous=result, slices=slices_holding(ball, 2))
@@ -109,16 +134,29 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str) -> dict[
         dice.append(binary_dice(current, reference))
     entropy_after = result["entropy"][0, 0].cpu().numpy()
     return {
-        "network": source,
-        "automatic_seconds": auto_seconds,
         "dice": dice,
         "dice_auc": dice_auc(dice),
         "seconds_per_interaction": float(np.mean(seconds)) if seconds else None,
         "clicks": clicks,
-        "uncertainty_auroc": {"before": auroc(entropy_before, auto != reference),
-                              "after": auroc(entropy_after, current != reference)},
-        "_figure": {"image": volume.image, "reference": reference, "auto": auto, "model": current,
-                    "entropy": entropy_after, "clicks": clicks},
+        "uncertainty_auroc": {"after": auroc(entropy_after, current != reference)},
+        "_figure": {"model": current, "entropy": entropy_after, "clicks": clicks},
+    }
+
+
+def _mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One method's runs on one head (one per seed) → their mean curves and figures, the runs under ``per_seed``."""
+    mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
+    seconds = [r["seconds_per_interaction"] for r in runs if r["seconds_per_interaction"] is not None]
+    return {
+        "seeds": len(runs),
+        "dice": np.mean([r["dice"] for r in runs], axis=0).tolist(),
+        "dice_gain_sd": float(np.std([r["dice"][-1] - r["dice"][0] for r in runs], ddof=1)) if len(runs) > 1 else None,
+        "dice_auc": mean([r["dice_auc"] for r in runs]),
+        "seconds_per_interaction": mean(seconds),
+        "uncertainty_auroc": {k: mean([r["uncertainty_auroc"][k] for r in runs]) for k in ("before", "after")},
+        "painted_ball": {"dice": np.mean([r["painted_ball"]["dice"] for r in runs], axis=0).tolist(),
+                         "dice_auc": mean([r["painted_ball"]["dice_auc"] for r in runs])},
+        "per_seed": runs,
     }
 
 
@@ -126,18 +164,23 @@ def run(ctx: Context) -> Section:
     s = ctx.settings
     heads = s.folds[:1] if s.quick else s.folds
     per_head: dict[str, dict[str, Any]] = {}
+    pictures: dict[str, dict[str, Any]] = {}
     for head in heads:
         data = fold_data(ctx, head)
         volume = data[2]
-        methods = {model: refine(ctx, volume, *_network(ctx, head, model, data)) for model in INTERACTIVE_MODELS}
-        for m in methods.values():
-            painted = painted_ball(m["_figure"]["auto"], (volume.label > 0).astype(np.uint8))
-            m["painted_ball"] = {"dice": painted, "dice_auc": dice_auc(painted)}
-        per_head[head] = {"slices": int(volume.label.shape[2]), "methods": methods}
-    pictures = {h: {m: r["methods"][m].pop("_figure") for m in INTERACTIVE_MODELS} for h, r in per_head.items()}
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for seed in range(s.interactive_seeds):
+            for model in INTERACTIVE_MODELS:
+                for radius, m in refine(ctx, volume, *_network(ctx, head, model, seed, data), seed=seed).items():
+                    figure = m.pop("_figure")
+                    if seed == 0:
+                        pictures.setdefault(head, {})[method_name(model, radius)] = figure
+                    runs.setdefault(method_name(model, radius), []).append(m)
+        per_head[head] = {"slices": int(volume.label.shape[2]),
+                          "methods": {method: _mean_over_seeds(r) for method, r in runs.items()}}
     first = next(iter(pictures))
-    figure = plot_interaction(pictures[first][FIGURE_MODEL], ctx.out_dir / "interactive.png",
-                              f"{first}, held out, {FIGURE_MODEL}")
+    shown = method_name(FIGURE_MODEL, FIGURE_RADIUS)
+    figure = plot_interaction(pictures[first][shown], ctx.out_dir / "interactive.png", f"{first}, held out, {shown}, seed 0")
     rows = []
     for head, r in per_head.items():
         for method, m in r["methods"].items():
@@ -146,14 +189,14 @@ def run(ctx: Context) -> Section:
             rows.append([head, f"painted ball (into {method}'s label)", *painted["dice"], painted["dice_auc"], None])
     table = md_table(["head", "method", *[f"Dice {c}" for c in range(CLICKS + 1)], "AUC", "s / interaction"], rows)
     summary = {}
-    for model in INTERACTIVE_MODELS:
-        gain = [r["methods"][model]["dice"][-1] - r["methods"][model]["dice"][0] for r in per_head.values()]
-        methods = [r["methods"][model] for r in per_head.values()]
-        over_ball = [min(np.subtract(m["dice"], m["painted_ball"]["dice"])) for m in methods]
-        summary[model] = {"dice_gain_after_clicks": float(np.mean(gain)), "worst_click_vs_painted_ball": float(min(over_ball))}
+    for method in next(iter(per_head.values()))["methods"]:
+        seeds = [run for r in per_head.values() for run in r["methods"][method]["per_seed"]]
+        gain = [r["methods"][method]["dice"][-1] - r["methods"][method]["dice"][0] for r in per_head.values()]
+        over_ball = [min(np.subtract(m["dice"], m["painted_ball"]["dice"])) for m in seeds]
+        summary[method] = {"dice_gain_after_clicks": float(np.mean(gain)), "worst_click_vs_painted_ball": float(min(over_ball))}
     results = {
         "interactive": summary,
-        "clicks": CLICKS, "radius_voxels": RADIUS, "radius_mm": RADIUS * SPACING_MM,
+        "clicks": CLICKS, "radii_voxels": list(RADII), "radii_mm": [r * SPACING_MM for r in RADII], "seeds": s.interactive_seeds,
         "sampler": f"DDIM {s.eval_steps} steps x {s.eval_members} members, the slices the click's ball crosses re-sampled",
         "methods": {"medsegdiff": "RePaint-style conditioning only (any trained network)",
                     "medsegdiff_guided": "RePaint-style conditioning + the marks as guidance channels (trained with "

@@ -66,7 +66,8 @@ MODELS = (*DIFFUSION_MODELS, "plain_segmenter", "unet")
 EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "medsegdiff_guided")
 """Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
 INTERACTIVE_MODELS = ("medsegdiff", "medsegdiff_guided")
-"""Models whose seed-0 network of each fold the interactive bench refines with (RePaint only; RePaint + guidance)."""
+"""Models whose networks of each fold (seeds ``0..interactive_seeds - 1``) the interactive bench refines with
+(RePaint only; RePaint + guidance)."""
 
 
 def protocol_models(experiments: bool) -> tuple[str, ...]:

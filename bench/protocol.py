@@ -121,7 +121,7 @@ def run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data)
     cell: dict[str, Any] = {"test": test, "model": model, "seed": seed, "train": trained.stats,
                             "infer_seconds": out["seconds"], "nfe": out["nfe"],
                             **judge(volume, out["members"])}
-    if model in INTERACTIVE_MODELS and seed == 0:  # the interactive bench refines with this fold's network
+    if model in INTERACTIVE_MODELS and seed < s.interactive_seeds:  # the interactive bench refines with it
         torch.save(network.state_dict(), cells.network_path(key))
     if model == "unet":
         np.savez_compressed(cells.map_path(key), members=out["members"].astype(np.float16))

@@ -57,6 +57,7 @@ class Settings:
     default_steps: int = 2  # the app's default num_inference_steps
     diversity_steps: tuple[int, ...] = (2, 10)  # DDIM steps x eta of the member-diversity sweep
     diversity_etas: tuple[float, ...] = (0.0, 0.5, 1.0)
+    interactive_seeds: int = 3  # seeds of each fold's networks the interactive bench refines with
     experiments: bool = os.environ.get("BENCH_EXPERIMENTS", "").strip().lower() in ("1", "true", "yes")
 
 
@@ -120,5 +121,6 @@ QUICK_SETTINGS = Settings(
     default_steps=2,
     diversity_steps=(2,),
     diversity_etas=(0.0, 1.0),
+    interactive_seeds=1,
 )
 SETTINGS = QUICK_SETTINGS if QUICK else FULL

@@ -117,13 +117,15 @@ def _interactive_targets(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for method in next(iter(heads.values()))["methods"]:
         runs = {h: r["methods"][method] for h, r in heads.items()}
-        gains = {h: m["dice"][-1] - m["dice"][0] for h, m in runs.items()}
-        worst = {h: min(a - b for a, b in zip(m["dice"], m["painted_ball"]["dice"])) for h, m in runs.items()}
+        gains = {h: m["dice"][-1] - m["dice"][0] for h, m in runs.items()}  # of the mean curve over seeds
+        spread = {h: f" ± {m['dice_gain_sd']:.3f}" if m.get("dice_gain_sd") is not None else "" for h, m in runs.items()}
+        worst = {h: min(a - b for run in m.get("per_seed", [m]) for a, b in zip(run["dice"], run["painted_ball"]["dice"]))
+                 for h, m in runs.items()}  # the worst click of any seed
         auroc = {h: (m["uncertainty_auroc"]["before"], m["uncertainty_auroc"]["after"]) for h, m in runs.items()}
         seconds = [m["seconds_per_interaction"] for m in runs.values() if m.get("seconds_per_interaction") is not None]
         rows += [
             [f"interactive ({method}): +3 Dice points after 5 clicks over the automatic label (held-out heads)",
-             ", ".join(f"{h} {g:+.3f}" for h, g in gains.items()), "yes" if min(gains.values()) >= 0.03 else "**no**"],
+             ", ".join(f"{h} {g:+.3f}{spread[h]}" for h, g in gains.items()), "yes" if min(gains.values()) >= 0.03 else "**no**"],
             [f"interactive ({method}): ≥ the painted-ball baseline at every click",
              ", ".join(f"{h} worst {w:+.3f}" for h, w in worst.items()), "yes" if min(worst.values()) >= 0 else "**no**"],
             [f"interactive ({method}): uncertainty AUROC (wrong voxels) not worse after the clicks",
@@ -182,9 +184,11 @@ def _interactive(report: dict[str, Any]) -> list[str]:
                          _f(painted["dice_auc"]), "–"])
     clicks = section["clicks"]
     methods = "; ".join(f"`{k}`: {v}" for k, v in section.get("methods", {}).items())
+    seeds = section.get("seeds", 1)
     return [f"Interactive correction: up to {clicks} simulated clicks at the centre of the largest error, on each "
-            f"held-out head with its fold's seed-0 networks ({methods}; painted ball: each click's ball of "
-            f"{section['radius_mm']:g} mm painted into that method's own automatic label, no model; {section['sampler']}):", "",
+            f"held-out head with its fold's networks, mean over {seeds} seed(s) ({methods}; each clicked with balls of the "
+            f"radius named; painted ball: each click's ball painted into that method's own automatic label, no model; "
+            f"{section['sampler']}):", "",
             *_table(["head", "method", *[f"Dice {c}" for c in range(clicks + 1)], "AUC", "s / interaction"], rows), ""]
 
 

