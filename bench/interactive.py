@@ -26,7 +26,8 @@ import torch
 from medsegdiff.evaluation import auroc, binary_dice
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.guidance import largest_error_click
-from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls, slices_holding
+from medsegdiff.fusion import probabilities_to_labels
+from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls, keep_changes_near_marks, slices_holding
 from medsegdiff.sample_model import sample_diffusion_config
 from medsegdiff.sampling import EnsembleSampler
 
@@ -46,6 +47,8 @@ FIGURE_MODEL = "medsegdiff_guided"
 """The model the figure shows (the committed sample model's kind: guidance channels + RePaint), with its ball of
 the infer task's default ``click_radius`` (:data:`FIGURE_RADIUS`)."""
 FIGURE_RADIUS = 3
+LOCAL = True
+"""Apply the infer task's locality rule (:func:`~medsegdiff.interaction.keep_changes_near_marks`) after each click."""
 
 
 def method_name(model: str, radius: int) -> str:
@@ -127,7 +130,12 @@ def _clicks(inferer, image, network, result, reference, radius) -> dict[str, Any
             (voxel, value), ball = click, click_balls(reference.shape, [click[0]], radius)
             marks[0, 0][ball] = value
             start = time.perf_counter()
-            result = inferer(image, network, known=KnownRegion(marks), previous=result, slices=slices_holding(ball, 2))
+            resampled = inferer(image, network, known=KnownRegion(marks), previous=result, slices=slices_holding(ball, 2))
+            if LOCAL:
+                outputs = {k: resampled[k] for k in ("probs", "entropy", "variance")}
+                resampled = keep_changes_near_marks(outputs, result, marks, ball[None, None])
+                resampled["label"] = probabilities_to_labels(resampled["probs"])
+            result = resampled
             seconds.append(time.perf_counter() - start)
             current = label(result)
             clicks.append({"voxel": list(voxel), "foreground": bool(value)})

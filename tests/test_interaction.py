@@ -5,7 +5,7 @@ import torch
 
 from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.inferer import MedSegDiffInferer
-from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls, marks_to_labels
+from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls, keep_changes_near_marks, marks_to_labels
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
 
@@ -30,6 +30,35 @@ def test_click_balls_radius():
         click_balls((5, 5), [[2, 5]], radius=1)
     with pytest.raises(ValueError, match="outside"):
         click_balls((5, 5), [[2, 2, 0]], radius=1)
+
+
+def test_a_click_changes_the_label_only_as_it_asks_and_where_its_change_reaches():
+    """Of a re-sampled result, the new foreground touching a new foreground mark is kept; a distant flip, and
+    foreground taken away next to that mark, are not; taking a mark away (undo) lets its neighbourhood revert."""
+    previous = {"probs": torch.full((1, 1, 12, 12), 0.2), "entropy": torch.full((1, 1, 12, 12), 0.3)}
+    previous["probs"][0, 0, 0, 0:3] = 0.9  # foreground next to the click, which the re-sampling takes away
+    probs = torch.full((1, 1, 12, 12), 0.2)
+    probs[0, 0, 2:5, 2:7] = 0.9  # grows from the click at (1, 1): 8-connected to its neighbourhood
+    probs[0, 0, 9:11, 9:11] = 0.8  # a distant flip of the same re-sampled slice
+    probs[0, 0, 7, 2] = 0.3  # a softer probability without a new label, away from the click
+    outputs = {"probs": probs, "entropy": torch.full((1, 1, 12, 12), 0.5)}
+    marks = torch.full((1, 1, 12, 12), UNKNOWN)
+    marks[0, 0, 1, 1] = 1
+    changed = marks != UNKNOWN
+    kept = keep_changes_near_marks(outputs, previous, marks, changed)
+    assert torch.equal(kept["probs"][0, 0, 2:5, 2:7], probs[0, 0, 2:5, 2:7])
+    assert torch.equal(kept["entropy"][0, 0, 2:5, 2:7], torch.full((3, 5), 0.5))
+    assert kept["probs"][0, 0, 1, 1] == 0.2 and kept["entropy"][0, 0, 1, 1] == 0.5  # the mark itself: re-sampled
+    assert torch.equal(kept["probs"][0, 0, 0, 0:3], torch.full((3,), 0.9))  # a foreground click removes nothing
+    assert torch.equal(kept["probs"][0, 0, 9:11, 9:11], torch.full((2, 2), 0.2))
+    assert kept["probs"][0, 0, 7, 2] == 0.2 and kept["entropy"][0, 0, 10, 10] == 0.3
+
+    undone = keep_changes_near_marks(outputs, previous, torch.full_like(marks, UNKNOWN), changed)
+    assert torch.equal(undone["probs"][0, 0, 0, 0:3], torch.full((3,), 0.2))  # reverts next to the mark taken away
+    assert torch.equal(undone["probs"][0, 0, 2:5, 2:7], probs[0, 0, 2:5, 2:7])
+    assert torch.equal(undone["probs"][0, 0, 9:11, 9:11], torch.full((2, 2), 0.2))
+    with pytest.raises(ValueError, match="changed must be"):
+        keep_changes_near_marks(outputs, previous, marks, changed[0])
 
 
 def test_marks_to_labels_scribbles_win_over_discs():

@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy import ndimage
 
 from .diffusion import labels_to_diffusion_target
+from .fusion import probabilities_to_labels
 
-__all__ = ["KnownRegion", "click_balls", "marks_to_labels", "slices_holding", "UNKNOWN"]
+__all__ = ["KnownRegion", "click_balls", "keep_changes_near_marks", "marks_to_labels", "slices_holding", "UNKNOWN"]
 
 UNKNOWN = -1
 """Value of an unmarked voxel in a marks label map."""
@@ -85,6 +88,47 @@ def slices_holding(mask: torch.Tensor, slice_axis: int) -> list[int]:
     """The indices along ``slice_axis`` of the slices of a bool mask (*spatial) that hold a True voxel (the
     slices a 2D network re-samples for a ball, or for the marks that changed)."""
     return torch.nonzero(mask.movedim(slice_axis, 0).flatten(1).any(dim=1)).flatten().tolist()
+
+
+def keep_changes_near_marks(
+    outputs: dict[str, torch.Tensor], previous: dict[str, torch.Tensor], marks: torch.Tensor, changed: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """A re-sampled result whose label changes only as the new marks ask and where they reach: else the previous.
+
+    Re-sampling a slice for a click changes its chains everywhere in the slice (a 2D network sees all of it), so
+    voxels far from the click flip too, for better or worse, and an annotator who clicked here expects neither a
+    distant edge to move nor a background click to add foreground. Kept from ``outputs`` (every key, e.g.
+    ``probs``, ``entropy``, ``variance``): the changed marks and, for each class a changed mark now says, each
+    connected component (26-/8-connected) of voxels newly labelled that class that touches such a mark or its
+    1-voxel neighbourhood; where a mark was taken away (undo), each component of relabelled voxels that touches
+    it. Everything else is ``previous``.
+
+    Args:
+        outputs: the re-sampled result, ``probs`` (B, C, *spatial) among its keys.
+        previous: the result before these marks changed, with the same keys and shapes.
+        marks: (B, 1, *spatial) the marks ``outputs`` was sampled with (class or :data:`UNKNOWN`).
+        changed: (B, 1, *spatial) bool, the marks added, changed or taken away since ``previous``.
+    """
+    grid = tuple(outputs["probs"].shape[2:])
+    for name, mask in (("marks", marks), ("changed", changed)):
+        if mask.shape[1] != 1 or tuple(mask.shape[2:]) != grid:
+            raise ValueError(f"{name} must be (B, 1, *spatial) of the outputs' grid {list(grid)}, got {tuple(mask.shape)}")
+    new = probabilities_to_labels(outputs["probs"]).cpu().numpy()[:, 0]
+    old = probabilities_to_labels(previous["probs"]).cpu().numpy()[:, 0]
+    marks_np, changed_np = marks.cpu().numpy()[:, 0], changed.bool().cpu().numpy()[:, 0]
+    structure = np.ones((3,) * (new.ndim - 1), dtype=bool)
+    keep = changed_np.copy()
+    for b in range(new.shape[0]):
+        relabelled = new[b] != old[b]
+        asked = [(marks_np[b] == UNKNOWN, relabelled)]  # undo: whatever reverts
+        asked += [(marks_np[b] == value, relabelled & (new[b] == value)) for value in np.unique(marks_np[b][changed_np[b]])
+                  if value != UNKNOWN]
+        for where, flips in asked:
+            components, _ = ndimage.label(flips, structure=structure)
+            touched = np.unique(components[ndimage.binary_dilation(changed_np[b] & where, structure=structure)])
+            keep[b] |= np.isin(components, touched[touched > 0])
+    keep_t = torch.from_numpy(keep)[:, None].to(outputs["probs"].device)
+    return {k: torch.where(keep_t, v, previous[k].to(v)) for k, v in outputs.items()}
 
 
 def marks_to_labels(

@@ -30,7 +30,7 @@ from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedCompo
 
 from medsegdiff.device import select_device
 from medsegdiff.inferer import MedSegDiffInferer
-from medsegdiff.interaction import KnownRegion, slices_holding
+from medsegdiff.interaction import KnownRegion, keep_changes_near_marks, slices_holding
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -203,9 +203,12 @@ class MedSegDiffInfer(BasicInferTask):
         self._request.result_key = self._result_key(tuple(image.shape[1:]))
         cached = self.results.get(self._request.result_key)
         self._request.resampled = None
+        self._request.local = None
         if cached is None:
             return functools.partial(inferer, known=known)
         changed = changed_marks(cached.marks, self._request.labels)
+        # the label changes only as the changed marks ask and where they reach
+        self._request.local = (cached.outputs, self._request.labels, changed)
         if not two_d:
             return functools.partial(inferer, known=known, previous=cached.outputs, region=changed)
         self._request.resampled = slices_holding(changed[0, 0], self.model_info.slice_axis)
@@ -219,9 +222,13 @@ class MedSegDiffInfer(BasicInferTask):
         return (json.dumps(self._request.image_key, default=str), checkpoint, model_shape, sampler, self._request.device)
 
     def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
-        """Run the inferer; the model-grid result is cached with its marks for the next interaction on this image."""
+        """Run the inferer; of a re-sampling, keep the changes the changed marks reach (the rest is the previous
+        result); the model-grid result is cached with its marks for the next interaction on this image."""
         data = super().run_inferer(data, convert_to_batch, device)
         outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in ("probs", "entropy", "variance")}
+        if self._request.local is not None:
+            outputs = keep_changes_near_marks(outputs, *self._request.local)
+            data["pred"] = {**data["pred"], **{k: v[0].to(data["pred"][k].device) for k, v in outputs.items()}}
         self.results.put(self._request.result_key, CachedResult(outputs, self._request.labels))
         return data
 
