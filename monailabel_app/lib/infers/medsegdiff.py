@@ -208,7 +208,8 @@ class MedSegDiffInfer(BasicInferTask):
             return functools.partial(inferer, known=known)
         changed = changed_marks(cached.marks, self._request.labels)
         # the label changes only as the changed marks ask and where they reach
-        self._request.local = (cached.outputs, self._request.labels, changed)
+        if not (changed & (self._request.labels == -1)).any():  # an undo gives what the remaining marks give
+            self._request.local = (cached.outputs, self._request.labels, changed)
         if not two_d:
             return functools.partial(inferer, known=known, previous=cached.outputs, region=changed)
         self._request.resampled = slices_holding(changed[0, 0], self.model_info.slice_axis)
