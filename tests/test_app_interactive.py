@@ -86,6 +86,19 @@ def test_clicks_and_scribbles_give_the_marked_class(monailabel_server, client, p
     assert np.all(corrected[scribbles == 1] == 1) and np.all(corrected[scribbles == 2] == 0)
 
 
+def test_undo_gives_back_the_earlier_result_without_sampling(client, plain):
+    label, _ = plain
+    foreground, background = _marks(label, count=1)
+    fresh = {**FAST, "seed": 12}  # a seed of its own: nothing cached before this test
+    path, first = client.infer(MODEL, IMAGE, {**fresh, "foreground": foreground})
+    once = _array(path)
+    _, both = client.infer(MODEL, IMAGE, {**fresh, "foreground": foreground, "background": background})
+    assert both["nfe"] > 0
+    path, undone = client.infer(MODEL, IMAGE, {**fresh, "foreground": foreground})  # the background click undone
+    assert np.array_equal(_array(path), once) and undone["uncertainty"] == first["uncertainty"]
+    assert undone["nfe"] == 0 and undone["interaction"]["resampled_slices"] == []
+
+
 @pytest.mark.parametrize(
     "params, named",
     [

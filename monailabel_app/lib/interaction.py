@@ -9,12 +9,13 @@ the result then gets the marked class on exactly the marked voxels.
 
 Results are cached (:class:`ResultCache`) per image, checkpoint, seed and sampler settings together with their
 marks, so that the next request for that image re-samples only around the marks that changed
-(:func:`changed_marks`) and keeps the rest: a 2D network the slices holding a change (:func:`medsegdiff.interaction.slices_holding`), a
+(:func:`changed_marks`) and keeps the rest (marks already served, as after an undo, give that result back): a 2D network the slices holding a change (:func:`medsegdiff.interaction.slices_holding`), a
 3D network the sliding windows overlapping the box of the changed voxels.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
@@ -161,30 +162,61 @@ class CachedResult:
     outputs: dict[str, torch.Tensor]
     marks: torch.Tensor
 
+    @property
+    def nbytes(self) -> int:
+        return self.marks.nbytes + sum(v.nbytes for v in self.outputs.values())
+
+
+def _marks_digest(marks: torch.Tensor) -> tuple:
+    return tuple(marks.shape), hashlib.sha1(marks.to(torch.int16).cpu().numpy().tobytes()).hexdigest()
+
 
 class ResultCache:
-    """A small thread-safe LRU of :class:`CachedResult` by request key (image, checkpoint, seed, sampler)."""
+    """A thread-safe LRU of :class:`CachedResult` by request key (image, checkpoint, seed, sampler), each key with
+    the results of its recent mark maps: an undo (or a redo) asks for marks already served and gets that result
+    back exactly, without sampling.
 
-    def __init__(self, max_entries: int = 4) -> None:
-        if max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries}")
-        self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, CachedResult] = OrderedDict()
+    Args:
+        max_keys: images (with their settings) kept.
+        max_bytes: the most the results may hold together; the least recently used go first, the newest stays.
+    """
+
+    def __init__(self, max_keys: int = 4, max_bytes: int = 1 << 30) -> None:
+        if max_keys < 1 or max_bytes < 1:
+            raise ValueError(f"max_keys and max_bytes must be >= 1, got {max_keys} and {max_bytes}")
+        self.max_keys, self.max_bytes = max_keys, max_bytes
+        self._entries: OrderedDict[Hashable, OrderedDict[tuple, CachedResult]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable) -> CachedResult | None:
+    def get(self, key: Hashable, marks: torch.Tensor | None = None) -> CachedResult | None:
+        """The result served with exactly ``marks`` for ``key`` if kept, else (or without ``marks``) the latest."""
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-            return entry
+            history = self._entries.get(key)
+            if not history:
+                return None
+            self._entries.move_to_end(key)
+            exact = history.get(_marks_digest(marks)) if marks is not None else None
+            return exact if exact is not None else next(reversed(history.values()))
 
     def put(self, key: Hashable, entry: CachedResult) -> None:
+        """Keep ``entry`` as the latest result of ``key``."""
         with self._lock:
-            self._entries[key] = entry
+            history = self._entries.setdefault(key, OrderedDict())
+            digest = _marks_digest(entry.marks)
+            history.pop(digest, None)
+            history[digest] = entry
             self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
+            while len(self._entries) > self.max_keys:
                 self._entries.popitem(last=False)
+            while self._nbytes() > self.max_bytes and sum(map(len, self._entries.values())) > 1:
+                oldest_key = next(iter(self._entries))
+                oldest = self._entries[oldest_key]
+                oldest.popitem(last=False)
+                if not oldest:
+                    del self._entries[oldest_key]
+
+    def _nbytes(self) -> int:
+        return sum(e.nbytes for history in self._entries.values() for e in history.values())
 
     def clear(self) -> None:
         with self._lock:

@@ -201,15 +201,15 @@ class MedSegDiffInfer(BasicInferTask):
         known = None if marks.is_empty() else KnownRegion(labels)
         self._request.labels = labels.to(torch.int16)
         self._request.result_key = self._result_key(tuple(image.shape[1:]))
-        cached = self.results.get(self._request.result_key)
+        # marks served before (an undo, a redo) give that result back; other marks start from the latest result
+        cached = self.results.get(self._request.result_key, self._request.labels)
         self._request.resampled = None
         self._request.local = None
         if cached is None:
             return functools.partial(inferer, known=known)
         changed = changed_marks(cached.marks, self._request.labels)
         # the label changes only as the changed marks ask and where they reach
-        if not (changed & (self._request.labels == -1)).any():  # an undo gives what the remaining marks give
-            self._request.local = (cached.outputs, self._request.labels, changed)
+        self._request.local = (cached.outputs, self._request.labels, changed)
         if not two_d:
             return functools.partial(inferer, known=known, previous=cached.outputs, region=changed)
         self._request.resampled = slices_holding(changed[0, 0], self.model_info.slice_axis)

@@ -1,0 +1,51 @@
+"""The infer task's result cache: each image keeps the results of its recent marks (undo is a look-up) within a
+byte budget, the newest result always kept."""
+
+import pytest
+import torch
+
+from monailabel_app.lib.interaction import CachedResult, ResultCache
+
+
+def _result(value: int, size: int = 10) -> CachedResult:
+    marks = torch.full((1, 1, size), -1, dtype=torch.int16)
+    marks[0, 0, value] = 1
+    return CachedResult({"probs": torch.full((1, 1, size), float(value))}, marks)
+
+
+def test_marks_served_before_give_their_own_result_others_the_latest():
+    cache = ResultCache()
+    first, second = _result(1), _result(2)
+    cache.put("image", first)
+    cache.put("image", second)
+    assert cache.get("image", first.marks) is first
+    assert cache.get("image", second.marks) is second
+    assert cache.get("image", _result(3).marks) is second and cache.get("image") is second
+    assert cache.get("other") is None
+
+
+def test_byte_budget_drops_the_oldest_results_first_and_keeps_the_newest():
+    one = _result(1).nbytes
+    cache = ResultCache(max_bytes=2 * one)
+    results = [_result(v) for v in range(4)]
+    for r in results:
+        cache.put("image", r)
+    assert cache.get("image", results[0].marks) is results[3]  # dropped: the latest instead
+    assert cache.get("image", results[2].marks) is results[2]
+    tiny = ResultCache(max_bytes=1)
+    tiny.put("image", results[0])
+    assert tiny.get("image") is results[0]
+
+
+def test_least_recently_used_image_goes_first():
+    cache = ResultCache(max_keys=2)
+    for key in ("a", "b"):
+        cache.put(key, _result(1))
+    cache.get("a")
+    cache.put("c", _result(1))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+
+
+def test_bad_limits_are_refused():
+    with pytest.raises(ValueError, match="max_keys"):
+        ResultCache(max_keys=0)
