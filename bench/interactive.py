@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from medsegdiff.evaluation import auroc, binary_dice
-from medsegdiff.inferer import MedSegDiffInferer
+from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer
 from medsegdiff.guidance import largest_error_click
 from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls, keep_changes_near_marks, slices_holding
@@ -130,7 +130,7 @@ def _clicks(inferer, image, network, result, reference, radius) -> dict[str, Any
             start = time.perf_counter()
             resampled = inferer(image, network, known=KnownRegion(marks), previous=result, slices=slices_holding(ball, 2))
             # the infer task's locality rule: the label changes only as the click asks and where it reaches
-            outputs = {k: resampled[k] for k in ("probs", "entropy", "variance")}
+            outputs = {k: resampled[k] for k in RESULT_KEYS}
             resampled = keep_changes_near_marks(outputs, result, marks, ball[None, None])
             resampled["label"] = probabilities_to_labels(resampled["probs"])
             result = resampled

@@ -29,9 +29,11 @@ from .interaction import UNKNOWN, KnownRegion
 from .sampling import EnsembleSampler
 from .windows import Box, Resampled, WindowPlan, padding, region_box
 
-__all__ = ["MedSegDiffInferer", "slice_stack"]
+__all__ = ["MedSegDiffInferer", "RESULT_KEYS", "slice_stack"]
 
-_OUTPUTS = ("probs", "entropy", "variance")
+RESULT_KEYS = ("probs", "entropy", "variance")
+"""The per-voxel outputs of a run (besides ``label``, derived from ``probs``): what a partial re-sampling keeps or
+replaces, and what an interaction's cached result holds."""
 
 
 def slice_stack(volume: torch.Tensor, indices: Sequence[int], context_slices: int) -> torch.Tensor:
@@ -96,7 +98,7 @@ class MedSegDiffInferer(Inferer):
     ) -> dict[str, torch.Tensor]:
         result = self.sampler(network, images, seed=self.seed, sample_ids=ids, known=known)
         self.nfe += result.nfe
-        return {key: getattr(result, key) for key in _OUTPUTS}
+        return {key: getattr(result, key) for key in RESULT_KEYS}
 
     def _slices(
         self,
@@ -120,13 +122,13 @@ class MedSegDiffInferer(Inferer):
         result = {}
         if only is not None:
             batches = [batch for batch in batches if any(s in set(only) for _, s in batch)]
-            result = {k: previous[k].to(volume.device).movedim(2 + self.slice_axis, 2).clone() for k in _OUTPUTS}
-        parts: dict[str, list[torch.Tensor]] = {key: [] for key in _OUTPUTS}
+            result = {k: previous[k].to(volume.device).movedim(2 + self.slice_axis, 2).clone() for k in RESULT_KEYS}
+        parts: dict[str, list[torch.Tensor]] = {key: [] for key in RESULT_KEYS}
         for batch in tqdm(batches, disable=not self.progress):
             images = torch.cat([slice_stack(slices[b], [s], context) for b, s in batch])
             batch_known = None if marks is None else KnownRegion(torch.stack([marks[b, :, s] for b, s in batch]))
             out = self._sample(network, images, [b * count + s for b, s in batch], batch_known)
-            for key in _OUTPUTS:
+            for key in RESULT_KEYS:
                 if only is None:
                     parts[key].append(out[key])
                 else:
@@ -178,11 +180,11 @@ class MedSegDiffInferer(Inferer):
             plans.append(plan)
             exact.append(plan.exact().to(volume.device))
             if previous is not None:
-                out = {k: torch.where(exact[-1], out[k], previous[k][b : b + 1].to(out[k])) for k in _OUTPUTS}
+                out = {k: torch.where(exact[-1], out[k], previous[k][b : b + 1].to(out[k])) for k in RESULT_KEYS}
             outputs.append(out)
         windows = sum(p.resampled for p in plans), sum(p.windows for p in plans)
         self.resampled = Resampled(box, *windows, torch.stack(exact)[:, None].cpu())
-        return {key: torch.cat([o[key] for o in outputs]) for key in _OUTPUTS}
+        return {key: torch.cat([o[key] for o in outputs]) for key in RESULT_KEYS}
 
     def __call__(
         self,
@@ -238,7 +240,7 @@ class MedSegDiffInferer(Inferer):
             raise ValueError(f"previous and {name} go together: re-sample the {name} of a previous result")
         if previous is None:
             return None
-        for key in _OUTPUTS:
+        for key in RESULT_KEYS:
             if key not in previous or tuple(previous[key].shape[2:]) != tuple(inputs.shape[2:]) or len(previous[key]) != len(inputs):
                 got = list(previous[key].shape) if key in previous else "nothing"
                 raise ValueError(f"previous[{key!r}] must be (B, ch, *spatial) of inputs {list(inputs.shape)}, got {got}")

@@ -75,12 +75,12 @@ def click_balls(shape: Sequence[int], points: Sequence[Sequence[int]], radius: i
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
     mask = torch.zeros(tuple(shape), dtype=torch.bool)
-    grids = torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij")
     for point in points:
         if len(point) != len(shape) or any(not 0 <= int(p) < s for p, s in zip(point, shape)):
             raise ValueError(f"point {list(point)} lies outside a grid of shape {list(shape)}")
-        distance = sum((grid - int(p)).float() ** 2 for grid, p in zip(grids, point))
-        mask |= distance <= radius**2
+        box = tuple(slice(max(int(p) - radius, 0), min(int(p) + radius + 1, s)) for p, s in zip(point, shape))
+        grids = torch.meshgrid(*[torch.arange(b.start, b.stop) for b in box], indexing="ij")  # the ball's box only
+        mask[box] |= sum((grid - int(p)) ** 2 for grid, p in zip(grids, point)) <= radius**2
     return mask
 
 
@@ -113,8 +113,33 @@ def keep_changes_near_marks(
     for name, mask in (("marks", marks), ("changed", changed)):
         if mask.shape[1] != 1 or tuple(mask.shape[2:]) != grid:
             raise ValueError(f"{name} must be (B, 1, *spatial) of the outputs' grid {list(grid)}, got {tuple(mask.shape)}")
-    new = probabilities_to_labels(outputs["probs"]).cpu().numpy()[:, 0]
-    old = probabilities_to_labels(previous["probs"]).cpu().numpy()[:, 0]
+    # outside the box of what differs (a re-sampled slice or window) nothing can be kept: work inside it
+    differs = changed.bool().to(outputs["probs"].device)
+    for key, value in outputs.items():
+        differs = differs | (value != previous[key].to(value)).any(dim=1, keepdim=True)
+    keep = torch.zeros_like(differs)
+    box = _padded_box(differs)
+    if box is not None:
+        crop = (slice(None), slice(None), *box)
+        keep[crop] = torch.from_numpy(
+            _kept(outputs["probs"][crop], previous["probs"][crop], marks[crop], changed[crop])
+        )[:, None].to(keep.device)
+    return {k: torch.where(keep, v, previous[k].to(v)) for k, v in outputs.items()}
+
+
+def _padded_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
+    """Bounding box over the batch of a (B, 1, *spatial) bool mask, one voxel wider per side; None when empty."""
+    found = torch.nonzero(mask.flatten(0, 1).any(dim=0))
+    if not len(found):
+        return None
+    low, high = found.min(dim=0).values, found.max(dim=0).values
+    return tuple(slice(max(int(a) - 1, 0), int(b) + 2) for a, b in zip(low, high))
+
+
+def _kept(new_probs: torch.Tensor, old_probs: torch.Tensor, marks: torch.Tensor, changed: torch.Tensor) -> np.ndarray:
+    """(B, *spatial) bool: the voxels of the re-sampled result :func:`keep_changes_near_marks` keeps."""
+    new = probabilities_to_labels(new_probs).cpu().numpy()[:, 0]
+    old = probabilities_to_labels(old_probs.to(new_probs)).cpu().numpy()[:, 0]
     marks_np, changed_np = marks.cpu().numpy()[:, 0], changed.bool().cpu().numpy()[:, 0]
     structure = np.ones((3,) * (new.ndim - 1), dtype=bool)
     keep = changed_np.copy()
@@ -127,8 +152,7 @@ def keep_changes_near_marks(
             components, _ = ndimage.label(flips, structure=structure)
             touched = np.unique(components[ndimage.binary_dilation(changed_np[b] & where, structure=structure)])
             keep[b] |= np.isin(components, touched[touched > 0])
-    keep_t = torch.from_numpy(keep)[:, None].to(outputs["probs"].device)
-    return {k: torch.where(keep_t, v, previous[k].to(v)) for k, v in outputs.items()}
+    return keep
 
 
 def marks_to_labels(

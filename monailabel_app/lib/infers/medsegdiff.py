@@ -29,7 +29,7 @@ from monai.inferers import Inferer
 from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedComponentd
 
 from medsegdiff.device import select_device
-from medsegdiff.inferer import MedSegDiffInferer
+from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer
 from medsegdiff.interaction import KnownRegion, keep_changes_near_marks, slices_holding
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
@@ -226,7 +226,7 @@ class MedSegDiffInfer(BasicInferTask):
         """Run the inferer; of a re-sampling, keep the changes the changed marks reach (the rest is the previous
         result); the model-grid result is cached with its marks for the next interaction on this image."""
         data = super().run_inferer(data, convert_to_batch, device)
-        outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in ("probs", "entropy", "variance")}
+        outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in RESULT_KEYS}
         if self._request.local is not None:
             outputs = keep_changes_near_marks(outputs, *self._request.local)
             data["pred"] = {**data["pred"], **{k: v[0].to(data["pred"][k].device) for k, v in outputs.items()}}
