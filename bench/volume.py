@@ -7,6 +7,9 @@ here checks the path, it is not a held-out score), so the peak resident
 memory of that process is the cost of one request (plus the imports, reported separately). When the task cannot
 be imported or run, ``MedSegDiffInferer`` with the same pre-processing runs instead and ``volume_path`` says so.
 
+Then :data:`INTERACTION_CLICKS` requests each add a click at the centre of the largest error, timed with their
+phases (``volume_interaction``): what an annotator waits for per click, less the HTTP transfer.
+
 On a CPU the task runs two slices x all members per network pass; ``inferer_batching`` times
 ``MedSegDiffInferer`` on central Colin27 slices with that setting, with one member per pass, and with 16 slices.
 """
@@ -57,6 +60,8 @@ def _write_input(ctx: Context) -> tuple[Path, Path, str]:
     return target, target_ref, f"{VOLUME_ID}, QUICK MODE: central {slab:g} mm axial slab"
 
 
+INTERACTION_CLICKS = 3
+"""Clicks after the plain request, each a request of its own (the marks so far), as an annotator refines."""
 BATCHINGS = ((2, 1), (2, None), (16, None))
 """(slices per batch, members per batch; None = all) of the batching comparison; (2, None) is the task's CPU setting."""
 
@@ -127,12 +132,22 @@ def run(ctx: Context) -> Section:
         "uncertainty_auroc_native": out.get("auroc"),
         "model": ctx.model_source,
         "inferer_batching": _batching(ctx),
+        "volume_interaction": out.get("interaction"),
     }
     table = md_table(
         ["volume", "path", "seconds", "peak RSS MB", "peak over pre-request MB", "Dice", "entropy AUROC"],
         [[description, out["volume_path"].split(" (")[0], out["seconds"], out["peak_rss_mb"],
           results["peak_increase_mb"], out.get("dice"), out.get("auroc")]],
     )
+    clicked = out.get("interaction") or {}
+    if clicked.get("clicks"):
+        phases = clicked["phases_mean"]
+        table += "\n\n" + md_table(
+            ["interaction through the infer task (same volume, click at the largest error)", "clicks", "s / request",
+             "pre s", "sampling s", "post s", "write s"],
+            [[description, clicked["clicks"], clicked["seconds_per_interaction"], phases["pre"], phases["infer"],
+              phases["post"], phases["write"]]],
+        )
     table += "\n\n" + md_table(
         ["MedSegDiffInferer batching (Colin27 central slices)", "s / slice", "speed-up vs (2 slices, 1 member)"],
         [[f"{b['slice_batch_size']} slice(s) x {b['member_batch_size']} member(s) per pass, DDIM {b['steps']}",
@@ -161,7 +176,10 @@ def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[s
     uncertainty = np.asanyarray(nib.load(result[UNCERTAINTY_FILE_KEY]).dataobj)
     for path in (label_file, result[UNCERTAINTY_FILE_KEY]):
         Path(path).unlink(missing_ok=True)
+    peak = peak_rss_mb()  # of the plain request: the clicks that follow are timed, not weighed
     info = {
+        "interaction": _interaction(task, payload["image"], label, payload["reference"]),
+        "peak_rss_mb": peak,
         "seconds": seconds,
         "rss_before_mb": before,
         "nfe": result.get("nfe"),
@@ -169,6 +187,41 @@ def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[s
         "volume_path": "monailabel infer task lib.infers.medsegdiff.MedSegDiffInfer, in-process in a subprocess, default parameters (first request of a fresh process)",
     }
     return label, uncertainty, info
+
+
+def _interaction(task, image: str, label: np.ndarray, reference_path: str) -> dict[str, Any]:
+    """After the plain request: :data:`INTERACTION_CLICKS` requests, each adding a click at the centre of the
+    largest error (as the interactive bench clicks), the whole request timed and its phases (MONAI Label's
+    ``latencies``: pre-transforms, sampling, post-transforms, writing the files)."""
+    from lib.infers.medsegdiff import UNCERTAINTY_FILE_KEY
+
+    from medsegdiff.guidance import largest_error_click
+
+    reference = np.asanyarray(nib.load(reference_path).dataobj) > 0
+    if reference.shape != label.shape:
+        return {"skipped": f"reference of shape {list(reference.shape)} for a label of shape {list(label.shape)}"}
+    current, marks, requests = label > 0, {"foreground": [], "background": []}, []
+    for _ in range(INTERACTION_CLICKS):
+        click = largest_error_click(current.astype(np.uint8), reference.astype(np.uint8))
+        if click is None:
+            break
+        marks["foreground" if click[1] else "background"].append([int(v) for v in click[0]])
+        start = time.perf_counter()
+        label_file, result = task({"image": image, **marks})
+        seconds = time.perf_counter() - start
+        current = np.asanyarray(nib.load(label_file).dataobj) > 0
+        for path in (label_file, result[UNCERTAINTY_FILE_KEY]):
+            Path(path).unlink(missing_ok=True)
+        phases = {k: result["latencies"][k] for k in ("pre", "infer", "post", "write")}
+        requests.append({"seconds": seconds, "phases": phases, "nfe": result["nfe"],
+                         "resampled_slices": len(result["interaction"].get("resampled_slices", []))})
+    mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
+    return {
+        "clicks": len(requests),
+        "seconds_per_interaction": mean([r["seconds"] for r in requests]),
+        "phases_mean": {k: mean([r["phases"][k] for r in requests]) for k in ("pre", "infer", "post", "write")},
+        "per_request": requests,
+    }
 
 
 def _inferer(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -221,7 +274,7 @@ def _work(payload: dict[str, Any]) -> dict[str, Any]:
     label = label > 0
     return {
         **info,
-        "peak_rss_mb": peak,
+        "peak_rss_mb": info.get("peak_rss_mb", peak),
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if payload["device"] == "cuda" else None,
         "shape": list(label.shape),
         "dice": dice_per_class(label.astype(np.uint8), reference.astype(np.uint8))[0],

@@ -131,10 +131,24 @@ def _interactive_targets(report: dict[str, Any]) -> list[list[str]]:
             [f"interactive ({method}): uncertainty AUROC (wrong voxels) not worse after the clicks",
              ", ".join(f"{h} {_f(a)} → {_f(b)}" for h, (a, b) in auroc.items()),
              "yes" if all(b is not None and a is not None and b >= a for a, b in auroc.values()) else "**no**"],
-            [f"interactive ({method}): ≤ 1 s per interaction on 2 CPU cores", ", ".join(f"{v:.2f} s" for v in seconds) or "–",
+            [f"interactive ({method}): ≤ 1 s per interaction on 2 CPU cores (re-sampling + locality rule, in process, "
+             "3 mm model grid)", ", ".join(f"{v:.2f} s" for v in seconds) or "–",
              "–" if not seconds else ("yes" if max(seconds) <= 1.0 else "**no**")],
         ]
-    return rows
+    return rows + _request_target(report)
+
+
+def _request_target(report: dict[str, Any]) -> list[list[str]]:
+    """The same target for a whole request of the infer task (bench ``volume``): what the annotator waits for."""
+    clicked = (_results(report, "volume") or {}).get("volume_interaction") or {}
+    if not clicked.get("clicks"):
+        return []
+    seconds, phases = clicked["seconds_per_interaction"], clicked["phases_mean"]
+    measured = (f"{seconds:.2f} s over {clicked['clicks']} clicks (pre {phases['pre']:.2f}, sampling {phases['infer']:.2f}, "
+                f"post {phases['post']:.2f}, files {phases['write']:.2f})")
+    return [["interactive: ≤ 1 s per click as a whole infer-task request on the 1 mm Colin27 head (2 CPU cores, "
+             "no HTTP; resampling to the image grid and writing the files included)", measured,
+             "yes" if seconds <= 1.0 else "**no**"]]
 
 
 def _sampling(report: dict[str, Any]) -> list[str]:

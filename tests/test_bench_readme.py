@@ -36,6 +36,19 @@ def test_interactive_targets_judge_every_seed_and_show_the_spread():
     assert gain[1] == "colin27 +0.015 ± 0.021" and ball[1] == "colin27 worst -0.010" and ball[2] == "**no**"
 
 
+def test_a_whole_request_per_click_is_judged_on_its_own_seconds():
+    report = _interactive([0.80, 0.82, 0.84], [0.80, 0.81, 0.82])  # the in-process re-sampling meets 1 s
+    phases = {"pre": 0.2, "infer": 0.6, "post": 0.8, "write": 0.8}
+    report["sections"]["volume"] = {"results": {"volume_interaction": {"clicks": 3, "seconds_per_interaction": 2.4,
+                                                                       "phases_mean": phases}}}
+    request = table._interactive_targets(report)[-1]
+    assert request[2] == "**no**" and request[1].startswith("2.40 s over 3 clicks (pre 0.20, sampling 0.60")
+    report["sections"]["volume"]["results"]["volume_interaction"]["seconds_per_interaction"] = 0.9
+    assert table._interactive_targets(report)[-1][2] == "yes"
+    del report["sections"]["volume"]
+    assert len(table._interactive_targets(report)) == 4  # not measured: no row
+
+
 def _uncertainty(verdicts):
     u = {"medsegdiff": {"auroc_6mm": 0.7, "auroc": 0.8}}
     for name, verdict in verdicts.items():
