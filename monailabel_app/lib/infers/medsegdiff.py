@@ -35,6 +35,7 @@ from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.transform.cache import CacheTransformDatad
 
 from ..interaction import (
     CachedResult,
@@ -55,6 +56,8 @@ __all__ = ["MedSegDiffInfer", "PROBABILITY_FILE_KEY", "UNCERTAINTY_FILE_KEY"]
 
 logger = logging.getLogger(__name__)
 
+PREPROCESSED_KEY = "_preprocessed_as"
+"""Request-data key naming the image file, its modification time and the model grid: the pre-processing cache's key."""
 UNCERTAINTY_FILE_KEY = "_uncertainty_file"
 """Result-JSON key of the temporary uncertainty NIfTI; the app moves the file into the datastore and drops the key."""
 PROBABILITY_FILE_KEY = "_probability_file"
@@ -155,11 +158,17 @@ class MedSegDiffInfer(BasicInferTask):
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         config = self._request.loaded.network.config
         pad = min_volume_size(config["spatial_size"], config["spatial_dims"], self.model_info.slice_axis)
-        return [
+        transforms = [
             # MONAI's Spacingd treats every "image_*" key as a metadata dict: drop MONAI Label's "image_path"
             DeleteItemsd(keys="image_path"),
             *inference_transforms(self.model_info.spacing, pad),
         ]
+        if data is not None and isinstance(self._request.image_key, tuple):
+            # an interaction sends the same file again: MONAI Label's cache gives back its pre-processed image
+            # (in memory, 10 min), keyed by the file, its modification time and the model grid
+            data[PREPROCESSED_KEY] = json.dumps([*self._request.image_key, list(self.model_info.spacing), list(pad)])
+            transforms.append(CacheTransformDatad(keys="image", hash_key=PREPROCESSED_KEY))
+        return transforms
 
     def inferer(self, data=None) -> Inferer:
         loaded, values = self._request.loaded, self._request.values
@@ -205,6 +214,7 @@ class MedSegDiffInfer(BasicInferTask):
         cached = self.results.get(self._request.result_key, self._request.labels)
         self._request.resampled = None
         self._request.local = None
+        self._request.cached = cached
         if cached is None:
             return functools.partial(inferer, known=known)
         changed = changed_marks(cached.marks, self._request.labels)
@@ -230,16 +240,34 @@ class MedSegDiffInfer(BasicInferTask):
         if self._request.local is not None:
             outputs = keep_changes_near_marks(outputs, *self._request.local)
             data["pred"] = {**data["pred"], **{k: v[0].to(data["pred"][k].device) for k, v in outputs.items()}}
-        self.results.put(self._request.result_key, CachedResult(outputs, self._request.labels))
+        cached = self._request.cached
+        # where this result differs from the one it started from: the image grid is resampled there only
+        self._request.model_changed = None if cached is None else torch.stack(
+            [(outputs[k] != cached.outputs[k]).any(dim=1)[0] for k in RESULT_KEYS]).any(dim=0)
+        self._request.entry = CachedResult(outputs, self._request.labels)
+        self.results.put(self._request.result_key, self._request.entry)
+        return data
+
+    def _remember_image_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Post-transform right after :class:`ToOriginalGridd`: keep this result's image-grid outputs for the next
+        interaction (copies: later transforms paint the marks into them)."""
+        self._request.entry.image_outputs = {k: data[k].as_tensor().detach().cpu().clone() for k in ("pred", "uncertainty")}
         return data
 
     def _get_network(self, device, data):
         return self._request.loaded.network
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
+        cached, changed = self._request.cached, self._request.model_changed
+        previous = None if cached is None or changed is None else cached.image_outputs
+        self._request.to_image_grid = ToOriginalGridd(
+            keys=["pred", "uncertainty"], ref_key="image", mode="bilinear",
+            previous=previous, changed=None if previous is None else changed,
+        )
         transforms = [
             _split_outputs,
-            ToOriginalGridd(keys=["pred", "uncertainty"], ref_key="image", mode="bilinear"),
+            self._request.to_image_grid,
+            self._remember_image_outputs,
             CopyItemsd(keys="pred", names="probability"),  # on the image's grid, for output_probability
             ProbabilitiesToLabelsd(keys="pred"),
         ]
@@ -267,7 +295,8 @@ class MedSegDiffInfer(BasicInferTask):
             "uncertainty": summarize(uncertainty, label),
             "shape": list(label.shape),
             "ignored_parameters": self._request.ignored,
-            "interaction": {"marked_voxels": self._request.marks.count(), **self._resampled()},
+            "interaction": {"marked_voxels": self._request.marks.count(), **self._resampled(),
+                            "image_grid_box": self._request.to_image_grid.resampled_box},
             UNCERTAINTY_FILE_KEY: save_result_nifti(uncertainty, affine, np.float32),
         }
         if self._request.values["output_probability"]:

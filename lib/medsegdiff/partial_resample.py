@@ -1,0 +1,74 @@
+"""Back onto the image grid after an interaction: only the image voxels that read a changed model voxel.
+
+An interaction changes the model-grid result in a few slices (2D network) or windows (3D network), but
+resampling it onto a 1 mm image grid costs as much as for a full run (0.5 s for a 181 x 217 x 181 head on 2 CPU
+cores). Linear interpolation reads the 2 x 2 x 2 model voxels around a sample point, so an image voxel whose
+sample point lies outside the changed model box widened by one voxel reads nothing that changed: it keeps the
+previous image-grid value. :func:`image_box` finds the image-grid box holding every voxel that may read a change;
+:func:`resample_into` resamples that box alone (``SpatialResample`` on a cropped destination grid) and pastes it
+into the previous image-grid outputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import SpatialResample
+
+__all__ = ["changed_box", "image_box", "resample_into"]
+
+Box = tuple[slice, ...]
+
+
+def changed_box(changed: torch.Tensor) -> Box | None:
+    """Bounding box (one slice per spatial axis) of a (*spatial) bool mask; None when nothing changed."""
+    found = torch.nonzero(changed)
+    if not len(found):
+        return None
+    low, high = found.min(dim=0).values, found.max(dim=0).values
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high))
+
+
+def image_box(
+    model_box: Box, model_affine: np.ndarray, model_shape: Sequence[int], image_affine: np.ndarray, image_shape: Sequence[int]
+) -> Box | None:
+    """The image-grid box holding every voxel whose linear interpolation reads a voxel of ``model_box``.
+
+    Returns None when the widened box reaches the model grid's border: the border padding of the resampling
+    clamps sample points outside the grid onto border voxels, so any image voxel beyond it may read a change (the
+    caller then resamples everything).
+    """
+    low = [s.start - 1 for s in model_box]
+    high = [s.stop for s in model_box]  # the last changed voxel + 1
+    if min(low) < 0 or any(h > n - 1 for h, n in zip(high, model_shape)):
+        return None
+    to_image = np.linalg.inv(np.asarray(image_affine, np.float64)) @ np.asarray(model_affine, np.float64)
+    corners = np.array([[*corner, 1.0] for corner in itertools.product(*zip(low, high))]).T
+    points = (to_image @ corners)[:3]
+    start = np.maximum(np.floor(points.min(axis=1)).astype(int) - 1, 0)
+    stop = np.minimum(np.ceil(points.max(axis=1)).astype(int) + 2, np.asarray(image_shape))
+    if np.any(stop <= start):
+        return tuple(slice(0, 0) for _ in image_shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+
+
+def resample_into(
+    previous: torch.Tensor, source: MetaTensor, image_affine: torch.Tensor, box: Box, mode: str = "bilinear"
+) -> torch.Tensor:
+    """``previous`` (ch, *image grid) with ``box`` replaced by ``source`` (ch, *model grid, its affine) resampled
+    there, as :class:`~medsegdiff.transforms.ToOriginalGridd` resamples it (border padding, float64 grid)."""
+    out = previous.clone()
+    size = [s.stop - s.start for s in box]
+    if min(size) <= 0:
+        return out
+    shift = torch.eye(4, dtype=torch.float64)
+    shift[:3, 3] = torch.tensor([float(s.start) for s in box], dtype=torch.float64)
+    crop_affine = torch.as_tensor(image_affine, dtype=torch.float64) @ shift
+    resample = SpatialResample(mode=mode, padding_mode="border", dtype=torch.float64)
+    part = resample(source, dst_affine=crop_affine, spatial_size=size)
+    out[(slice(None), *box)] = part.as_tensor().to(out.dtype)
+    return out
