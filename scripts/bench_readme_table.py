@@ -122,6 +122,7 @@ def _interactive_targets(report: dict[str, Any]) -> list[list[str]]:
         worst = {h: min(a - b for run in m.get("per_seed", [m]) for a, b in zip(run["dice"], run["painted_ball"]["dice"]))
                  for h, m in runs.items()}  # the worst click of any seed
         auroc = {h: (m["uncertainty_auroc"]["before"], m["uncertainty_auroc"]["after"]) for h, m in runs.items()}
+        painted = {h: m["painted_ball"].get("uncertainty_auroc_after") for h, m in runs.items()}
         seconds = [m["seconds_per_interaction"] for m in runs.values() if m.get("seconds_per_interaction") is not None]
         rows += [
             [f"interactive ({method}): +3 Dice points after 5 clicks over the automatic label (held-out heads)",
@@ -129,7 +130,8 @@ def _interactive_targets(report: dict[str, Any]) -> list[list[str]]:
             [f"interactive ({method}): ≥ the painted-ball baseline at every click",
              ", ".join(f"{h} worst {w:+.3f}" for h, w in worst.items()), "yes" if min(worst.values()) >= 0 else "**no**"],
             [f"interactive ({method}): uncertainty AUROC (wrong voxels) not worse after the clicks",
-             ", ".join(f"{h} {_f(a)} → {_f(b)}" for h, (a, b) in auroc.items()),
+             ", ".join(f"{h} {_f(a)} → {_f(b)}" + (f" (painted ball {_f(painted[h])})" if painted[h] is not None else "")
+                       for h, (a, b) in auroc.items()),
              "yes" if all(b is not None and a is not None and b >= a for a, b in auroc.values()) else "**no**"],
             [f"interactive ({method}): ≤ 1 s per interaction on 2 CPU cores (re-sampling + locality rule, in process, "
              "3 mm model grid)", ", ".join(f"{v:.2f} s" for v in seconds) or "–",

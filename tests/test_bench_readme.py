@@ -24,6 +24,11 @@ def test_interactive_targets_follow_the_numbers():
     rows = table._interactive_targets(_interactive([0.80, 0.79, 0.829], [0.80, 0.80, 0.81], after=0.69, seconds=1.2))
     assert [row[2] for row in rows] == ["**no**"] * 4
     assert "colin27 worst -0.010" in rows[1][1]
+    # the painted ball's AUROC after its clicks (the same fixes, nothing else changed) is shown beside ours
+    report = _interactive([0.80, 0.82, 0.84], [0.80, 0.81, 0.82], after=0.69)
+    report["sections"]["interactive"]["results"]["per_head"]["colin27"]["methods"]["medsegdiff"]["painted_ball"][
+        "uncertainty_auroc_after"] = 0.65
+    assert table._interactive_targets(report)[2][1] == "colin27 0.700 → 0.690 (painted ball 0.650)"
 
 
 def test_interactive_targets_judge_every_seed_and_show_the_spread():
