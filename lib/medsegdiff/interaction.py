@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from .diffusion import labels_to_diffusion_target
 from .fusion import probabilities_to_labels
+from .windows import region_box
 
 __all__ = ["KnownRegion", "click_balls", "keep_changes_near_marks", "marks_to_labels", "slices_holding", "UNKNOWN"]
 
@@ -118,22 +119,14 @@ def keep_changes_near_marks(
     for key, value in outputs.items():
         differs = differs | (value != previous[key].to(value)).any(dim=1, keepdim=True)
     keep = torch.zeros_like(differs)
-    box = _padded_box(differs)
+    box = region_box(differs, grid)
     if box is not None:
-        crop = (slice(None), slice(None), *box)
+        # one voxel wider per side, so the components' 1-voxel neighbourhood of a mark stays inside the crop
+        crop = (slice(None), slice(None), *[slice(max(b.start - 1, 0), b.stop + 1) for b in box])
         keep[crop] = torch.from_numpy(
             _kept(outputs["probs"][crop], previous["probs"][crop], marks[crop], changed[crop])
         )[:, None].to(keep.device)
     return {k: torch.where(keep, v, previous[k].to(v)) for k, v in outputs.items()}
-
-
-def _padded_box(mask: torch.Tensor) -> tuple[slice, ...] | None:
-    """Bounding box over the batch of a (B, 1, *spatial) bool mask, one voxel wider per side; None when empty."""
-    found = torch.nonzero(mask.flatten(0, 1).any(dim=0))
-    if not len(found):
-        return None
-    low, high = found.min(dim=0).values, found.max(dim=0).values
-    return tuple(slice(max(int(a) - 1, 0), int(b) + 2) for a, b in zip(low, high))
 
 
 def _kept(new_probs: torch.Tensor, old_probs: torch.Tensor, marks: torch.Tensor, changed: torch.Tensor) -> np.ndarray:

@@ -19,18 +19,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import SpatialResample
 
-__all__ = ["changed_box", "image_box", "resample_into"]
+from .windows import Box
 
-Box = tuple[slice, ...]
-
-
-def changed_box(changed: torch.Tensor) -> Box | None:
-    """Bounding box (one slice per spatial axis) of a (*spatial) bool mask; None when nothing changed."""
-    found = torch.nonzero(changed)
-    if not len(found):
-        return None
-    low, high = found.min(dim=0).values, found.max(dim=0).values
-    return tuple(slice(int(a), int(b) + 1) for a, b in zip(low, high))
+__all__ = ["image_box", "resample_into"]
 
 
 def image_box(

@@ -33,9 +33,10 @@ from monai.utils import convert_to_dst_type
 
 from .fusion import probabilities_to_labels
 from .guidance import SimulatedClicksd
-from .partial_resample import changed_box, image_box, resample_into
+from .partial_resample import image_box, resample_into
 from .sample_data import normalize_intensity
 from .training import segmentation_augmentations
+from .windows import region_box
 
 __all__ = [
     "NormalizeIntensityd",
@@ -153,11 +154,9 @@ class ToOriginalGridd(MapTransform):
         if self.changed is None:
             return None
         model_shape = list(ref.shape[1:])
-        if list(self.changed.shape) != model_shape:
-            raise ValueError(f"changed must be the model grid {model_shape}, got {list(self.changed.shape)}")
+        model_box = region_box(self.changed.cpu(), model_shape)  # a mask of another grid: ValueError
         if any(k not in self.previous or list(torch.as_tensor(self.previous[k]).shape[1:]) != shape for k in self.keys):
             return None  # no earlier output of that key on this grid: resample everything
-        model_box = changed_box(self.changed.cpu())
         if model_box is None:
             return tuple(slice(0, 0) for _ in shape)
         return image_box(model_box, ref.affine.cpu().numpy(), model_shape, dst_affine.numpy(), shape)
