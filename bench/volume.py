@@ -214,7 +214,7 @@ def _interaction(task, image: str, label: np.ndarray, reference_path: str) -> di
             Path(path).unlink(missing_ok=True)
         phases = {k: result["latencies"][k] for k in ("pre", "infer", "post", "write")}
         requests.append({"seconds": seconds, "phases": phases, "nfe": result["nfe"],
-                         "resampled_slices": len(result["interaction"].get("resampled_slices", []))})
+                         "resampled_slices": result["interaction"].get("resampled_slices")})
     mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
     return {
         "clicks": len(requests),
