@@ -9,7 +9,9 @@ clicks, each at the centre (maximum of the distance transform) of the largest 3D
 label (:func:`medsegdiff.guidance.largest_error_click`): a foreground click on a miss, a background click on a
 false positive. The model takes each click as a ball of each of :data:`RADII` model voxels, as the infer task does
 (:mod:`medsegdiff.interaction`), and re-samples the slices the ball crosses; the baseline "painted ball" paints
-the same ball into the method's own automatic label without a model. Reported: Dice after every click, the area
+the same ball into the method's own automatic label without a model. The guided model is also clicked with
+:data:`REACH` slices of hints each side of the ball (:func:`medsegdiff.interaction.click_reach_hints`, the infer
+task's ``click_reach``): those slices are re-sampled too. Reported: Dice after every click, the area
 under the Dice curve (trapezoid, normalised to [0, 1]), seconds per interaction, and the AUROC of the entropy for
 the wrong voxels before / after: each the mean over the seeds (each seed's run under ``per_seed``; the figure
 shows seed 0).
@@ -27,7 +29,9 @@ from medsegdiff.evaluation import auroc, binary_dice
 from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer
 from medsegdiff.guidance import largest_error_click
 from medsegdiff.fusion import probabilities_to_labels
-from medsegdiff.interaction import UNKNOWN, KnownRegion, click_balls, keep_changes_near_marks, slices_holding
+from medsegdiff.interaction import (
+    UNKNOWN, KnownRegion, click_balls, click_reach_hints, keep_changes_near_marks, slices_holding,
+)
 from medsegdiff.sample_model import sample_diffusion_config
 from medsegdiff.sampling import EnsembleSampler
 
@@ -38,7 +42,7 @@ from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
-__all__ = ["CLICKS", "RADII", "FIGURE_MODEL", "method_name", "dice_auc", "painted_ball", "refine", "run"]
+__all__ = ["CLICKS", "RADII", "REACH", "FIGURE_MODEL", "method_name", "variants", "dice_auc", "painted_ball", "refine", "run"]
 
 CLICKS = 5
 RADII = (2, 3)
@@ -47,11 +51,22 @@ FIGURE_MODEL = "medsegdiff_guided"
 """The model the figure shows (the committed sample model's kind: guidance channels + RePaint), with the larger
 of :data:`RADII` (:data:`FIGURE_RADIUS`, the one that gains most; the infer task's default ``click_radius`` is 2)."""
 FIGURE_RADIUS = 3
+REACH = 8
+"""Slices of hints each side of a click's ball (3 mm each) the guided model is also measured with (0: none)."""
+FIGURE_REACH = REACH
+SLICE_AXIS = 2
 
 
-def method_name(model: str, radius: int) -> str:
-    """The table's name of ``model`` clicked with balls of ``radius`` voxels."""
-    return f"{model}, {radius * SPACING_MM:g} mm ball"
+def method_name(model: str, radius: int, reach: int = 0) -> str:
+    """The table's name of ``model`` clicked with balls of ``radius`` voxels and hints ``reach`` slices on."""
+    name = f"{model}, {radius * SPACING_MM:g} mm ball"
+    return f"{name}, hints {reach * SPACING_MM:g} mm on" if reach else name
+
+
+def variants(model: str) -> list[tuple[int, int]]:
+    """The (radius, reach) pairs ``model`` is clicked with: hints only for a network with guidance channels."""
+    reaches = (0, REACH) if model == FIGURE_MODEL else (0,)
+    return [(radius, reach) for radius in RADII for reach in reaches]
 
 
 def _network(ctx: Context, head: str, model: str, seed: int, data) -> tuple[torch.nn.Module, str]:
@@ -95,13 +110,15 @@ def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: 
     return {"dice": dice, "dice_auc": dice_auc(dice), "uncertainty_auroc_after": auroc(entropy, painted != reference)}
 
 
-def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: int = 0) -> dict[int, dict[str, Any]]:
-    """Automatic label, then for each of :data:`RADII` :data:`CLICKS` simulated clicks, each re-sampling the slices
-    its ball crosses; the painted-ball baseline of the same radius into this automatic label."""
+def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: int = 0,
+           pairs: list[tuple[int, int]] = ((2, 0),)) -> dict[tuple[int, int], dict[str, Any]]:
+    """Automatic label, then for each (radius, reach) of ``pairs`` :data:`CLICKS` simulated clicks, each
+    re-sampling the slices its ball and hints cross; the painted-ball baseline of the same radius into this
+    automatic label."""
     s = ctx.settings
     reference = (volume.label > 0).astype(np.uint8)
     sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, s.eval_members)
-    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=2, slice_batch_size=1)
+    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, slice_batch_size=1)
     image = torch.from_numpy(np.ascontiguousarray(volume.image))[None, None].float().to(ctx.device)
     start = time.perf_counter()
     automatic = inferer(image, network)
@@ -110,20 +127,22 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: in
     auto = label(automatic)
     entropy_before = automatic["entropy"][0, 0].cpu().numpy()
     runs = {}
-    for radius in RADII:
+    for radius, reach in pairs:
         run = {"network": source, "automatic_seconds": auto_seconds,
-               **_clicks(inferer, image, network, automatic, reference, radius)}
+               **_clicks(inferer, image, network, automatic, reference, radius, reach)}
         run["uncertainty_auroc"]["before"] = auroc(entropy_before, auto != reference)
         run["_figure"].update(image=volume.image, reference=reference, auto=auto)
-        runs[radius] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before)}
+        runs[radius, reach] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before)}
     return runs
 
 
-def _clicks(inferer, image, network, result, reference, radius) -> dict[str, Any]:
-    """:data:`CLICKS` clicks of ``radius`` from the automatic ``result``: Dice after each, seconds, AUROC after."""
+def _clicks(inferer, image, network, result, reference, radius, reach=0) -> dict[str, Any]:
+    """:data:`CLICKS` clicks of ``radius`` (hints ``reach`` slices on) from the automatic ``result``: Dice after
+    each, seconds, AUROC after."""
     label = lambda out: out["label"][0, 0].cpu().numpy().astype(np.uint8)  # noqa: E731
     auto = label(result)
     marks = torch.full((1, 1, *reference.shape), UNKNOWN, dtype=torch.long)
+    hints = marks.clone()
     current, dice, seconds, clicks = auto.copy(), [binary_dice(auto, reference)], [], []
     for _ in range(CLICKS):
         click = largest_error_click(current, reference)
@@ -131,7 +150,14 @@ def _clicks(inferer, image, network, result, reference, radius) -> dict[str, Any
             (voxel, value), ball = click, click_balls(reference.shape, [click[0]], radius)
             marks[0, 0][ball] = value
             start = time.perf_counter()
-            resampled = inferer(image, network, known=KnownRegion(marks), previous=result, slices=slices_holding(ball, 2))
+            changed = ball
+            if reach:
+                previous_hints = hints
+                hints = click_reach_hints(reference.shape, [(c["voxel"], c["value"]) for c in clicks] + [(voxel, value)],
+                                          radius, reach, SLICE_AXIS, label=torch.from_numpy(auto))[None]
+                changed = ball | (hints != previous_hints)[0, 0]
+            known = KnownRegion(marks, hints if reach else None)
+            resampled = inferer(image, network, known=known, previous=result, slices=slices_holding(changed, SLICE_AXIS))
             # the infer task's locality rule: the label changes only as the click asks and where it reaches
             outputs = {k: resampled[k] for k in RESULT_KEYS}
             resampled = keep_changes_near_marks(outputs, result, marks, ball[None, None])
@@ -139,7 +165,7 @@ def _clicks(inferer, image, network, result, reference, radius) -> dict[str, Any
             result = resampled
             seconds.append(time.perf_counter() - start)
             current = label(result)
-            clicks.append({"voxel": list(voxel), "foreground": bool(value)})
+            clicks.append({"voxel": list(voxel), "foreground": bool(value), "value": int(value)})
         dice.append(binary_dice(current, reference))
     entropy_after = result["entropy"][0, 0].cpu().numpy()
     return {
@@ -181,15 +207,16 @@ def run(ctx: Context) -> Section:
         runs: dict[str, list[dict[str, Any]]] = {}
         for seed in range(s.interactive_seeds):
             for model in INTERACTIVE_MODELS:
-                for radius, m in refine(ctx, volume, *_network(ctx, head, model, seed, data), seed=seed).items():
+                network = _network(ctx, head, model, seed, data)
+                for (radius, reach), m in refine(ctx, volume, *network, seed=seed, pairs=variants(model)).items():
                     figure = m.pop("_figure")
                     if seed == 0:
-                        pictures.setdefault(head, {})[method_name(model, radius)] = figure
-                    runs.setdefault(method_name(model, radius), []).append(m)
+                        pictures.setdefault(head, {})[method_name(model, radius, reach)] = figure
+                    runs.setdefault(method_name(model, radius, reach), []).append(m)
         per_head[head] = {"slices": int(volume.label.shape[2]),
                           "methods": {method: _mean_over_seeds(r) for method, r in runs.items()}}
     first = next(iter(pictures))
-    shown = method_name(FIGURE_MODEL, FIGURE_RADIUS)
+    shown = method_name(FIGURE_MODEL, FIGURE_RADIUS, FIGURE_REACH)
     figure = plot_interaction(pictures[first][shown], ctx.out_dir / "interactive.png", f"{first}, held out, {shown}, seed 0")
     rows = []
     for head, r in per_head.items():
@@ -207,10 +234,13 @@ def run(ctx: Context) -> Section:
     results = {
         "interactive": summary,
         "clicks": CLICKS, "radii_voxels": list(RADII), "radii_mm": [r * SPACING_MM for r in RADII], "seeds": s.interactive_seeds,
-        "sampler": f"DDIM {s.eval_steps} steps x {s.eval_members} members, the slices the click's ball crosses re-sampled",
+        "sampler": f"DDIM {s.eval_steps} steps x {s.eval_members} members, the slices the click's ball (and hints) "
+                   "cross re-sampled",
+        "reach_slices": REACH,
         "methods": {"medsegdiff": "RePaint-style conditioning only (any trained network)",
                     "medsegdiff_guided": "RePaint-style conditioning + the marks as guidance channels (trained with "
-                                         "simulated clicks, half of them on the network's own errors)"},
+                                         "simulated clicks, half of them on the network's own errors); with "
+                                         "'hints': each click's disc also on the next slices as guidance only"},
         "per_head": per_head,
         "quick_note": "QUICK MODE: one head, a central slab, a barely trained network; numbers mean nothing" if s.quick else None,
     }

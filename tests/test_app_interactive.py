@@ -51,6 +51,8 @@ def test_info_declares_the_interaction(client):
     info = client.info()["models"][MODEL]
     assert info["parameters"]["foreground"]["default"] == [] and info["parameters"]["background"]["default"] == []
     assert info["interaction"]["label_in"]["values"] == {"unknown": 0, "foreground": 1, "background": 2}
+    reach = info["parameters"]["click_reach"]
+    assert reach["min"] == 0 and info["interaction"]["click_reach_default"] == reach["default"]
 
 
 def test_empty_interaction_is_plain_inference_bit_for_bit(client, plain):
@@ -70,8 +72,9 @@ def test_clicks_and_scribbles_give_the_marked_class(monailabel_server, client, p
     corrected = _array(path)
     assert all(corrected[tuple(p)] == 1 for p in foreground) and all(corrected[tuple(p)] == 0 for p in background)
     resampled = out["interaction"]["resampled_slices"]
-    # every click is on one slice; its ball (the default radius, 2 model voxels) crosses that slice and two per side
-    assert resampled == list(range(resampled[0], resampled[0] + 5))
+    # every click is on one slice; its ball (the default radius, 2 model voxels) crosses that slice and two per
+    # side, and the committed (guided) model reads its hints on the default click_reach (8) slices beyond
+    assert resampled == list(range(resampled[0], resampled[0] + 2 * 2 + 1 + 2 * 8))
     # the same file again: its pre-processing comes from MONAI Label's cache
     assert list(out["latencies"]["transform"]["pre"]) == ["LoadFromCache"]
     # onto the image grid: the box of those slices, not the whole image
@@ -103,6 +106,31 @@ def test_undo_gives_back_the_earlier_result_without_sampling(client, plain):
     path, undone = client.infer(MODEL, IMAGE, {**fresh, "foreground": foreground})  # the background click undone
     assert np.array_equal(_array(path), once) and undone["uncertainty"] == first["uncertainty"]
     assert undone["nfe"] == 0 and undone["interaction"]["resampled_slices"] == []
+
+
+def test_click_hints_follow_the_automatic_labels_error_and_are_part_of_the_cached_result(client, plain):
+    label, _ = plain
+    k = label.shape[2] // 2
+    air = {**FAST, "seed": 13, "foreground": [[1, 1, k]]}  # a seed of its own; the corner is background everywhere
+    _, first = client.infer(MODEL, IMAGE, {**air, "click_reach": 3})
+    # nothing was cached for this seed: the automatic result the hints follow is sampled first (and cached), then
+    # the click re-samples its ball and the 3 hint slices each side of it
+    resampled = first["interaction"]["resampled_slices"]
+    assert resampled == list(range(resampled[0], resampled[0] + 11))
+    _, ball = client.infer(MODEL, IMAGE, {**air, "click_reach": 0})
+    # the same click without hints: only the 3 slices each side beyond its ball are re-sampled
+    hinted = ball["interaction"]["resampled_slices"]
+    centre = (hinted[2] + hinted[3]) // 2
+    assert hinted == [*range(centre - 5, centre - 2), *range(centre + 3, centre + 6)]
+    _, again = client.infer(MODEL, IMAGE, {**air, "click_reach": 3})  # served before, with its hints: given back
+    assert again["nfe"] == 0
+    # a foreground click inside the brain, where the automatic label already says brain: no hints, the ball alone
+    brain = np.argwhere(label[:, :, k] == 1).mean(axis=0).round().astype(int).tolist()
+    _, inside = client.infer(MODEL, IMAGE, {**air, "foreground": [[1, 1, k], [*brain, k]], "click_reach": 3})
+    resampled = inside["interaction"]["resampled_slices"]
+    assert resampled == list(range(resampled[0], resampled[0] + 5))
+    _, automatic = client.infer(MODEL, IMAGE, {**FAST, "seed": 13})
+    assert automatic["nfe"] == 0  # the automatic result, sampled for the first click's hints, is kept
 
 
 @pytest.mark.parametrize(

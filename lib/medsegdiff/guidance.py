@@ -41,13 +41,16 @@ GUIDANCE_CHANNELS = 2
 
 
 def guidance_maps(known: KnownRegion | None, image: torch.Tensor) -> torch.Tensor:
-    """The guidance channels (B, 2, *spatial) for a batch of images (B, C, *spatial); zeros without marks."""
+    """The guidance channels (B, 2, *spatial) for a batch of images (B, C, *spatial); zeros without marks.
+
+    They hold the marks and, where unmarked, the hints (:meth:`~medsegdiff.interaction.KnownRegion.guidance`).
+    """
     shape = (image.shape[0], GUIDANCE_CHANNELS, *image.shape[2:])
     if known is None:
         return torch.zeros(shape, dtype=image.dtype, device=image.device)
     if tuple(known.labels.shape[2:]) != tuple(image.shape[2:]) or known.labels.shape[0] != image.shape[0]:
         raise ValueError(f"marks of shape {list(known.labels.shape)} for images of shape {list(image.shape)}")
-    labels = known.labels.to(image.device)
+    labels = known.guidance().to(image.device)
     return torch.cat([labels > 0, labels == 0], dim=1).to(image.dtype)
 
 

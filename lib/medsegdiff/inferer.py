@@ -114,7 +114,7 @@ class MedSegDiffInferer(Inferer):
         as in a full run so that they come out bit-identical to it; the rest come from ``previous``.
         """
         slices = volume.movedim(2 + self.slice_axis, 2)  # (B, C, S, h, w)
-        marks = None if known is None else known.labels.movedim(2 + self.slice_axis, 2)  # (B, 1, S, h, w)
+        marks = None if known is None else known.apply(lambda t: t.movedim(2 + self.slice_axis, 2))  # (B, 1, S, h, w)
         count = slices.shape[2]
         context = int(network.config.get("context_slices", 0))
         jobs = [(b, s) for b in range(slices.shape[0]) for s in range(count)]
@@ -126,7 +126,7 @@ class MedSegDiffInferer(Inferer):
         parts: dict[str, list[torch.Tensor]] = {key: [] for key in RESULT_KEYS}
         for batch in tqdm(batches, disable=not self.progress):
             images = torch.cat([slice_stack(slices[b], [s], context) for b, s in batch])
-            batch_known = None if marks is None else KnownRegion(torch.stack([marks[b, :, s] for b, s in batch]))
+            batch_known = None if marks is None else marks.apply(lambda t: torch.stack([t[b, :, s] for b, s in batch]))
             out = self._sample(network, images, [b * count + s for b, s in batch], batch_known)
             for key in RESULT_KEYS:
                 if only is None:
@@ -162,7 +162,8 @@ class MedSegDiffInferer(Inferer):
         labels = None
         if known is not None:  # on the padded grid the windows index (a volume smaller than a window is padded)
             pad = [(p, max(r - s, 0) - p) for p, s, r in zip(padding(size, roi), size, roi)]
-            labels = F.pad(known.labels, [n for before_after in reversed(pad) for n in before_after], value=UNKNOWN)
+            flat = [n for before_after in reversed(pad) for n in before_after]
+            labels = known.apply(lambda t: F.pad(t, flat, value=UNKNOWN))
         box = box if previous is not None else None
         outputs, plans, exact = [], [], []
         for b in range(volume.shape[0]):
@@ -173,7 +174,8 @@ class MedSegDiffInferer(Inferer):
                     zeros = torch.zeros(1, 1, *window.shape[2:], device=window.device)
                     return {"probs": zeros.repeat(1, network.num_classes, 1, 1, 1), "entropy": zeros, "variance": zeros}
                 ids = [((b * size[0] + loc[-3].start) * size[1] + loc[-2].start) * size[2] + loc[-1].start for loc in locations]
-                marks = None if labels is None else KnownRegion(torch.stack([labels[b][(slice(None), *loc[-3:])] for loc in locations]))
+                marks = None if labels is None else labels.apply(
+                    lambda t: torch.stack([t[b][(slice(None), *loc[-3:])] for loc in locations]))
                 return self._sample(network, window, ids, marks)
 
             out = window_inferer(volume[b : b + 1], predict)

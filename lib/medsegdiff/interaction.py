@@ -5,11 +5,16 @@ A :class:`KnownRegion` holds, on the model's grid, which voxels the annotator ma
 voxels of every x_t by the forward-noised known mask q(x_t | x0) and gives them the marked class in the result;
 the network sees the marks in x_t at every step, so the unmarked voxels around them adapt. This needs no
 training of its own: it works with any trained MedSegDiff network.
+
+A 2D network with guidance channels (:mod:`medsegdiff.guidance`) can also read a click beyond the slices its
+ball crosses: :func:`click_reach_hints` puts the click's disc on the next ``reach`` slices each side as a *hint*,
+a guidance-only mark the network reads but the sampler does not force, so that a click can correct an error that
+spans more slices than its ball.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +25,10 @@ from .diffusion import labels_to_diffusion_target
 from .fusion import probabilities_to_labels
 from .windows import region_box
 
-__all__ = ["KnownRegion", "click_balls", "keep_changes_near_marks", "marks_to_labels", "slices_holding", "UNKNOWN"]
+__all__ = [
+    "KnownRegion", "click_balls", "click_reach_hints", "keep_changes_near_marks", "marks_to_labels", "slices_holding",
+    "UNKNOWN",
+]
 
 UNKNOWN = -1
 """Value of an unmarked voxel in a marks label map."""
@@ -32,13 +40,18 @@ class KnownRegion:
 
     Attributes:
         labels: (B, 1, *spatial) integer map: the marked class (0 = background, 1..C) or :data:`UNKNOWN`.
+        hints: ``None`` or a map like ``labels`` of guidance-only marks (:func:`click_reach_hints`): a guided
+            network reads them where ``labels`` is unmarked; the sampler neither keeps nor forces them.
     """
 
     labels: torch.Tensor
+    hints: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.labels.ndim < 3 or self.labels.shape[1] != 1:
             raise ValueError(f"labels must be (B, 1, *spatial), got shape {tuple(self.labels.shape)}")
+        if self.hints is not None and self.hints.shape != self.labels.shape:
+            raise ValueError(f"hints of shape {tuple(self.hints.shape)} for marks of shape {tuple(self.labels.shape)}")
 
     @property
     def mask(self) -> torch.Tensor:
@@ -46,11 +59,20 @@ class KnownRegion:
         return self.labels != UNKNOWN
 
     def is_empty(self) -> bool:
-        return not bool(self.mask.any())
+        """No marks and no hints."""
+        return not bool(self.mask.any()) and (self.hints is None or not bool((self.hints != UNKNOWN).any()))
+
+    def apply(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> KnownRegion:
+        """The region with ``transform`` applied to its marks and hints alike (a crop, a padding, a stack)."""
+        return KnownRegion(transform(self.labels), None if self.hints is None else transform(self.hints))
 
     def select(self, index: Sequence[int] | slice) -> KnownRegion:
         """The region of some images of the batch."""
-        return KnownRegion(self.labels[index])
+        return self.apply(lambda t: t[index])
+
+    def guidance(self) -> torch.Tensor:
+        """(B, 1, *spatial) what a guided network reads: the marks, and the hints where unmarked."""
+        return self.labels if self.hints is None else torch.where(self.mask, self.labels, self.hints)
 
     def target(self, num_classes: int, background: bool) -> torch.Tensor:
         """x0 of the marked voxels in diffusion space (B, channels, *spatial); NaN on unmarked voxels."""
@@ -83,6 +105,54 @@ def click_balls(shape: Sequence[int], points: Sequence[Sequence[int]], radius: i
         grids = torch.meshgrid(*[torch.arange(b.start, b.stop) for b in box], indexing="ij")  # the ball's box only
         mask[box] |= sum((grid - int(p)) ** 2 for grid, p in zip(grids, point)) <= radius**2
     return mask
+
+
+def click_reach_hints(
+    shape: Sequence[int],
+    clicks: Sequence[tuple[Sequence[int], int]],
+    radius: int,
+    reach: int,
+    slice_axis: int,
+    label: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hints (1, *shape) that carry clicks beyond their balls along a 2D network's slice axis.
+
+    A click's ball of ``radius`` marks the ``2 * radius + 1`` slices it crosses; up to ``reach`` slices after them
+    on each side get the click's disc (radius ``max(radius - 1, 1)``, centred on the click) with the click's class
+    as a hint. A guided network trained on discs reads it as a click on that slice, so an error that runs on
+    through those slices can be corrected there too; the sampler does not force a hint (:class:`KnownRegion`).
+    With ``label`` (the label the clicks correct), the hints of a click go on outwards only while that label
+    disagrees with the click at the click's in-plane position: along the error the click is on, not past its end.
+    Later clicks overwrite earlier ones where their hints overlap.
+
+    Args:
+        shape: the 3D model grid.
+        clicks: (voxel, class) pairs, full indices into ``shape``.
+        radius: the clicks' ball radius in voxels.
+        reach: at most this many slices each side beyond the ball (0: no hints).
+        slice_axis: the axis the 2D network slides over.
+        label: ``None`` or the label (*shape) the clicks correct.
+    """
+    if len(shape) != 3 or slice_axis not in (0, 1, 2):
+        raise ValueError(f"hints need a 3D grid and a slice axis 0-2, got shape {list(shape)} and axis {slice_axis}")
+    if reach < 0 or radius < 0:
+        raise ValueError(f"reach and radius must be >= 0, got {reach} and {radius}")
+    if label is not None and tuple(label.shape) != tuple(shape):
+        raise ValueError(f"label of shape {list(label.shape)} for a grid of shape {list(shape)}")
+    hints = torch.full((1, *shape), UNKNOWN, dtype=torch.long)
+    plane = [s for a, s in enumerate(shape) if a != slice_axis]
+    for point, value in clicks:
+        point = [int(p) for p in point]
+        disc = click_balls(plane, [[p for a, p in enumerate(point) if a != slice_axis]], max(radius - 1, 1))
+        for step in (-1, 1):
+            for distance in range(radius + 1, radius + reach + 1):
+                along = point[slice_axis] + step * distance
+                if not 0 <= along < shape[slice_axis]:
+                    break
+                if label is not None and int(label[(*point[:slice_axis], along, *point[slice_axis + 1:])]) == value:
+                    break  # the error the click is on ends here
+                hints[0].select(slice_axis, along)[disc] = int(value)
+    return hints
 
 
 def slices_holding(mask: torch.Tensor, slice_axis: int) -> list[int]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from monai.transforms import LoadImage
 
-from medsegdiff.interaction import marks_to_labels
+from medsegdiff.interaction import UNKNOWN, click_reach_hints, marks_to_labels
 
 from .params import InvalidParameter
 
@@ -35,7 +35,9 @@ __all__ = [
     "ImageMarks",
     "read_marks",
     "model_labels",
+    "model_hints",
     "changed_marks",
+    "changed_hints",
     "CachedResult",
     "ResultCache",
     "MarksOnImageGrid",
@@ -110,6 +112,10 @@ def _to_model_voxels(voxels: np.ndarray, image_to_model: np.ndarray, model_shape
     return np.clip(mapped, 0, np.asarray(model_shape) - 1)
 
 
+def _image_to_model(image_affine: np.ndarray, model_affine: np.ndarray) -> np.ndarray:
+    return np.linalg.inv(np.asarray(model_affine, dtype=np.float64)) @ np.asarray(image_affine, np.float64)
+
+
 def model_labels(
     marks: ImageMarks,
     image_affine: np.ndarray,
@@ -125,7 +131,7 @@ def model_labels(
         model_affine: voxel → world of the model grid.
         radius: click ball radius in model voxels (a 2D network re-samples the slices a ball crosses).
     """
-    image_to_model = np.linalg.inv(np.asarray(model_affine, dtype=np.float64)) @ np.asarray(image_affine, np.float64)
+    image_to_model = _image_to_model(image_affine, model_affine)
     grid = [int(s) for s in model_shape]
 
     def scribble(voxels: np.ndarray) -> torch.Tensor | None:
@@ -147,6 +153,40 @@ def model_labels(
     return labels[None]
 
 
+def model_hints(
+    marks: ImageMarks,
+    image_affine: np.ndarray,
+    model_affine: np.ndarray,
+    model_shape: Sequence[int],
+    radius: int,
+    reach: int,
+    slice_axis: int,
+    marked_class: int,
+    label: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The clicks' hints for a guided 2D network, (1, 1, *model_shape) (:func:`click_reach_hints`, along the
+    errors of ``label``; background clicks over foreground ones where they overlap, as for the marks); None without
+    clicks or with ``reach`` 0."""
+    if reach == 0 or not (len(marks.foreground) or len(marks.background)):
+        return None
+    image_to_model, grid = _image_to_model(image_affine, model_affine), [int(s) for s in model_shape]
+    clicks = [(p, marked_class) for p in _to_model_voxels(marks.foreground, image_to_model, grid).tolist()]
+    clicks += [(p, 0) for p in _to_model_voxels(marks.background, image_to_model, grid).tolist()]
+    return click_reach_hints(grid, clicks, radius, reach, slice_axis, label)[None]
+
+
+def changed_hints(old: torch.Tensor | None, new: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Between two hint maps (``None``: no hints): the voxels whose hint differs (their slices are re-sampled) and
+    those whose hint was taken away or changed (the locality rule reverts what touches them, as for a mark taken
+    away); None when neither has hints."""
+    if old is None and new is None:
+        return None
+    blank = torch.full_like(new if new is not None else old, UNKNOWN)
+    old, new = (blank if h is None else h for h in (old, new))
+    differs = changed_marks(old, new)
+    return differs, differs & (old != UNKNOWN)
+
+
 def changed_marks(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """The voxels whose mark (class or :data:`UNKNOWN`) differs between two mark maps of the same grid (bool)."""
     if old.shape != new.shape:
@@ -157,22 +197,27 @@ def changed_marks(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 @dataclass
 class CachedResult:
     """A result on the model grid (``probs``, ``entropy``, ``variance``: (1, ch, *shape), CPU), the marks it
-    was sampled with ((1, 1, *shape) mark map, int16) and, once post-processed, its probabilities and uncertainty
+    was sampled with ((1, 1, *shape) mark map, int16; its hints for a guided 2D network, if any) and, once post-processed, its probabilities and uncertainty
     on the image grid (``pred``, ``uncertainty``, before the marks are painted in), so that the next interaction
     resamples only what changed."""
 
     outputs: dict[str, torch.Tensor]
     marks: torch.Tensor
     image_outputs: dict[str, torch.Tensor] | None = None
+    hints: torch.Tensor | None = None
 
     @property
     def nbytes(self) -> int:
         image = sum(v.nbytes for v in (self.image_outputs or {}).values())
-        return self.marks.nbytes + image + sum(v.nbytes for v in self.outputs.values())
+        hints = 0 if self.hints is None else self.hints.nbytes
+        return self.marks.nbytes + hints + image + sum(v.nbytes for v in self.outputs.values())
 
 
-def _marks_digest(marks: torch.Tensor) -> tuple:
-    return tuple(marks.shape), hashlib.sha1(marks.to(torch.int16).cpu().numpy().tobytes()).hexdigest()
+def _marks_digest(marks: torch.Tensor, hints: torch.Tensor | None = None) -> tuple:
+    digest = hashlib.sha1(marks.to(torch.int16).cpu().numpy().tobytes())
+    if hints is not None:
+        digest.update(b"hints" + hints.to(torch.int16).cpu().numpy().tobytes())
+    return tuple(marks.shape), digest.hexdigest()
 
 
 class ResultCache:
@@ -192,21 +237,27 @@ class ResultCache:
         self._entries: OrderedDict[Hashable, OrderedDict[tuple, CachedResult]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, marks: torch.Tensor | None = None) -> CachedResult | None:
-        """The result served with exactly ``marks`` for ``key`` if kept, else (or without ``marks``) the latest."""
+    def get(self, key: Hashable, marks: torch.Tensor | None = None, hints: torch.Tensor | None = None) -> CachedResult | None:
+        """The result served with exactly ``marks`` (and ``hints``) for ``key`` if kept, else (or without
+        ``marks``) the latest."""
         with self._lock:
             history = self._entries.get(key)
             if not history:
                 return None
             self._entries.move_to_end(key)
-            exact = history.get(_marks_digest(marks)) if marks is not None else None
+            exact = history.get(_marks_digest(marks, hints)) if marks is not None else None
             return exact if exact is not None else next(reversed(history.values()))
+
+    def exact(self, key: Hashable, marks: torch.Tensor, hints: torch.Tensor | None = None) -> CachedResult | None:
+        """The result served with exactly ``marks`` (and ``hints``) for ``key``, or None when not kept."""
+        with self._lock:
+            return self._entries.get(key, {}).get(_marks_digest(marks, hints))
 
     def put(self, key: Hashable, entry: CachedResult) -> None:
         """Keep ``entry`` as the latest result of ``key``."""
         with self._lock:
             history = self._entries.setdefault(key, OrderedDict())
-            digest = _marks_digest(entry.marks)
+            digest = _marks_digest(entry.marks, entry.hints)
             history.pop(digest, None)
             history[digest] = entry
             self._entries.move_to_end(key)
@@ -251,12 +302,15 @@ class MarksOnImageGrid:
         return d
 
 
-def interaction_info(radius_default: int) -> dict[str, Any]:
+def interaction_info(radius_default: int, reach_default: int) -> dict[str, Any]:
     """What ``/info`` says about the interaction loop."""
     return {
         "points": "foreground / background: [[i, j, k], ...] voxels of the image that was sent",
         "label_in": {"values": dict(LABEL_IN_VALUES), "grid": "the image that was sent (same shape)"},
         "click_radius_default": radius_default,
+        "click_reach_default": reach_default,
+        "hints": "a 2D network with guidance channels also reads each click's disc on click_reach slices each side "
+        "beyond its ball, as guidance only (not forced); those slices are re-sampled too",
         "conditioning": "RePaint-style: marked voxels of every x_t are replaced by q(x_t | marked mask)",
         "resampled": "only around the marks that changed since the last request for this image, checkpoint, seed "
         "and sampler settings: 2D networks the slices holding a change (resampled_slices), 3D networks the "

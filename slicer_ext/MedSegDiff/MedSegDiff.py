@@ -31,7 +31,7 @@ from MedSegDiffWidgetLib import RefineSection, openSegmentEditor
 SERVER_URL_SETTING = "MedSegDiff/serverUrl"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 UI_PARAMETERS = {"numInferenceSteps": "num_inference_steps", "numEnsemble": "num_ensemble", "seed": "seed",
-                 "clickRadius": "click_radius"}  # fmt: skip
+                 "clickRadius": "click_radius", "clickReach": "click_reach"}  # fmt: skip
 
 
 class MedSegDiff(ScriptedLoadableModule):
@@ -63,6 +63,7 @@ class MedSegDiffParameterNode:
     seed: Annotated[int, WithinRange(*KNOWN_RANGES["seed"])] = 0
     maxEpochs: Annotated[int, WithinRange(1, 100000)] = 10
     clickRadius: Annotated[int, WithinRange(0, 100)] = 2
+    clickReach: Annotated[int, WithinRange(0, 100)] = 8
 
 
 class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -30,7 +30,8 @@ from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedCompo
 
 from medsegdiff.device import select_device
 from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer
-from medsegdiff.interaction import KnownRegion, keep_changes_near_marks, slices_holding
+from medsegdiff.fusion import probabilities_to_labels
+from medsegdiff.interaction import UNKNOWN, KnownRegion, keep_changes_near_marks, slices_holding
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -41,8 +42,10 @@ from ..interaction import (
     CachedResult,
     MarksOnImageGrid,
     ResultCache,
+    changed_hints,
     changed_marks,
     interaction_info,
+    model_hints,
     model_labels,
     read_marks,
 )
@@ -116,7 +119,8 @@ class MedSegDiffInfer(BasicInferTask):
         info["label_colors"] = self.model_info.label_colors
         info["parameters"] = {p.name: _parameter_spec(p) for p in INFER_PARAMS}
         info["checkpoint"] = {**self.files.describe_current(), "spatial_dims": self.model_info.spatial_dims}
-        info["interaction"] = interaction_info(next(p.default for p in INFER_PARAMS if p.name == "click_radius"))
+        default = {p.name: p.default for p in INFER_PARAMS if p.name in ("click_radius", "click_reach")}
+        info["interaction"] = interaction_info(default["click_radius"], default["click_reach"])
         return info
 
     # ------------------------------------------------------------------ request
@@ -207,23 +211,48 @@ class MedSegDiffInfer(BasicInferTask):
         labels = model_labels(  # a click is a ball on the model grid, for a 2D network too: it marks the slices it crosses
             marks, image.meta["original_affine"], image.affine, image.shape[1:], values["click_radius"], values["marked_class"]
         )
-        known = None if marks.is_empty() else KnownRegion(labels)
-        self._request.labels = labels.to(torch.int16)
         self._request.result_key = self._result_key(tuple(image.shape[1:]))
+        hints = None
+        clicks = len(marks.foreground) + len(marks.background)
+        if two_d and network.config.get("guidance_channels") and values["click_reach"] and clicks:
+            # the clicks also reach the slices beyond their balls, along the errors of the automatic label
+            hints = model_hints(marks, image.meta["original_affine"], image.affine, image.shape[1:], values["click_radius"],
+                                values["click_reach"], self.model_info.slice_axis, values["marked_class"],
+                                self._automatic_label(inferer, image, labels))
+        known = None if marks.is_empty() else KnownRegion(labels, hints)
+        self._request.labels = labels.to(torch.int16)
+        self._request.hints = None if hints is None else hints.to(torch.int16)
         # marks served before (an undo, a redo) give that result back; other marks start from the latest result
-        cached = self.results.get(self._request.result_key, self._request.labels)
+        cached = self.results.get(self._request.result_key, self._request.labels, self._request.hints)
         self._request.resampled = None
         self._request.local = None
         self._request.cached = cached
         if cached is None:
             return functools.partial(inferer, known=known)
         changed = changed_marks(cached.marks, self._request.labels)
+        if not two_d:
+            self._request.local = (cached.outputs, self._request.labels, changed)
+            return functools.partial(inferer, known=known, previous=cached.outputs, region=changed)
+        resample, hints = changed, changed_hints(cached.hints, self._request.hints)
+        if hints is not None:  # slices whose hints changed are re-sampled; a hint taken away reverts like a mark
+            resample, changed = changed | hints[0], changed | hints[1]
         # the label changes only as the changed marks ask and where they reach
         self._request.local = (cached.outputs, self._request.labels, changed)
-        if not two_d:
-            return functools.partial(inferer, known=known, previous=cached.outputs, region=changed)
-        self._request.resampled = slices_holding(changed[0, 0], self.model_info.slice_axis)
+        self._request.resampled = slices_holding(resample[0, 0], self.model_info.slice_axis)
         return functools.partial(inferer, known=known, previous=cached.outputs, slices=self._request.resampled)
+
+    def _automatic_label(self, inferer: MedSegDiffInferer, image, labels: torch.Tensor) -> torch.Tensor:
+        """The model-grid label (*spatial) of this image without marks (same checkpoint, seed and sampler): the
+        cached one, else sampled now and cached (a request that clicks before any automatic result pays for it once)."""
+        blank = torch.full_like(labels, UNKNOWN).to(torch.int16)
+        plain = self.results.exact(self._request.result_key, blank)
+        if plain is None:
+            network = self._request.loaded.network
+            device = next(network.parameters()).device
+            outputs = inferer(torch.as_tensor(image)[None].to(device), network)
+            plain = CachedResult({k: outputs[k].detach().cpu() for k in RESULT_KEYS}, blank)
+            self.results.put(self._request.result_key, plain)
+        return probabilities_to_labels(plain.outputs["probs"])[0, 0]
 
     def _result_key(self, model_shape: tuple[int, ...]) -> tuple:
         """What a cached result must share with this request: image, checkpoint, grid, seed and sampler settings."""
@@ -244,7 +273,7 @@ class MedSegDiffInfer(BasicInferTask):
         # where this result differs from the one it started from: the image grid is resampled there only
         self._request.model_changed = None if cached is None else torch.stack(
             [(outputs[k] != cached.outputs[k]).any(dim=1)[0] for k in RESULT_KEYS]).any(dim=0)
-        self._request.entry = CachedResult(outputs, self._request.labels)
+        self._request.entry = CachedResult(outputs, self._request.labels, hints=self._request.hints)
         self.results.put(self._request.result_key, self._request.entry)
         return data
 

@@ -57,7 +57,9 @@ class RefineSection:
 
     def _params(self):
         specs = self.widget.logic.serverInfo.parameters(self.widget.logic.model)
-        return {"click_radius": int(self.widget._parameterNode.clickRadius)} if "click_radius" in specs else {}
+        node = self.widget._parameterNode
+        chosen = {"click_radius": int(node.clickRadius), "click_reach": int(node.clickReach)}
+        return {name: value for name, value in chosen.items() if name in specs}
 
     def run(self, undo):
         """Refine with the marks added since the last Refine, or undo the last one, in the background."""
