@@ -11,7 +11,7 @@ false positive. The model takes each click as a ball of each of :data:`RADII` mo
 (:mod:`medsegdiff.interaction`), and re-samples the slices the ball crosses; the baseline "painted ball" paints
 the same ball into the method's own automatic label without a model. The guided model is also clicked with
 :data:`REACH` slices of hints each side of the ball (:func:`medsegdiff.interaction.click_reach_hints`, the infer
-task's ``click_reach``): those slices are re-sampled too. Reported: Dice after every click, the area
+task's ``click_reach``, along the error of the automatic label): those slices are re-sampled too. Reported: Dice after every click, the area
 under the Dice curve (trapezoid, normalised to [0, 1]), seconds per interaction, and the AUROC of the entropy for
 the wrong voxels before / after: each the mean over the seeds (each seed's run under ``per_seed``; the figure
 shows seed 0).
@@ -20,6 +20,7 @@ shows seed 0).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,9 @@ from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
-__all__ = ["CLICKS", "RADII", "REACH", "FIGURE_MODEL", "method_name", "variants", "dice_auc", "painted_ball", "refine", "run"]
+__all__ = [
+    "CLICKS", "RADII", "REACH", "FIGURE_MODEL", "method_name", "variants", "dice_auc", "painted_ball", "refine", "run",
+]
 
 CLICKS = 5
 RADII = (2, 3)
@@ -111,7 +114,7 @@ def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: 
 
 
 def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: int = 0,
-           pairs: list[tuple[int, int]] = ((2, 0),)) -> dict[tuple[int, int], dict[str, Any]]:
+           pairs: Sequence[tuple[int, int]] = ((2, 0),)) -> dict[tuple[int, int], dict[str, Any]]:
     """Automatic label, then for each (radius, reach) of ``pairs`` :data:`CLICKS` simulated clicks, each
     re-sampling the slices its ball and hints cross; the painted-ball baseline of the same radius into this
     automatic label."""
