@@ -11,8 +11,8 @@ false positive. The model takes each click as a ball of each of :data:`RADII` mo
 (:mod:`medsegdiff.interaction`), and re-samples the slices the ball crosses; the baseline "painted ball" paints
 the same ball into the method's own automatic label without a model. The guided model is also clicked with
 :data:`REACH` slices of hints each side of the ball (:func:`medsegdiff.interaction.click_reach_hints`, the infer
-task's ``click_reach``, along the error of the automatic label): those slices are re-sampled too. Reported: Dice after every click, the area
-under the Dice curve (trapezoid, normalised to [0, 1]), seconds per interaction, and the AUROC of the entropy for
+task's ``click_reach``, along the error of the automatic label): those slices are re-sampled too. Reported: Dice
+after every click, the area under the Dice curve (trapezoid, normalised to [0, 1]), seconds per interaction, and the AUROC of the entropy for
 the wrong voxels before / after: each the mean over the seeds (each seed's run under ``per_seed``; the figure
 shows seed 0).
 """

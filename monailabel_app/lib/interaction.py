@@ -197,9 +197,9 @@ def changed_marks(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 @dataclass
 class CachedResult:
     """A result on the model grid (``probs``, ``entropy``, ``variance``: (1, ch, *shape), CPU), the marks it
-    was sampled with ((1, 1, *shape) mark map, int16; its hints for a guided 2D network, if any) and, once post-processed, its probabilities and uncertainty
-    on the image grid (``pred``, ``uncertainty``, before the marks are painted in), so that the next interaction
-    resamples only what changed."""
+    was sampled with ((1, 1, *shape) mark map, int16; its hints for a guided 2D network, if any) and, once
+    post-processed, its probabilities and uncertainty on the image grid (``pred``, ``uncertainty``, before the
+    marks are painted in), so that the next interaction resamples only what changed."""
 
     outputs: dict[str, torch.Tensor]
     marks: torch.Tensor
