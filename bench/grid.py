@@ -17,7 +17,30 @@ from medsegdiff.sample_data import Scan, normalize_intensity, normalized_on_grid
 
 from .settings import SLICE_SIZE, SPACING_MM
 
-__all__ = ["GridVolume", "to_model_grid"]
+__all__ = ["GridVolume", "to_model_grid", "AXIAL", "view_stack", "unview_stack"]
+
+AXIAL = 2
+"""The model grid's slice axis (the sample model's); 0 = sagittal, 1 = coronal slices of the same volume."""
+
+
+def view_stack(array: np.ndarray, axis: int, size: int) -> np.ndarray:
+    """A (..., X, Y, Z) model-grid array as slices along ``axis`` (0, 1 or 2): (..., size, size, n), the slice
+    axis last and the two in-plane axes centre-padded / cropped to ``size`` (axial slices are already fitted)."""
+    moved = np.moveaxis(array, array.ndim - 3 + axis, -1)
+    out = np.zeros((*moved.shape[:-3], size, size, moved.shape[-1]), dtype=moved.dtype)
+    (sa, ta), (sb, tb) = (_fit_window(n, size) for n in moved.shape[-3:-1])
+    out[..., ta, tb, :] = moved[..., sa, sb, :]
+    return out
+
+
+def unview_stack(stacked: np.ndarray, axis: int, shape: Sequence[int]) -> np.ndarray:
+    """The inverse of :func:`view_stack` onto a model-grid ``shape`` (X, Y, Z): in-plane fit undone (zeros where
+    the view cropped), the slice axis put back."""
+    moved_shape = list(np.moveaxis(np.empty(tuple(shape), dtype=bool), axis, -1).shape)
+    out = np.zeros((*stacked.shape[:-3], *moved_shape), dtype=stacked.dtype)
+    (sa, ta), (sb, tb) = (_fit_window(n, stacked.shape[-3]) for n in moved_shape[:2])
+    out[..., sa, sb, :] = stacked[..., ta, tb, :]
+    return np.moveaxis(out, -1, out.ndim - 3 + axis)
 
 
 def _fit_window(n: int, size: int) -> tuple[slice, slice]:
@@ -79,6 +102,14 @@ class GridVolume:
         z = slice(None) if z is None else z
         images = np.moveaxis(self.image[:, :, z], 2, 0)[:, None]
         labels = np.moveaxis(self.label[:, :, z], 2, 0)[:, None]
+        return np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.uint8)
+
+    def view_slices(self, axis: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slices along ``axis`` (0 sagittal, 1 coronal, 2 axial) as (N, 1, S, S) images and labels, S the
+        axial slice size (the through-plane extent is centre-padded to it)."""
+        size = self.image.shape[0]
+        images = np.moveaxis(view_stack(self.image, axis, size), 2, 0)[:, None]
+        labels = np.moveaxis(view_stack(self.label, axis, size), 2, 0)[:, None]
         return np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.uint8)
 
     def to_native(self, maps: np.ndarray, fill: Sequence[float] | float = 0.0, order: int = 1) -> np.ndarray:

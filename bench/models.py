@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +33,13 @@ from medsegdiff.baselines import (
 )
 from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.fusion import class_distribution
+from medsegdiff.inferer import slice_stack
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.training import train_on_arrays
 
-from .grid import GridVolume
+from .grid import AXIAL, GridVolume, unview_stack
 
 __all__ = ["PROTOCOL_NETWORK", "MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
 
@@ -54,6 +55,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "medsegdiff_guided": ({"guidance_channels": 2}, "sample"),
     "medsegdiff_no_ff": ({"use_ff_parser": False}, "sample"),
     "medsegdiff_no_fusion": ({"use_fusion": False}, "sample"),
+    "medsegdiff_scale03": ({}, "sample"),
+    "medsegdiff_scale01": ({}, "sample"),
+    "medsegdiff_triplanar": ({}, "sample"),
+    "medsegdiff_25d": ({"context_slices": 2, "in_channels": 1}, "sample"),
 }
 """Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``PROTOCOL_NETWORK`` and the
 objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's; ``v_prediction``).
@@ -61,9 +66,16 @@ objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the pap
 trained with simulated clicks (``medsegdiff.guidance``); without marks they are zeros, so the protocol scores its
 automatic result."""
 
+MASK_SCALES: dict[str, float] = {"medsegdiff_scale03": 0.3, "medsegdiff_scale01": 0.1}
+"""Variants that diffuse the mask in [-b, b] (``DiffusionConfig.mask_scale``; the others: b = 1)."""
+VIEWS: dict[str, tuple[int, ...]] = {"medsegdiff_triplanar": (2, 1, 0)}
+"""Variants trained on slices along several axes of the model grid (2 axial, 1 coronal, 0 sagittal) and applied
+along each of them, the ensemble's members shared out over the views (the others: axial only)."""
+
 DIFFUSION_MODELS = tuple(VARIANTS)
 MODELS = (*DIFFUSION_MODELS, "plain_segmenter", "unet")
-EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "medsegdiff_guided")
+EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "medsegdiff_guided",
+               "medsegdiff_scale03", "medsegdiff_scale01", "medsegdiff_triplanar", "medsegdiff_25d")
 """Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
 INTERACTIVE_MODELS = ("medsegdiff", "medsegdiff_guided")
 """Models whose networks of each fold (seeds ``0..interactive_seeds - 1``) the interactive bench refines with
@@ -94,7 +106,24 @@ def build(model: str, seed: int) -> nn.Module:
 def diffusion_config(model: str) -> DiffusionConfig:
     """The sample model's diffusion settings with the variant's objective (the plain segmenter: MSE on x0)."""
     prediction_type = VARIANTS[model][1] if model in VARIANTS else "sample"
-    return dataclasses.replace(sample_diffusion_config(), prediction_type=prediction_type)
+    return dataclasses.replace(sample_diffusion_config(), prediction_type=prediction_type,
+                               mask_scale=MASK_SCALES.get(model, 1.0))
+
+
+def context_slices(model: str) -> int:
+    """Neighbour slices per side a 2.5D variant reads as image channels (0: plain 2D)."""
+    return int(VARIANTS[model][0].get("context_slices", 0)) if model in VARIANTS else 0
+
+
+def with_context(stack: np.ndarray, picks: Sequence[int], k: int) -> np.ndarray:
+    """Slices ``picks`` of a (n, 1, S, S) slice stack, each with its ``k`` neighbours per side as channels
+    (edges repeat, as the infer task's ``slice_stack``): (len(picks), 2k + 1, S, S)."""
+    return slice_stack(torch.from_numpy(stack[:, 0])[None], list(picks), k).numpy()
+
+
+def views(model: str) -> tuple[int, ...]:
+    """The slice axes ``model`` trains and predicts along (``VIEWS``; axial only by default)."""
+    return VIEWS.get(model, (AXIAL,))
 
 
 class NetworkCalls:
@@ -161,31 +190,41 @@ def train(
 @torch.no_grad()
 def predict(
     model: str, network: nn.Module, volume: GridVolume, z: list[int] | None = None, steps: int = 10,
-    members: int = 5, seed: int = 0, mc_passes: int = 0, slice_batch: int = 4,
+    members: int = 5, seed: int = 0, mc_passes: int = 0, slice_batch: int = 4, eta: float = 0.0,
 ) -> dict[str, Any]:
     """Member class distributions (N, K, H, W, Z') on the model grid for the axial slices ``z`` (all if None).
 
-    Diffusion models: DDIM ``steps`` x ``members`` (``EnsembleSampler``, members batched). Plain segmenter and
+    Diffusion models: DDIM ``steps`` x ``members`` (``EnsembleSampler``, members batched; ``eta``: its
+    stochasticity). A model of several ``VIEWS`` runs along each of them on the whole volume (``z`` given: axial
+    only) with ``round(members / views)`` members each (at least 1), their noise apart by view. Plain segmenter and
     U-Net: one pass (N = 1); ``mc_passes`` > 1 turns the U-Net into MC-dropout with that many passes. Also
     returns ``seconds`` and ``nfe`` (network calls counted by a forward hook).
     """
     device = next(network.parameters()).device
-    images, _ = volume.slices(z)
-    parts = []
+    axes = views(model) if z is None else (AXIAL,)
+    per_view = members if len(axes) == 1 else max(1, round(members / len(axes)))
+    grids = []
     start = time.perf_counter()
     with NetworkCalls(network) as counter:
-        for first in range(0, len(images), slice_batch):
-            x = torch.from_numpy(images[first : first + slice_batch]).to(device)
-            if model in DIFFUSION_MODELS:
-                sampler = EnsembleSampler(diffusion_config(model), "ddim", steps, members)
-                dist = diffusion_member_distributions(sampler(network, x, seed=seed).member_probs)
-            elif model == "plain_segmenter":
-                dist = class_distribution(network.probabilities(x))[None]
-            elif mc_passes > 1:
-                dist = mc_dropout_distributions(network, x, mc_passes, seed=seed)
-            else:
-                dist = softmax_distributions(network, x)
-            parts.append(dist.float().cpu())
+        for view, axis in enumerate(axes):
+            images, _ = volume.view_slices(axis)
+            picks = range(len(images)) if z is None else z
+            images = with_context(images, picks, context_slices(model)) if context_slices(model) else images[list(picks)]
+            parts = []
+            for first in range(0, len(images), slice_batch):
+                x = torch.from_numpy(images[first : first + slice_batch]).to(device)
+                if model in DIFFUSION_MODELS:
+                    sampler = EnsembleSampler(diffusion_config(model), "ddim", steps, per_view, eta=eta)
+                    ids = [view * 100_000 + i for i in range(first, first + len(x))]
+                    dist = diffusion_member_distributions(sampler(network, x, seed=seed, sample_ids=ids).member_probs)
+                elif model == "plain_segmenter":
+                    dist = class_distribution(network.probabilities(x))[None]
+                elif mc_passes > 1:
+                    dist = mc_dropout_distributions(network, x, mc_passes, seed=seed)
+                else:
+                    dist = softmax_distributions(network, x)
+                parts.append(dist.float().cpu())
+            stacked = torch.cat(parts, dim=1).permute(0, 2, 3, 4, 1).numpy()  # (N, K, S, S, slices)
+            grids.append(stacked if axis == AXIAL else unview_stack(stacked, axis, volume.image.shape))
     seconds = time.perf_counter() - start
-    members_grid = torch.cat(parts, dim=1).permute(0, 2, 3, 4, 1).numpy()  # (N, K, H, W, Z')
-    return {"members": members_grid, "seconds": seconds, "nfe": counter.calls}
+    return {"members": np.concatenate(grids), "seconds": seconds, "nfe": counter.calls}

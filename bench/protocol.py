@@ -28,12 +28,17 @@ from medsegdiff.evaluation import binary_dice
 
 from .context import Context
 from .judge import BAND_MM, judge
-from .models import INTERACTIVE_MODELS, build, predict, protocol_models, train
+from .grid import AXIAL
+from .models import INTERACTIVE_MODELS, VIEWS, build, context_slices, predict, protocol_models, train, views, with_context
 from .report import Section, finite
 from .settings import REPO
 from .protocol_report import RELIABILITY_REGIONS, plot_curves, plot_reliability, summarise, tables, uncertainty_cells
 
 __all__ = ["run", "fold_data", "cell_key", "selected", "Cells", "run_cell", "run_workers"]
+
+
+SAVED_MODELS = ("medsegdiff_eps", "medsegdiff_v", "medsegdiff_scale03", "medsegdiff_scale01", *VIEWS, "medsegdiff_25d")
+"""Design-experiment networks kept (like the interactive ones) for the sampler sweep (``bench.posterior``)."""
 
 
 def cell_key(test: str, model: str, seed: int) -> str:
@@ -59,6 +64,16 @@ def fold_data(ctx: Context, test: str) -> tuple[np.ndarray, np.ndarray, Any, lis
     candidates = np.flatnonzero(fraction >= 0.05)
     picks = np.linspace(0, len(candidates) - 1, s.val_slices + 2).round().astype(int)[1:-1]
     return images, labels, volume, [int(candidates[i]) for i in picks]
+
+
+def view_training_slices(
+    ctx: Context, test: str, axes: tuple[int, ...], context: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training slices of the heads other than ``test`` along every axis of ``axes`` (multi-view models), each
+    with ``context`` neighbours per side as channels (2.5D models)."""
+    pairs = [ctx.grid(name).view_slices(axis) for name in ctx.settings.folds if name != test for axis in axes]
+    images = [with_context(p[0], range(len(p[0])), context) if context else p[0] for p in pairs]
+    return np.concatenate(images), np.concatenate([p[1] for p in pairs])
 
 
 def _validator(model: str, volume, z: list[int]):
@@ -115,13 +130,15 @@ def run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data)
     s = ctx.settings
     key = cell_key(test, model, seed)
     images, labels, volume, z = data
+    if views(model) != (AXIAL,) or context_slices(model):  # multi-view or 2.5D: its own training slices
+        images, labels = view_training_slices(ctx, test, views(model), context_slices(model))
     network = build(model, seed).to(ctx.device)
     trained = train(model, network, images, labels, s.iterations, seed, ctx.device, _validator(model, volume, z), s.val_every)
     out = predict(model, network, volume, steps=s.eval_steps, members=s.eval_members, seed=seed)
     cell: dict[str, Any] = {"test": test, "model": model, "seed": seed, "train": trained.stats,
                             "infer_seconds": out["seconds"], "nfe": out["nfe"],
                             **judge(volume, out["members"])}
-    if model in INTERACTIVE_MODELS and seed < s.interactive_seeds:  # the interactive bench refines with it
+    if (model in INTERACTIVE_MODELS or model in SAVED_MODELS) and seed < s.interactive_seeds:  # the interactive bench refines with it
         torch.save(network.state_dict(), cells.network_path(key))
     if model == "unet":
         np.savez_compressed(cells.map_path(key), members=out["members"].astype(np.float16))

@@ -39,17 +39,24 @@ class DiffusionConfig:
         schedule: a MONAI beta schedule (``linear_beta``, ``scaled_linear_beta``, ``sigmoid_beta``, ``cosine``).
         prediction_type: what the network predicts: ``epsilon`` (the seed's objective), ``sample`` (x0) or
             ``v_prediction``.
+        mask_scale: the one-hot mask is diffused in [-mask_scale, mask_scale] (Chen 2023, "On the importance of
+            noise scheduling for diffusion models": input scaling b). Below 1 every step is noisier relative to
+            the mask, so more of the training steps can only be solved from the image, and a sampling chain
+            commits to a mask later; 1 is the usual [-1, 1].
     """
 
     num_train_timesteps: int = 1000
     schedule: str = "linear_beta"
     prediction_type: str = "epsilon"
+    mask_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be >= 1, got {self.num_train_timesteps}")
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
+        if not isinstance(self.mask_scale, (int, float)) or not 0.0 < float(self.mask_scale) <= 1.0:
+            raise ValueError(f"mask_scale must be a number in (0, 1], got {self.mask_scale!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,11 +75,14 @@ def make_scheduler(config: DiffusionConfig, sampler: str = "ddim") -> Scheduler:
     )
 
 
-def labels_to_diffusion_target(labels: torch.Tensor, num_classes: int, background: bool = False) -> torch.Tensor:
-    """Integer labels (B, 1, *spatial) with values 0..C → one-hot channels in [-1, 1].
+def labels_to_diffusion_target(
+    labels: torch.Tensor, num_classes: int, background: bool = False, scale: float = 1.0
+) -> torch.Tensor:
+    """Integer labels (B, 1, *spatial) with values 0..C → one-hot channels in [-scale, scale].
 
     Args:
         background: also diffuse the background channel (C + 1 channels, background first); else C channels.
+        scale: ``DiffusionConfig.mask_scale``.
     """
     if labels.shape[1] != 1:
         raise ValueError(f"labels must have one channel of class indices, got shape {tuple(labels.shape)}")
@@ -80,19 +90,22 @@ def labels_to_diffusion_target(labels: torch.Tensor, num_classes: int, backgroun
     if idx.min() < 0 or idx.max() > num_classes:
         raise ValueError(f"label values must lie in 0..{num_classes}, found {int(idx.min())}..{int(idx.max())}")
     onehot = F.one_hot(idx, num_classes + 1).movedim(-1, 1)
-    return (onehot if background else onehot[:, 1:]).float() * 2.0 - 1.0
+    return ((onehot if background else onehot[:, 1:]).float() * 2.0 - 1.0) * scale
 
 
-def diffusion_to_probabilities(x0: torch.Tensor, background: bool = False, dim: int = 1) -> torch.Tensor:
-    """Map a denoised mask estimate in [-1, 1] to per-class foreground probabilities in [0, 1].
+def diffusion_to_probabilities(
+    x0: torch.Tensor, background: bool = False, dim: int = 1, scale: float = 1.0
+) -> torch.Tensor:
+    """Map a denoised mask estimate in [-scale, scale] to per-class foreground probabilities in [0, 1].
 
     Args:
         x0: (…, C, *spatial) foreground channels, or (…, C + 1, *spatial) with the background first.
         background: ``x0`` has the background channel: the C + 1 values are normalised to a distribution and
             its foreground part returned, so a class is chosen by argmax over all C + 1 (small classes survive).
         dim: the channel dimension of ``x0``.
+        scale: ``DiffusionConfig.mask_scale``.
     """
-    probs = ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)
+    probs = ((x0 / scale + 1.0) / 2.0).clamp(0.0, 1.0)
     if not background:
         return probs
     dist = (probs + 1e-6) / (probs + 1e-6).sum(dim=dim, keepdim=True)
@@ -111,10 +124,16 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
         num_classes: foreground classes C.
         prediction_type: ``epsilon``, ``sample`` or ``v_prediction``.
         background: diffuse the background channel too (networks with ``background_channel=True``).
+        mask_scale: ``DiffusionConfig.mask_scale``.
     """
 
     def __init__(
-        self, scheduler: Scheduler, num_classes: int, prediction_type: str = "epsilon", background: bool = False
+        self,
+        scheduler: Scheduler,
+        num_classes: int,
+        prediction_type: str = "epsilon",
+        background: bool = False,
+        mask_scale: float = 1.0,
     ) -> None:
         super().__init__(num_train_timesteps=scheduler.num_train_timesteps, condition_name="image")
         if prediction_type not in PREDICTION_TYPES:
@@ -123,6 +142,7 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.num_classes = num_classes
         self.prediction_type = prediction_type
         self.background = background
+        self.mask_scale = mask_scale
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         if self.prediction_type == "sample":
@@ -134,7 +154,9 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
     def __call__(
         self, batchdata: Mapping[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        x0 = labels_to_diffusion_target(torch.as_tensor(batchdata["label"]), self.num_classes, self.background)
+        x0 = labels_to_diffusion_target(
+            torch.as_tensor(batchdata["label"]), self.num_classes, self.background, self.mask_scale
+        )
         x0 = x0.to(device=device, non_blocking=non_blocking)
         noise = self.get_noise(x0)
         timesteps = self.get_timesteps(x0)

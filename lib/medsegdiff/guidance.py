@@ -161,7 +161,8 @@ class ErrorClicks:
         x = torch.randn((len(images), self.network.out_channels, *images.shape[2:]), generator=self.generator).to(device)
         output = self.network(x, torch.full((len(images),), t, device=device), context=plain.to(device))
         x0, _ = self.scheduler.split(output.float(), t, x)
-        return probabilities_to_labels(diffusion_to_probabilities(x0, self.network.config["background_channel"])).cpu()
+        probs = diffusion_to_probabilities(x0, self.network.config["background_channel"], scale=self.scheduler.mask_scale)
+        return probabilities_to_labels(probs).cpu()
 
     def __call__(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch (``image`` with guidance channels, ``label``) with error clicks for the chosen samples."""

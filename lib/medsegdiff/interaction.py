@@ -74,9 +74,10 @@ class KnownRegion:
         """(B, 1, *spatial) what a guided network reads: the marks, and the hints where unmarked."""
         return self.labels if self.hints is None else torch.where(self.mask, self.labels, self.hints)
 
-    def target(self, num_classes: int, background: bool) -> torch.Tensor:
-        """x0 of the marked voxels in diffusion space (B, channels, *spatial); NaN on unmarked voxels."""
-        x0 = labels_to_diffusion_target(self.labels.clamp_min(0), num_classes, background)
+    def target(self, num_classes: int, background: bool, scale: float = 1.0) -> torch.Tensor:
+        """x0 of the marked voxels in diffusion space (B, channels, *spatial; ``scale``: the diffusion's
+        ``mask_scale``); NaN on unmarked voxels."""
+        x0 = labels_to_diffusion_target(self.labels.clamp_min(0), num_classes, background, scale)
         return x0.masked_fill(~self.mask, float("nan"))
 
     def probabilities(self, num_classes: int) -> torch.Tensor:

@@ -155,14 +155,15 @@ class EnsembleSampler:
             image = torch.cat([image, guidance_maps(known, image)], dim=1)
         features = network.encode_image(image)  # image-only part: once per image
         background = bool(config.get("background_channel", False))
-        known_x0 = None if known is None else known.target(network.num_classes, background).to(image.device)
+        scale = self.diffusion.mask_scale
+        known_x0 = None if known is None else known.target(network.num_classes, background, scale).to(image.device)
         members, nfe = [], 0
         for first in range(0, self.num_ensemble, self.member_batch_size):
             chunk = range(first, min(first + self.member_batch_size, self.num_ensemble))
             x0, calls = self.denoise(network, features, tuple(image.shape[2:]), seed, list(chunk), ids, known_x0)
             members.extend(x0.chunk(len(chunk)))
             nfe += calls
-        return diffusion_to_probabilities(torch.stack(members).float(), background, dim=2), nfe
+        return diffusion_to_probabilities(torch.stack(members).float(), background, dim=2, scale=scale), nfe
 
     def denoise(
         self,

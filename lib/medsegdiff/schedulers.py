@@ -42,7 +42,7 @@ class RespacedScheduler:
         sampler: ``"ddim"`` or ``"ddpm"`` (respaced when ``num_inference_steps`` < T).
         num_inference_steps: k, network evaluations per chain (1..T).
         eta: DDIM stochasticity in [0, 1] (ignored by DDPM, which is always stochastic).
-        clip_sample: clip the x0 estimate to [-1, 1] (the mask's range).
+        clip_sample: clip the x0 estimate to the mask's range, [-mask_scale, mask_scale].
     """
 
     def __init__(
@@ -64,6 +64,7 @@ class RespacedScheduler:
         self.eta = float(eta)
         self.prediction_type = config.prediction_type
         self.clip_sample = clip_sample
+        self.mask_scale = float(config.mask_scale)
 
     @property
     def stochastic(self) -> bool:
@@ -94,7 +95,7 @@ class RespacedScheduler:
         else:  # v_prediction
             x0 = sa * sample - sb * model_output
         if self.clip_sample:
-            x0 = x0.clamp(-1.0, 1.0)
+            x0 = x0.clamp(-self.mask_scale, self.mask_scale)
         eps = (sample - sa * x0) / max(sb, 1e-12)
         return x0, eps
 

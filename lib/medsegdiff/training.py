@@ -103,7 +103,8 @@ def train_on_arrays(
     error_clicks = ErrorClicks(network, diffusion, seed=seed) if network.config.get("guidance_channels") else None
     scheduler = make_scheduler(diffusion, "ddpm")
     prepare = SegDiffusionPrepareBatch(
-        scheduler, network.num_classes, diffusion.prediction_type, background=network.config["background_channel"]
+        scheduler, network.num_classes, diffusion.prediction_type, background=network.config["background_channel"],
+        mask_scale=diffusion.mask_scale,
     )
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = None

@@ -310,7 +310,7 @@ class MedSegDiffTrain(BasicTrainTask):
         network = unwrap(context.network)
         prepare_batch = SegDiffusionPrepareBatch(
             context.scheduler, network.num_classes, context.diffusion.prediction_type,
-            background=network.config["background_channel"],
+            background=network.config["background_channel"], mask_scale=context.diffusion.mask_scale,
         )
         if network.config.get("guidance_channels"):  # half the samples click on the network's own error
             prepare_batch = ErrorClicksPrepareBatch(ErrorClicks(network, context.diffusion), prepare_batch)

@@ -1,0 +1,61 @@
+"""The bench's issue-10 design experiments: other slice views, 2.5D context, hard members (fast)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.grid import GridVolume, unview_stack, view_stack  # noqa: E402
+from bench.models import build, diffusion_config, predict, with_context  # noqa: E402
+from bench.posterior import hard_members  # noqa: E402
+
+
+def test_views_put_each_axis_last_centre_padded_and_come_back():
+    grid = np.arange(6 * 6 * 4, dtype=np.float32).reshape(6, 6, 4)
+    sagittal = view_stack(grid, 0, 6)  # slices along x: (y, z) in-plane, z padded 4 -> 6 (one row each side)
+    assert sagittal.shape == (6, 6, 6)
+    assert sagittal[2, 1, 3] == grid[3, 2, 0] and sagittal[2, 4, 3] == grid[3, 2, 3]
+    assert not sagittal[:, 0].any() and not sagittal[:, 5].any()
+    coronal = view_stack(grid, 1, 6)  # slices along y: (x, z) in-plane
+    assert coronal[5, 2, 1] == grid[5, 1, 1]
+    np.testing.assert_array_equal(view_stack(grid, 2, 6), grid)
+    members = np.stack([grid, -grid])[:, None]  # (N, K, X, Y, Z)
+    for axis in (0, 1, 2):
+        np.testing.assert_array_equal(unview_stack(view_stack(members, axis, 6), axis, grid.shape), members)
+
+
+def test_context_stacks_neighbours_and_repeats_edges():
+    stack = np.arange(4, dtype=np.float32)[:, None, None, None] * np.ones((4, 1, 2, 2), np.float32)
+    out = with_context(stack, [0, 3], 1)
+    assert out.shape == (2, 3, 2, 2)
+    assert out[0, :, 0, 0].tolist() == [0, 0, 1] and out[1, :, 0, 0].tolist() == [2, 3, 3]
+
+
+def test_hard_members_are_each_members_own_segmentation():
+    members = np.array([[[0.7, 0.4]], [[0.2, 0.9]]], np.float32)  # (N=2, K=1 foreground prob, 2 voxels)
+    members = np.concatenate([1 - members, members], axis=1)  # (2, 2, 2) background first
+    hard = hard_members(members)
+    np.testing.assert_array_equal(hard[:, 1], [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(hard.sum(axis=1), np.ones((2, 2)))
+
+
+def test_scaled_and_multi_view_variants_sample_what_they_say():
+    assert diffusion_config("medsegdiff_scale03").mask_scale == 0.3
+    assert diffusion_config("medsegdiff").mask_scale == 1.0
+    image = np.random.default_rng(0).random((16, 16, 6)).astype(np.float32)
+    volume = GridVolume("toy", image, np.zeros_like(image, np.uint8), np.zeros((16, 16, 6), np.uint8), (3.0,) * 3,
+                        (16, 16, 6), 1)
+    network = build("medsegdiff_triplanar", 0).eval()
+    out = predict("medsegdiff_triplanar", network, volume, steps=1, members=5, slice_batch=16)
+    # 5 members over 3 views: 2 each; one call per view (6 axial slices, then 16 coronal, 16 sagittal)
+    assert out["members"].shape == (6, 2, 16, 16, 6) and out["nfe"] == 3
+    axial = predict("medsegdiff", network, volume, steps=1, members=2, slice_batch=16)
+    np.testing.assert_allclose(out["members"][:2], axial["members"], atol=1e-5)
+    network = build("medsegdiff_25d", 0).eval()
+    assert network.image_channels == 5
+    assert predict("medsegdiff_25d", network, volume, steps=1, members=2)["members"].shape == (2, 2, 16, 16, 6)
