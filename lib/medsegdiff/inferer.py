@@ -1,7 +1,8 @@
 """Whole-volume inference: a MONAI ``Inferer`` that runs the diffusion ensemble over a 3D volume.
 
 A 2D network runs slice by slice (slices batched, each slice's global index seeding its noise, neighbour
-slices stacked as channels for a 2.5D network); a 3D network runs on sliding windows of its training patch size
+slices stacked as channels for a 2.5D network; a network trained on several views runs along each, its members shared
+out over them); a 3D network runs on sliding windows of its training patch size
 (MONAI ``SlidingWindowInferer``, Gaussian blending; each window's position seeds its noise). A result is
 therefore the same for any slice batch size or member chunking. Both return the fused probabilities, the label
 and the uncertainty of the whole volume.
@@ -27,9 +28,10 @@ from tqdm import tqdm
 from .fusion import probabilities_to_labels
 from .interaction import UNKNOWN, KnownRegion
 from .sampling import EnsembleSampler
+from .uncertainty import predictive_entropy
 from .windows import Box, Resampled, WindowPlan, padding, region_box
 
-__all__ = ["MedSegDiffInferer", "RESULT_KEYS", "slice_stack"]
+__all__ = ["MedSegDiffInferer", "RESULT_KEYS", "slice_stack", "pool_views"]
 
 RESULT_KEYS = ("probs", "entropy", "variance")
 """The per-voxel outputs of a run (besides ``label``, derived from ``probs``): what a partial re-sampling keeps or
@@ -49,6 +51,18 @@ def slice_stack(volume: torch.Tensor, indices: Sequence[int], context_slices: in
     return stacked.permute(1, 2, 0, 3, 4).reshape(len(indices), -1, *volume.shape[2:])
 
 
+def pool_views(results: Sequence[dict[str, torch.Tensor]], members: Sequence[int]) -> dict[str, torch.Tensor]:
+    """One ensemble from the results of several views, view v with ``members[v]`` members: probabilities are the
+    member-weighted mean (the soft mean of all members when each view fused by mean), the entropy is that of the
+    pooled mean, the variance the pooled variance across all members (within-view variance plus the spread of the
+    views' means, per class, then averaged over classes as :func:`~medsegdiff.uncertainty.member_variance` does)."""
+    weights = torch.tensor(members, dtype=torch.float64) / sum(members)
+    probs = sum(float(w) * r["probs"] for w, r in zip(weights, results))
+    spread = sum(float(w) * (r["variance"] + (r["probs"] - probs).pow(2).mean(dim=1, keepdim=True))
+                 for w, r in zip(weights, results))
+    return {"probs": probs, "entropy": predictive_entropy(probs), "variance": spread}
+
+
 class MedSegDiffInferer(Inferer):
     """Segments a (B, in_channels, H, W, D) volume with an ensemble of diffusion chains.
 
@@ -56,6 +70,9 @@ class MedSegDiffInferer(Inferer):
         sampler: the ensemble sampler (steps, members, fusion).
         seed: the seed every chain's noise derives from (with its member index and slice or window position).
         slice_axis: spatial axis (0, 1 or 2) a 2D network slides over.
+        views: a 2D network trained on slices along several axes runs along each of these (e.g. ``(2, 1, 0)``):
+            member m samples along ``views[m % len(views)]`` (its noise from its own index m), and the views'
+            results are pooled as one ensemble (:func:`pool_views`). ``None``: ``slice_axis`` alone.
         slice_batch_size: slices per batch for a 2D network (does not change the result).
         roi_size: window size for a 3D network (defaults to the network's training size).
         overlap: sliding-window overlap for a 3D network.
@@ -75,10 +92,16 @@ class MedSegDiffInferer(Inferer):
         roi_size: Sequence[int] | None = None,
         overlap: float = 0.25,
         progress: bool = False,
+        views: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if slice_axis not in (0, 1, 2):
             raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+        views = (slice_axis,) if views is None else tuple(int(v) for v in views)
+        if not views or len(set(views)) != len(views) or not set(views) <= {0, 1, 2}:
+            raise ValueError(f"views must be distinct axes among 0, 1, 2, got {views}")
+        if len(views) > sampler.num_ensemble:
+            raise ValueError(f"{len(views)} views need at least as many members, got num_ensemble {sampler.num_ensemble}")
         if slice_batch_size < 1:
             raise ValueError(f"slice_batch_size must be >= 1, got {slice_batch_size}")
         if seed < 0:
@@ -86,6 +109,7 @@ class MedSegDiffInferer(Inferer):
         self.sampler = sampler
         self.seed = seed
         self.slice_axis = slice_axis
+        self.views = views
         self.slice_batch_size = slice_batch_size
         self.roi_size = roi_size
         self.overlap = overlap
@@ -94,9 +118,10 @@ class MedSegDiffInferer(Inferer):
         self.resampled: Resampled | None = None
 
     def _sample(
-        self, network: nn.Module, images: torch.Tensor, ids: Sequence[int], known: KnownRegion | None = None
+        self, network: nn.Module, images: torch.Tensor, ids: Sequence[int], known: KnownRegion | None = None,
+        members: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        result = self.sampler(network, images, seed=self.seed, sample_ids=ids, known=known)
+        result = self.sampler(network, images, seed=self.seed, sample_ids=ids, known=known, members=members)
         self.nfe += result.nfe
         return {key: getattr(result, key) for key in RESULT_KEYS}
 
@@ -107,14 +132,18 @@ class MedSegDiffInferer(Inferer):
         known: KnownRegion | None = None,
         previous: dict[str, torch.Tensor] | None = None,
         only: Sequence[int] | None = None,
+        axis: int | None = None,
+        members: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """2D network: the slices of every volume, batched; slice s of volume b has sample id b * S + s.
+        """2D network: the slices of every volume along ``axis`` (default ``slice_axis``), batched; slice s of
+        volume b has sample id b * S + s; ``members``: the members to run (default all).
 
         ``only`` (with ``previous``): re-sample the slice batches holding these slices (of every volume), batched
         as in a full run so that they come out bit-identical to it; the rest come from ``previous``.
         """
-        slices = volume.movedim(2 + self.slice_axis, 2)  # (B, C, S, h, w)
-        marks = None if known is None else known.apply(lambda t: t.movedim(2 + self.slice_axis, 2))  # (B, 1, S, h, w)
+        axis = self.slice_axis if axis is None else axis
+        slices = volume.movedim(2 + axis, 2)  # (B, C, S, h, w)
+        marks = None if known is None else known.apply(lambda t: t.movedim(2 + axis, 2))  # (B, 1, S, h, w)
         count = slices.shape[2]
         context = int(network.config.get("context_slices", 0))
         jobs = [(b, s) for b in range(slices.shape[0]) for s in range(count)]
@@ -122,12 +151,12 @@ class MedSegDiffInferer(Inferer):
         result = {}
         if only is not None:
             batches = [batch for batch in batches if any(s in set(only) for _, s in batch)]
-            result = {k: previous[k].to(volume.device).movedim(2 + self.slice_axis, 2).clone() for k in RESULT_KEYS}
+            result = {k: previous[k].to(volume.device).movedim(2 + axis, 2).clone() for k in RESULT_KEYS}
         parts: dict[str, list[torch.Tensor]] = {key: [] for key in RESULT_KEYS}
         for batch in tqdm(batches, disable=not self.progress):
             images = torch.cat([slice_stack(slices[b], [s], context) for b, s in batch])
             batch_known = None if marks is None else marks.apply(lambda t: torch.stack([t[b, :, s] for b, s in batch]))
-            out = self._sample(network, images, [b * count + s for b, s in batch], batch_known)
+            out = self._sample(network, images, [b * count + s for b, s in batch], batch_known, members)
             for key in RESULT_KEYS:
                 if only is None:
                     parts[key].append(out[key])
@@ -138,7 +167,14 @@ class MedSegDiffInferer(Inferer):
             if only is None:
                 flat = torch.cat(chunks)  # (B * S, ch, h, w)
                 result[key] = flat.reshape(slices.shape[0], count, *flat.shape[1:]).movedim(1, 2)
-        return {key: value.movedim(2, 2 + self.slice_axis) for key, value in result.items()}
+        return {key: value.movedim(2, 2 + axis) for key, value in result.items()}
+
+    def _views(self, volume: torch.Tensor, network: nn.Module, known: KnownRegion | None) -> dict[str, torch.Tensor]:
+        """2D network along every axis of ``views``, each with its share of the members, pooled."""
+        count = len(self.views)
+        shares = [[m for m in range(self.sampler.num_ensemble) if m % count == v] for v in range(count)]
+        results = [self._slices(volume, network, known, axis=axis, members=share) for axis, share in zip(self.views, shares)]
+        return pool_views(results, [len(share) for share in shares])
 
     def _windows(
         self,
@@ -222,17 +258,21 @@ class MedSegDiffInferer(Inferer):
         # plain tensor: MetaTensor's __torch_function__ would slow down every op of every sampling step
         volume = convert_to_tensor(inputs, track_meta=False).float()
         with torch.no_grad():
-            if network.spatial_dims == 2:
+            if network.spatial_dims == 2 and len(self.views) > 1:
+                out = self._views(volume, network, known)
+            elif network.spatial_dims == 2:
                 out = self._slices(volume, network, known, previous, slices)
             else:
                 out = self._windows(volume, network, known, previous, box)
         out["label"] = probabilities_to_labels(out["probs"])
         return out
 
-    @staticmethod
-    def _check_partial(inputs: torch.Tensor, network: nn.Module, previous, slices, region) -> Box | None:
+    def _check_partial(self, inputs: torch.Tensor, network: nn.Module, previous, slices, region) -> Box | None:
         """Check a partial re-sampling request; returns the box of ``region`` (``()`` when it is empty)."""
         two_d = network.spatial_dims == 2
+        if two_d and previous is not None and len(self.views) > 1:
+            raise ValueError(f"a result of several views {self.views} is sampled whole; re-sampling some slices of it "
+                             "is not supported")
         if two_d and region is not None:
             raise ValueError("region is for a 3D network; a 2D network re-samples slices=")
         if not two_d and slices is not None:

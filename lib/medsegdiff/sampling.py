@@ -116,15 +116,17 @@ class EnsembleSampler:
         seed: int = 0,
         sample_ids: Sequence[int] | None = None,
         known: KnownRegion | None = None,
+        members: Sequence[int] | None = None,
     ) -> SegmentationResult:
         """Segment a batch of images (B, in_channels, *spatial) with the whole ensemble.
 
         Args:
             sample_ids: one id per image (e.g. the global slice index) that seeds its noise; default 0..B-1.
             known: annotator marks the chains must respect (``None`` or empty: plain sampling).
+            members: the member indices to run (their noise derives from them); default all, 0..N-1.
         """
         known = None if known is None or known.is_empty() else known
-        member_probs, nfe = self.sample_members(network, image, seed, sample_ids, known)
+        member_probs, nfe = self.sample_members(network, image, seed, sample_ids, known, members)
         probs = fuse(member_probs, self.fusion)
         if known is not None:  # STAPLE or a vote need not give exactly the class every member has
             probs = torch.where(known.mask.to(probs.device), known.probabilities(probs.shape[1]).to(probs), probs)
@@ -135,7 +137,7 @@ class EnsembleSampler:
             variance=member_variance(member_probs),
             member_probs=member_probs,
             nfe=nfe,
-            member_evaluations=self.num_inference_steps * self.num_ensemble,
+            member_evaluations=self.num_inference_steps * len(member_probs),
         )
 
     def sample_members(
@@ -145,8 +147,10 @@ class EnsembleSampler:
         seed: int = 0,
         sample_ids: Sequence[int] | None = None,
         known: KnownRegion | None = None,
+        members: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """Run every member's chain; returns member probabilities (N, B, C, *spatial) and the NFE spent."""
+        """Run every member's chain (or those of ``members``); returns member probabilities (N, B, C, *spatial)
+        and the NFE spent."""
         ids = list(range(image.shape[0])) if sample_ids is None else [int(i) for i in sample_ids]
         if len(ids) != image.shape[0]:
             raise ValueError(f"{len(ids)} sample ids for a batch of {image.shape[0]} images")
@@ -157,13 +161,16 @@ class EnsembleSampler:
         background = bool(config.get("background_channel", False))
         scale = self.diffusion.mask_scale
         known_x0 = None if known is None else known.target(network.num_classes, background, scale).to(image.device)
-        members, nfe = [], 0
-        for first in range(0, self.num_ensemble, self.member_batch_size):
-            chunk = range(first, min(first + self.member_batch_size, self.num_ensemble))
-            x0, calls = self.denoise(network, features, tuple(image.shape[2:]), seed, list(chunk), ids, known_x0)
-            members.extend(x0.chunk(len(chunk)))
+        chosen = list(range(self.num_ensemble)) if members is None else [int(m) for m in members]
+        if not chosen or min(chosen) < 0:
+            raise ValueError(f"members must be non-negative member indices, got {members!r}")
+        outputs, nfe = [], 0
+        for first in range(0, len(chosen), self.member_batch_size):
+            chunk = chosen[first : first + self.member_batch_size]
+            x0, calls = self.denoise(network, features, tuple(image.shape[2:]), seed, chunk, ids, known_x0)
+            outputs.extend(x0.chunk(len(chunk)))
             nfe += calls
-        return diffusion_to_probabilities(torch.stack(members).float(), background, dim=2, scale=scale), nfe
+        return diffusion_to_probabilities(torch.stack(outputs).float(), background, dim=2, scale=scale), nfe
 
     def denoise(
         self,
