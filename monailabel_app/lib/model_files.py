@@ -6,7 +6,8 @@ once it exists) and ``last.pt`` (where training resumes). When neither the initi
 exists, a fresh untrained network is written to ``<training folder>/initial.pt`` so the server still starts.
 
 The checkpoint's ``network_config`` defines the architecture; its metadata carries ``spacing``,
-``slice_axis``, ``labels`` and ``label_colors`` (defaults below when absent).
+``slice_axis``, ``labels`` and ``label_colors`` (defaults below when absent), and for a 2D network trained on
+slices along several axes ``views`` (:func:`medsegdiff.checkpoint.slice_views`).
 
 Clients see a checkpoint by model, file name, modification time, epochs and validation Dice
 (:func:`describe_checkpoint`), never by its path: paths stay in the server log.
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from medsegdiff.bundle import bundle_checkpoint
-from medsegdiff.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from medsegdiff.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, slice_views
 from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.network import MedSegDiffUNet
 
@@ -93,6 +94,8 @@ class ModelInfo:
     spacing: list[float]
     slice_axis: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    views: tuple[int, ...] = (2,)
+    """The axes a 2D network runs along (its ``slice_axis`` alone unless trained on several views)."""
 
     @property
     def spatial_dims(self) -> int:
@@ -112,8 +115,14 @@ class ModelInfo:
         slice_axis = int(metadata["slice_axis"])
         if slice_axis not in (0, 1, 2):
             raise ValueError(f"{path}: metadata 'slice_axis' must be 0, 1 or 2, got {slice_axis}")
+        two_d = int(payload["network_config"]["spatial_dims"]) == 2
+        try:
+            views = slice_views(metadata) if two_d else (slice_axis,)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from e
         return cls(
             network_config=dict(payload["network_config"]),
+            views=views,
             labels=labels,
             label_colors={name: colors.get(name, [1.0, 1.0, 0.0]) for name in labels},
             spacing=_spacing(metadata["spacing"]),

@@ -118,7 +118,8 @@ class MedSegDiffInfer(BasicInferTask):
         info = super().info()
         info["label_colors"] = self.model_info.label_colors
         info["parameters"] = {p.name: _parameter_spec(p) for p in INFER_PARAMS}
-        info["checkpoint"] = {**self.files.describe_current(), "spatial_dims": self.model_info.spatial_dims}
+        info["checkpoint"] = {**self.files.describe_current(), "spatial_dims": self.model_info.spatial_dims,
+                              "views": list(self.model_info.views)}
         default = {p.name: p.default for p in INFER_PARAMS if p.name in ("click_radius", "click_reach")}
         info["interaction"] = interaction_info(default["click_radius"], default["click_reach"])
         return info
@@ -161,7 +162,7 @@ class MedSegDiffInfer(BasicInferTask):
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         config = self._request.loaded.network.config
-        pad = min_volume_size(config["spatial_size"], config["spatial_dims"], self.model_info.slice_axis)
+        pad = min_volume_size(config["spatial_size"], config["spatial_dims"], self.model_info.slice_axis, self.model_info.views)
         transforms = [
             # MONAI's Spacingd treats every "image_*" key as a metadata dict: drop MONAI Label's "image_path"
             DeleteItemsd(keys="image_path"),
@@ -194,6 +195,7 @@ class MedSegDiffInfer(BasicInferTask):
             # 2 slices x 1 member (bench/volume.py, bench/results/latest.md); a GPU takes more slices per pass
             slice_batch_size=16 if cuda else 2,
             progress=self.progress,
+            views=self.model_info.views,
         )
         self._request.inferer = inferer
         return self._bind_marks(inferer, data["image"])

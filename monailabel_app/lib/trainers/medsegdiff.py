@@ -229,7 +229,7 @@ class MedSegDiffTrain(BasicTrainTask):
         return None
 
     def val_pre_transforms(self, context: Context):
-        pad = min_volume_size(*self._spatial(context))
+        pad = min_volume_size(*self._spatial(context), self.model_info.views)
         return [*self.train_pre_transforms(context), SpatialPadd(keys=["image", "label"], spatial_size=pad)]
 
     def val_post_transforms(self, context: Context):
@@ -240,7 +240,8 @@ class MedSegDiffTrain(BasicTrainTask):
         volumes = cache_volumes(context.train_datalist, self.train_pre_transforms(context))
         config = unwrap(context.network).config
         transform = sample_transforms(*self._spatial(context), context_slices=int(config.get("context_slices", 0)),
-                                      guidance=bool(config.get("guidance_channels", 0)))  # simulated clicks
+                                      guidance=bool(config.get("guidance_channels", 0)),  # simulated clicks
+                                      views=self.model_info.views)
         transform.set_random_state(seed=1000 * context.local_rank + int(context.start_ts) % 1000)
         dataset = RandomSampleDataset(volumes, transform, context.request["samples_per_epoch"])
         world = context.world_size if context.multi_gpu else 1
@@ -264,7 +265,8 @@ class MedSegDiffTrain(BasicTrainTask):
             num_inference_steps=context.request["val_num_inference_steps"],
             num_ensemble=context.request["val_num_ensemble"],
         )
-        inferer = MedSegDiffInferer(sampler, seed=0, slice_axis=self.model_info.slice_axis, slice_batch_size=16 if cuda else 2)
+        inferer = MedSegDiffInferer(sampler, seed=0, slice_axis=self.model_info.slice_axis, slice_batch_size=16 if cuda else 2,
+                                    views=self.model_info.views)
         return SamplingValidationInferer(inferer)
 
     def val_key_metric(self, context: Context):
