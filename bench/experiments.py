@@ -4,7 +4,8 @@
 (decoder skips carry mask + fused image features) and ``medsegdiff_guided`` against ``medsegdiff`` (x0 objective,
 mask-encoder skips), with the size-matched U-Net (softmax and MC-dropout) of the same seeds as reference — the protocol's cells
 (``bench.protocol.run_cell``), computed for seeds ``0 .. BENCH_EXPERIMENT_SEEDS - 1`` (default 1) and kept in
-the run folder, so that a later full protocol run with ``BENCH_EXPERIMENTS=1`` reuses them. Reported per
+the run folder, so that a later full protocol run with ``BENCH_EXPERIMENTS=1`` reuses them; further seeds of a
+variant that a run already computed (``BENCH_CELLS=medsegdiff_triplanar:1,…``) count too. Reported per
 variant: Dice, HD95 (after the largest-component step too), AUROC of the entropy for wrong voxels within 6 mm,
 member diversity, and the paired per-head difference to ``medsegdiff`` (same seeds) with a 95 % interval.
 """
@@ -25,7 +26,7 @@ __all__ = ["VARIANTS_COMPARED", "METRICS", "run", "compare"]
 
 VARIANTS_COMPARED = ("medsegdiff", *EXPERIMENTS, "unet")
 """The variants' cells; ``unet`` (the size-matched U-Net, softmax) also gives the ``mc_dropout`` row."""
-METRICS = ("dice", "hd95_mm", "dice_lcc", "hd95_lcc_mm", "auroc_6mm", "disagreement_fraction", "pairwise_dice")
+METRICS = ("dice", "hd95_mm", "dice_lcc", "hd95_lcc_mm", "auroc", "auroc_6mm", "disagreement_fraction", "pairwise_dice")
 
 
 def _metric(cell: dict[str, Any], name: str) -> float | None:
@@ -35,15 +36,22 @@ def _metric(cell: dict[str, Any], name: str) -> float | None:
 def compare(cells: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """``{variant: {head: [cell per seed]}}`` → per variant mean ± sd of :data:`METRICS` and the paired
     per-head difference to ``medsegdiff`` (heads averaged over the seeds both have)."""
-    def per_head(variant: str, metric: str) -> dict[str, float | None]:
-        return {head: mean_sd([_metric(c, metric) for c in cs])["mean"] for head, cs in cells[variant].items()}
+    def per_head(variant: str, metric: str, other: str | None = None) -> dict[str, float | None]:
+        out = {}
+        for head, cs in cells[variant].items():
+            shared = {c.get("seed") for c in cells.get(other, {}).get(head, [])} if other else None
+            out[head] = mean_sd([_metric(c, metric) for c in cs if shared is None or c.get("seed") in shared])["mean"]
+        return out
 
     out: dict[str, Any] = {}
     for variant, by_head in cells.items():
         entry: dict[str, Any] = {m: mean_sd([_metric(c, m) for cs in by_head.values() for c in cs]) for m in METRICS}
         entry["per_head_dice"] = per_head(variant, "dice")
+        entry["per_head_dice_lcc"] = per_head(variant, "dice_lcc")
+        entry["per_head_hd95_lcc_mm"] = per_head(variant, "hd95_lcc_mm")
         if variant != "medsegdiff":
-            entry["minus_medsegdiff"] = {m: paired_difference(per_head(variant, m), per_head("medsegdiff", m))
+            entry["minus_medsegdiff"] = {m: paired_difference(per_head(variant, m, "medsegdiff"),
+                                                              per_head("medsegdiff", m, variant))
                                          for m in ("dice", "dice_lcc", "auroc_6mm", "disagreement_fraction")}
         out[variant] = entry
     return out
@@ -64,12 +72,13 @@ def run(ctx: Context) -> Section:
     for head in s.folds:
         data = None
         for variant in VARIANTS_COMPARED:
-            for seed in range(seeds):
+            for seed in range(s.seeds):  # the requested seeds, and any further seed a run already computed
                 cell = store.get(cell_key(head, variant, seed))
-                if cell is None:
+                if cell is None and seed < seeds:
                     data = data or fold_data(ctx, head)
                     cell = run_cell(ctx, store, head, variant, seed, data)
-                cells[variant].setdefault(head, []).append(cell)
+                if cell is not None:
+                    cells[variant].setdefault(head, []).append(cell)
     cells["mc_dropout"] = {head: [c["mc_dropout"] for c in cs] for head, cs in cells["unet"].items()}
     summary = compare(cells)
     rows = [[variant, *(e[m]["mean"] for m in METRICS), format_difference(e.get("minus_medsegdiff", {}).get("dice"))]
@@ -77,7 +86,8 @@ def run(ctx: Context) -> Section:
     table = md_table(["variant", *METRICS, "Δ Dice vs medsegdiff (95 % CI, per head)"], rows)
     results = {
         "experiments": summary,
-        "seeds": seeds, "folds": list(s.folds), "iterations": s.iterations,
+        "seeds": seeds,
+        "seeds_per_variant": {v: max((len(cs) for cs in by_head.values()), default=0) for v, by_head in cells.items()}, "folds": list(s.folds), "iterations": s.iterations,
         "evaluation": f"DDIM {s.eval_steps} steps x {s.eval_members} members (the protocol's)",
         "quick_note": "QUICK MODE: tiny settings; numbers mean nothing" if s.quick else None,
     }

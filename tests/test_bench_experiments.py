@@ -59,3 +59,18 @@ def test_reliability_diagrams_pool_voxel_weighted():
     # bin 0: (3 * .2 + 1 * .4) / 4 = .25, rate (0 + 1) / 4 = .25; bin 1: b alone
     assert mean_p.tolist() == pytest.approx([0.25, 0.9]) and rate.tolist() == pytest.approx([0.25, 0.75])
     assert count.tolist() == [4, 4]
+
+
+def test_compare_pairs_only_the_seeds_both_variants_have():
+    def seeded(dice: float, seed: int) -> dict:
+        return {**_cell(dice, 0.1), "seed": seed}
+
+    cells = {
+        "medsegdiff": {h: [seeded(0.80, 0), seeded(0.90, 1), seeded(1.00, 2)] for h in "ab"},
+        "medsegdiff_triplanar": {h: [seeded(0.85, 0), seeded(0.97, 1), seeded(0.95, 2)] for h in "ab"},
+        "medsegdiff_eps": {h: [seeded(0.95, 0)] for h in "ab"},
+    }
+    out = compare(cells)
+    assert out["medsegdiff_eps"]["minus_medsegdiff"]["dice"]["mean"] == pytest.approx(0.15)  # seed 0 alone
+    assert out["medsegdiff_triplanar"]["minus_medsegdiff"]["dice"]["mean"] == pytest.approx(0.07 / 3)
+    assert out["medsegdiff"]["dice"]["mean"] == pytest.approx(0.9)  # its own mean keeps every seed

@@ -72,3 +72,23 @@ def test_uncertainty_target_needs_every_named_baseline_ahead():
     assert met(ahead) == "yes"
     assert met({**ahead, "plain_segmenter": "tie"}) == "yes"  # the no-diffusion ablation is not an uncertainty baseline
     assert met({**ahead, "deep_ensemble": "tie"}) == "**no**"
+
+
+def test_the_served_recipes_targets_follow_its_numbers():
+    def rows(dice, hd95, auroc=0.91, band=0.75, share=0.3):
+        entry = {"per_head_dice_lcc": dice, "per_head_hd95_lcc_mm": hd95, "auroc": {"mean": auroc},
+                 "auroc_6mm": {"mean": band}, "disagreement_fraction": {"mean": share}, "minus_medsegdiff": {}}
+        report = {"sections": {"experiments": {"results": {"seeds": 1, "seeds_per_variant": {table.SERVED_RECIPE: 3},
+                                                           "experiments": {table.SERVED_RECIPE: entry}}}}}
+        return [(row[0].split(": ", 1)[1], row[2]) for row in table._served_targets(report)]
+
+    met = dict(rows({"a": 0.96, "b": 0.951}, {"a": 9.0, "b": 10.0}))
+    assert met["held-out Dice ≥ 0.95 on every head"] == "yes" and met["HD95 ≤ 10 mm on every head"] == "yes"
+    assert met["uncertainty AUROC ≥ 0.90 over the head"] == "yes"
+    assert met["AUROC ≥ 0.80 within 6 mm of the surface"] == "**no**"
+    assert met["member disagreement ≥ 50 % of the predictive entropy"] == "**no**"
+    missed = dict(rows({"a": 0.96, "b": 0.949}, {"a": 9.0, "b": 10.1}, auroc=0.89, share=0.5))
+    assert missed["held-out Dice ≥ 0.95 on every head"] == "**no**" and missed["HD95 ≤ 10 mm on every head"] == "**no**"
+    assert missed["uncertainty AUROC ≥ 0.90 over the head"] == "**no**"
+    assert missed["member disagreement ≥ 50 % of the predictive entropy"] == "yes"
+    assert table._served_targets({"sections": {}}) == []
