@@ -1,7 +1,7 @@
 """Is the ensemble a posterior? The protocol's saved networks, sampled again with other DDIM settings.
 
-For every saved network of a held-out head (``protocol.SAVED_MODELS`` and ``medsegdiff``, seeds below
-``interactive_seeds``), the whole test head is sampled with each (steps, eta) of ``Settings.posterior_sweep`` and judged twice:
+For every saved network of a held-out head (:data:`MODELS_SWEPT`, seeds below ``interactive_seeds``), the whole
+test head is sampled with each (steps, eta) of ``Settings.posterior_sweep`` and judged twice:
 ``soft`` (each member's probabilities as the sampler gives them, the infer task's fusion) and ``hard`` (each member
 reduced to its own segmentation, the argmax, before the mean: the paper's ensemble of sampled masks, whose
 uncertainty is member disagreement only). Reported: Dice, HD95 after the largest component, AUROC of the entropy
@@ -22,15 +22,16 @@ import torch
 
 from .context import Context
 from .judge import judge
-from .models import build, predict
-from .protocol import SAVED_MODELS, Cells, cell_key
+from .models import VIEWS, build, predict
+from .protocol import Cells, cell_key
 from .report import Section, finite, md_table
 from .settings import REPO
 from .stats import mean_sd
 
 __all__ = ["MODELS_SWEPT", "hard_members", "run"]
 
-MODELS_SWEPT = ("medsegdiff", *SAVED_MODELS)
+MODELS_SWEPT = ("medsegdiff", "medsegdiff_eps", "medsegdiff_v", *VIEWS)
+"""The axial x0 network, the ε and v objectives (which may need more steps) and the three-view network."""
 METRICS = ("dice", "hd95_lcc_mm", "auroc", "auroc_6mm", "disagreement_fraction", "pairwise_dice")
 
 

@@ -167,6 +167,18 @@ def _check_active_learning(report: dict) -> None:
             assert len(set(added)) == len(added) and all(a.startswith("itk_kmeans[") for a in added)
 
 
+def _check_posterior(report: dict) -> None:
+    posterior = report["sections"]["posterior"]["results"]["posterior"]
+    sweep = [tuple(s) for s in report["settings"]["posterior_sweep"]]
+    for steps, eta in sweep:  # every setting of the sweep, the axial and the three-view network, soft and hard
+        for model in ("medsegdiff", "medsegdiff_triplanar"):
+            for kind in ("soft", "hard"):
+                assert posterior[f"{model} k{steps} eta{eta:g} {kind}"]["cases"] == len(report["settings"]["folds"])
+    # hard members have no entropy of their own: all the uncertainty is their disagreement
+    shares = [e["disagreement_fraction"]["mean"] for k, e in posterior.items() if k.endswith("hard")]
+    assert shares and all(s == pytest.approx(1.0) for s in shares if s is not None), shares
+
+
 @pytest.mark.slow
 def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
     env = {**os.environ, "BENCH_QUICK": "1", "BENCH_OUT": str(tmp_path), "BENCH_WORKERS": "2"}
@@ -189,6 +201,7 @@ def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
     _check_sampling(report)
     _check_protocol(report)
     _check_active_learning(report)
+    _check_posterior(report)
     for figure in ("dice_vs_nfe.png", "validation_curves.png", "active_learning.png"):
         assert (tmp_path / figure).stat().st_size > 10_000, figure
 
