@@ -87,7 +87,8 @@ def run(ctx: Context) -> Section:
     results = {
         "experiments": summary,
         "seeds": seeds,
-        "seeds_per_variant": {v: max((len(cs) for cs in by_head.values()), default=0) for v, by_head in cells.items()}, "folds": list(s.folds), "iterations": s.iterations,
+        "seeds_per_variant": {variant: max((len(cs) for cs in by_head.values()), default=0)
+                              for variant, by_head in cells.items()}, "folds": list(s.folds), "iterations": s.iterations,
         "evaluation": f"DDIM {s.eval_steps} steps x {s.eval_members} members (the protocol's)",
         "quick_note": "QUICK MODE: tiny settings; numbers mean nothing" if s.quick else None,
     }

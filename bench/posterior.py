@@ -1,6 +1,6 @@
 """Is the ensemble a posterior? The protocol's saved networks, sampled again with other DDIM settings.
 
-For every saved network of a held-out head (:data:`MODELS_SWEPT`, seeds below ``interactive_seeds``), the whole
+For every saved network of a held-out head (:data:`MODELS_SWEPT`, seeds below ``posterior_seeds``), the whole
 test head is sampled with each (steps, eta) of ``Settings.posterior_sweep`` and judged twice:
 ``soft`` (each member's probabilities as the sampler gives them, the infer task's fusion) and ``hard`` (each member
 reduced to its own segmentation, the argmax, before the mean: the paper's ensemble of sampled masks, whose
@@ -67,7 +67,7 @@ def _plan(ctx: Context, cells: Cells) -> list[tuple[str, str, int, int, float]]:
     """Every (head, model, seed, steps, eta) whose network the protocol saved."""
     s = ctx.settings
     return [(head, model, seed, steps, eta) for head in s.folds for model in MODELS_SWEPT
-            for seed in range(s.interactive_seeds) for steps, eta in s.posterior_sweep
+            for seed in range(s.posterior_seeds) for steps, eta in s.posterior_sweep
             if cells.network_path(cell_key(head, model, seed)).is_file()]
 
 

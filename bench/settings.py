@@ -59,6 +59,7 @@ class Settings:
     diversity_etas: tuple[float, ...] = (0.0, 0.5, 1.0)
     interactive_seeds: int = 3  # seeds of each fold's networks the interactive bench refines with
     posterior_sweep: tuple[tuple[int, float], ...] = ((2, 0.0), (10, 0.0), (10, 1.0))  # (DDIM steps, eta)
+    posterior_seeds: int = 1  # seeds of each saved network the sampler sweep samples again
     experiments: bool = os.environ.get("BENCH_EXPERIMENTS", "").strip().lower() in ("1", "true", "yes")
 
 
