@@ -5,7 +5,8 @@
 mask-encoder skips), with the size-matched U-Net (softmax and MC-dropout) of the same seeds as reference — the protocol's cells
 (``bench.protocol.run_cell``), computed for seeds ``0 .. BENCH_EXPERIMENT_SEEDS - 1`` (default 1) and kept in
 the run folder, so that a later full protocol run with ``BENCH_EXPERIMENTS=1`` reuses them; further seeds of a
-variant that a run already computed (``BENCH_CELLS=medsegdiff_triplanar:1,…``) count too. Reported per
+variant that a run already computed (``BENCH_CELLS=medsegdiff_triplanar:1,…``) count too; ``BENCH_PARTIAL=1``
+summarises the cells found and trains nothing (``not_measured`` lists the variants without any). Reported per
 variant: Dice, HD95 (after the largest-component step too), AUROC of the entropy for wrong voxels within 6 mm,
 member diversity, and the paired per-head difference to ``medsegdiff`` (same seeds) with a 95 % interval.
 """
@@ -65,7 +66,8 @@ def run(ctx: Context) -> Section:
     store = Cells(ctx)
     wanted = ",".join(f"{v}:{seed}" for v in VARIANTS_COMPARED for seed in range(seeds))
     workers = 1 if s.quick or ctx.device.type != "cpu" else int(os.environ.get("BENCH_WORKERS", "2"))
-    if workers > 1:
+    partial = os.environ.get("BENCH_PARTIAL", "").strip().lower() in ("1", "true", "yes")  # summarise, train nothing
+    if workers > 1 and not partial:
         os.environ["BENCH_EXPERIMENTS"] = "1"  # the workers' cell plan must hold the experiments
         run_workers(ctx, store, workers, only=wanted)
     cells: dict[str, dict[str, list[dict[str, Any]]]] = {v: {} for v in VARIANTS_COMPARED}
@@ -74,18 +76,22 @@ def run(ctx: Context) -> Section:
         for variant in VARIANTS_COMPARED:
             for seed in range(s.seeds):  # the requested seeds, and any further seed a run already computed
                 cell = store.get(cell_key(head, variant, seed))
-                if cell is None and seed < seeds:
+                if cell is None and seed < seeds and not partial:
                     data = data or fold_data(ctx, head)
                     cell = run_cell(ctx, store, head, variant, seed, data)
                 if cell is not None:
                     cells[variant].setdefault(head, []).append(cell)
-    cells["mc_dropout"] = {head: [c["mc_dropout"] for c in cs] for head, cs in cells["unet"].items()}
+    missing = [variant for variant, by_head in cells.items() if not by_head]
+    cells = {variant: by_head for variant, by_head in cells.items() if by_head}
+    if "unet" in cells:
+        cells["mc_dropout"] = {head: [c["mc_dropout"] for c in cs] for head, cs in cells["unet"].items()}
     summary = compare(cells)
     rows = [[variant, *(e[m]["mean"] for m in METRICS), format_difference(e.get("minus_medsegdiff", {}).get("dice"))]
             for variant, e in summary.items()]
     table = md_table(["variant", *METRICS, "Δ Dice vs medsegdiff (95 % CI, per head)"], rows)
     results = {
         "experiments": summary,
+        "not_measured": missing,
         "seeds": seeds,
         "seeds_per_variant": {variant: max((len(cs) for cs in by_head.values()), default=0)
                               for variant, by_head in cells.items()}, "folds": list(s.folds), "iterations": s.iterations,

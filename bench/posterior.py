@@ -7,7 +7,7 @@ reduced to its own segmentation, the argmax, before the mean: the paper's ensemb
 uncertainty is member disagreement only). Reported: Dice, HD95 after the largest component, AUROC of the entropy
 for wrong voxels over the head and within 6 mm of the surface, the share of the entropy that is member
 disagreement, mean pairwise Dice between members, and seconds per head. One JSON per (head, model, seed, steps,
-eta) under ``<out>/cells``; ``BENCH_WORKERS`` processes share them.
+eta) under ``<out>/cells``; ``BENCH_WORKERS`` processes share them; ``BENCH_PARTIAL=1`` summarises what is there.
 """
 
 from __future__ import annotations
@@ -64,17 +64,17 @@ def _evaluate(ctx: Context, cells: Cells, head: str, model: str, seed: int, step
 
 
 def _plan(ctx: Context, cells: Cells) -> list[tuple[str, str, int, int, float]]:
-    """Every (head, model, seed, steps, eta) whose network the protocol saved."""
+    """Every (head, model, seed, steps, eta) of the sweep (whether or not its network was saved)."""
     s = ctx.settings
     return [(head, model, seed, steps, eta) for head in s.folds for model in MODELS_SWEPT
-            for seed in range(s.posterior_seeds) for steps, eta in s.posterior_sweep
-            if cells.network_path(cell_key(head, model, seed)).is_file()]
+            for seed in range(s.posterior_seeds) for steps, eta in s.posterior_sweep]
 
 
 def _work(ctx: Context, cells: Cells) -> None:
     for head, model, seed, steps, eta in _plan(ctx, cells):
         key = _key(head, model, seed, steps, eta)
-        if cells.get(key) is None and cells.claim(key):
+        saved = cells.network_path(cell_key(head, model, seed)).is_file()
+        if saved and cells.get(key) is None and cells.claim(key):
             print(f"[bench] posterior worker {os.getpid()}: {key}", flush=True)
             cells.put(key, _evaluate(ctx, cells, head, model, seed, steps, eta))
 
@@ -82,13 +82,17 @@ def _work(ctx: Context, cells: Cells) -> None:
 def run(ctx: Context) -> Section:
     cells = Cells(ctx)
     workers = 1 if ctx.settings.quick or ctx.device.type != "cpu" else int(os.environ.get("BENCH_WORKERS", "2"))
+    partial = os.environ.get("BENCH_PARTIAL", "").strip().lower() in ("1", "true", "yes")  # summarise only
+    if partial:
+        workers = 0
     if workers > 1:
         cells.clear_claims()
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BENCH_OUT": str(ctx.out_dir)}
         procs = [subprocess.Popen([sys.executable, "-m", "bench.posterior", "--worker"], env=env, cwd=REPO) for _ in range(workers)]
         [p.wait() for p in procs]
         cells.clear_claims()
-    _work(ctx, cells)  # whatever the workers left
+    if not partial:
+        _work(ctx, cells)  # whatever the workers left
     found = [cells.get(_key(*item)) for item in _plan(ctx, cells)]
     found = [f for f in found if f is not None]
     rows, summary = [], {}

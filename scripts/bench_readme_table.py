@@ -99,10 +99,12 @@ def _experiments(report: dict[str, Any]) -> list[str]:
                      _pm(e["dice_lcc"]), _pm(e["hd95_lcc_mm"]), _f(e["auroc"]["mean"]), _f(e["auroc_6mm"]["mean"]),
                      _f(e["disagreement_fraction"]["mean"]), _delta(diffs.get("dice")), _delta(diffs.get("auroc_6mm")),
                      _delta(diffs.get("disagreement_fraction"))])
+    gone = section.get("not_measured") or []
+    note = [f"Not measured in this run: {', '.join(gone)}.", ""] if gone else []
     return [f"Design experiments (issue 10), the protocol's folds and training, the seeds listed per variant "
             f"(per-head Δ to `medsegdiff` over the seeds both have, 95 % interval over the heads; {section['evaluation']}):", "",
             *_table(["variant", "seeds", "Dice", "HD95 mm", "Dice LCC", "HD95 LCC mm", "AUROC head", "AUROC ≤6 mm",
-                     "MI / H", "Δ Dice", "Δ AUROC ≤6 mm", "Δ MI / H"], rows), "",
+                     "MI / H", "Δ Dice", "Δ AUROC ≤6 mm", "Δ MI / H"], rows), "", *note,
             "Reliability diagrams: " + ", ".join(f"`bench/results/{f}`" for f in
                                                  report["sections"]["experiments"].get("figures", [])) +
             " (over predicted ∪ reference brain, `_fg`: below p = 0.5 only missed reference voxels are in that region, "
