@@ -154,7 +154,7 @@ def _served_targets(report: dict[str, Any]) -> list[list[str]]:
         [f"{name}: held-out Dice ≥ 0.95 on every head", ", ".join(f"{h} {v:.3f}" for h, v in dice.items()),
          yes(min(dice.values()) >= 0.95)],
         [f"{name}: HD95 ≤ 10 mm on every head", ", ".join(f"{h} {v:.1f}" for h, v in hd95.items()), yes(max(hd95.values()) <= 10)],
-        [f"{name}: Dice vs the axial protocol network (paired Δ, same seeds)", _delta(e.get("minus_medsegdiff", {}).get("dice")), "–"],
+        [f"{name}: Dice vs the axial protocol network (paired Δ, same seeds)", _delta(e.get("minus_medsegdiff", {}).get("dice_lcc")), "–"],
         [f"{name}: uncertainty AUROC ≥ 0.90 over the head", _f(auroc), yes(auroc is not None and auroc >= 0.90)],
         [f"{name}: AUROC ≥ 0.80 within 6 mm of the surface", _f(band), yes(band is not None and band >= 0.80)],
         [f"{name}: member disagreement ≥ 50 % of the predictive entropy", _f(share), yes(share is not None and share >= 0.5)],
