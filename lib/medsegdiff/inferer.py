@@ -270,7 +270,8 @@ class MedSegDiffInferer(Inferer):
         out["label"] = probabilities_to_labels(out["probs"])
         return out
 
-    def _check_partial(self, inputs: torch.Tensor, network: nn.Module, previous, slices, region) -> Box | None:
+    @staticmethod
+    def _check_partial(inputs: torch.Tensor, network: nn.Module, previous, slices, region) -> Box | None:
         """Check a partial re-sampling request; returns the box of ``region`` (``()`` when it is empty)."""
         two_d = network.spatial_dims == 2
         if two_d and region is not None:
