@@ -92,20 +92,20 @@ class Context:
             self._model = (network, diffusion, metadata)
         return self._model
 
-    def held_out_model(self, test: str) -> tuple[torch.nn.Module, DiffusionConfig, str]:
-        """A MedSegDiff that never saw ``test``: the protocol's seed-0 ``medsegdiff`` of that fold (trained on the
-        other heads; saved as ``cells/<test>__medsegdiff__s0.pt``), else the sample model, said to be not held-out."""
+    def held_out_model(self, test: str, model: str = "medsegdiff") -> tuple[torch.nn.Module, DiffusionConfig, str]:
+        """A MedSegDiff that never saw ``test``: the protocol's seed-0 ``model`` of that fold (trained on the other
+        heads; saved as ``cells/<test>__<model>__s0.pt``), else the sample model, said to be not held-out."""
         from .models import build, diffusion_config
 
-        path = self.out_dir / "cells" / f"{test}__medsegdiff__s0.pt"
+        path = self.out_dir / "cells" / f"{test}__{model}__s0.pt"
         if not path.is_file():
             network, diffusion, _ = self.model
             return network, diffusion, f"{self.model_source} — NOT held-out for {test} (run the protocol first)"
-        network = build("medsegdiff", 0)
+        network = build(model, 0)
         network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         others = ", ".join(h for h in self.settings.folds if h != test)
-        source = f"the protocol's seed-0 medsegdiff trained on {others} ({self.settings.iterations} iterations), held-out {test}"
-        return network.to(self.device).eval(), diffusion_config("medsegdiff"), source
+        source = f"the protocol's seed-0 {model} trained on {others} ({self.settings.iterations} iterations), held-out {test}"
+        return network.to(self.device).eval(), diffusion_config(model), source
 
     def sample_model_on(self, name: str) -> dict[str, Any]:
         """The sample model's whole-volume result on a held-out scan (cached; used by several sections)."""

