@@ -21,6 +21,7 @@ from .models import EXPERIMENTS
 from .protocol import Cells, cell_key, fold_data, run_cell, run_workers
 from .protocol_report import RELIABILITY_REGIONS, format_difference, plot_reliability
 from .report import Section, finite, md_table
+from .settings import partial_run
 from .stats import mean_sd, paired_difference
 
 __all__ = ["VARIANTS_COMPARED", "METRICS", "run", "compare"]
@@ -66,7 +67,7 @@ def run(ctx: Context) -> Section:
     store = Cells(ctx)
     wanted = ",".join(f"{v}:{seed}" for v in VARIANTS_COMPARED for seed in range(seeds))
     workers = 1 if s.quick or ctx.device.type != "cpu" else int(os.environ.get("BENCH_WORKERS", "2"))
-    partial = os.environ.get("BENCH_PARTIAL", "").strip().lower() in ("1", "true", "yes")  # summarise, train nothing
+    partial = partial_run()  # summarise, train nothing
     if workers > 1 and not partial:
         os.environ["BENCH_EXPERIMENTS"] = "1"  # the workers' cell plan must hold the experiments
         run_workers(ctx, store, workers, only=wanted)

@@ -99,17 +99,15 @@ class GridVolume:
 
     def slices(self, z: Sequence[int] | slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Axial slices as (N, 1, H, W) images and labels (the layout of ``train_on_arrays``)."""
-        z = slice(None) if z is None else z
-        images = np.moveaxis(self.image[:, :, z], 2, 0)[:, None]
-        labels = np.moveaxis(self.label[:, :, z], 2, 0)[:, None]
-        return np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.uint8)
+        images, labels = self.view_slices(AXIAL)
+        return (images, labels) if z is None else (np.ascontiguousarray(images[z]), np.ascontiguousarray(labels[z]))
 
     def view_slices(self, axis: int) -> tuple[np.ndarray, np.ndarray]:
         """Slices along ``axis`` (0 sagittal, 1 coronal, 2 axial) as (N, 1, S, S) images and labels, S the
-        axial slice size (the through-plane extent is centre-padded to it)."""
+        axial slice size (the through-plane extent is centre-padded to it; axial slices are already fitted)."""
         size = self.image.shape[0]
-        images = np.moveaxis(view_stack(self.image, axis, size), 2, 0)[:, None]
-        labels = np.moveaxis(view_stack(self.label, axis, size), 2, 0)[:, None]
+        image, label = (self.image, self.label) if axis == AXIAL else (view_stack(a, axis, size) for a in (self.image, self.label))
+        images, labels = np.moveaxis(image, 2, 0)[:, None], np.moveaxis(label, 2, 0)[:, None]
         return np.ascontiguousarray(images, dtype=np.float32), np.ascontiguousarray(labels, dtype=np.uint8)
 
     def to_native(self, maps: np.ndarray, fill: Sequence[float] | float = 0.0, order: int = 1) -> np.ndarray:

@@ -58,7 +58,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "medsegdiff_scale03": ({}, "sample"),
     "medsegdiff_scale01": ({}, "sample"),
     "medsegdiff_triplanar": ({}, "sample"),
-    "medsegdiff_25d": ({"context_slices": 2, "in_channels": 1}, "sample"),
+    "medsegdiff_25d": ({"context_slices": 2}, "sample"),
 }
 """Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``PROTOCOL_NETWORK`` and the
 objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's; ``v_prediction``).
@@ -203,13 +203,14 @@ def predict(
     device = next(network.parameters()).device
     axes = views(model) if z is None else (AXIAL,)
     per_view = members if len(axes) == 1 else max(1, round(members / len(axes)))
+    context = context_slices(model)
     grids = []
     start = time.perf_counter()
     with NetworkCalls(network) as counter:
         for view, axis in enumerate(axes):
             images, _ = volume.view_slices(axis)
             picks = range(len(images)) if z is None else z
-            images = with_context(images, picks, context_slices(model)) if context_slices(model) else images[list(picks)]
+            images = with_context(images, picks, context) if context else images[list(picks)]
             parts = []
             for first in range(0, len(images), slice_batch):
                 x = torch.from_numpy(images[first : first + slice_batch]).to(device)

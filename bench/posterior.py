@@ -13,7 +13,6 @@ eta) under ``<out>/cells``; ``BENCH_WORKERS`` processes share them; ``BENCH_PART
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from typing import Any
 
@@ -22,15 +21,15 @@ import torch
 
 from .context import Context
 from .judge import judge
-from .models import VIEWS, build, predict
-from .protocol import Cells, cell_key
+from .models import build, predict
+from .protocol import SAVED_MODELS, Cells, cell_key, run_workers
 from .report import Section, finite, md_table
-from .settings import REPO
+from .settings import partial_run
 from .stats import mean_sd
 
 __all__ = ["MODELS_SWEPT", "hard_members", "run"]
 
-MODELS_SWEPT = ("medsegdiff", "medsegdiff_eps", "medsegdiff_v", *VIEWS)
+MODELS_SWEPT = ("medsegdiff", *SAVED_MODELS)
 """The axial x0 network, the ε and v objectives (which may need more steps) and the three-view network."""
 METRICS = ("dice", "hd95_lcc_mm", "auroc", "auroc_6mm", "disagreement_fraction", "pairwise_dice")
 
@@ -82,15 +81,9 @@ def _work(ctx: Context, cells: Cells) -> None:
 def run(ctx: Context) -> Section:
     cells = Cells(ctx)
     workers = 1 if ctx.settings.quick or ctx.device.type != "cpu" else int(os.environ.get("BENCH_WORKERS", "2"))
-    partial = os.environ.get("BENCH_PARTIAL", "").strip().lower() in ("1", "true", "yes")  # summarise only
-    if partial:
-        workers = 0
-    if workers > 1:
-        cells.clear_claims()
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BENCH_OUT": str(ctx.out_dir)}
-        procs = [subprocess.Popen([sys.executable, "-m", "bench.posterior", "--worker"], env=env, cwd=REPO) for _ in range(workers)]
-        [p.wait() for p in procs]
-        cells.clear_claims()
+    partial = partial_run()  # summarise only
+    if workers > 1 and not partial:
+        run_workers(ctx, cells, workers, module="bench.posterior")
     if not partial:
         _work(ctx, cells)  # whatever the workers left
     found = [cells.get(_key(*item)) for item in _plan(ctx, cells)]

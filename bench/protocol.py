@@ -31,14 +31,15 @@ from .judge import BAND_MM, judge
 from .grid import AXIAL
 from .models import INTERACTIVE_MODELS, VIEWS, build, context_slices, predict, protocol_models, train, views, with_context
 from .report import Section, finite
-from .settings import REPO
+from .settings import REPO, partial_run
 from .protocol_report import RELIABILITY_REGIONS, plot_curves, plot_reliability, summarise, tables, uncertainty_cells
 
 __all__ = ["run", "fold_data", "cell_key", "selected", "Cells", "run_cell", "run_workers"]
 
 
-SAVED_MODELS = ("medsegdiff_eps", "medsegdiff_v", "medsegdiff_scale03", "medsegdiff_scale01", *VIEWS, "medsegdiff_25d")
-"""Design-experiment networks kept (like the interactive ones) for the sampler sweep (``bench.posterior``)."""
+SAVED_MODELS = ("medsegdiff_eps", "medsegdiff_v", *VIEWS)
+"""Design-experiment networks kept (like the interactive ones) for the sampler sweep (``bench.posterior``, which
+also samples the kept ``medsegdiff``)."""
 
 
 def cell_key(test: str, model: str, seed: int) -> str:
@@ -204,15 +205,15 @@ def work(ctx: Context, cells: Cells) -> None:
         run_cell(ctx, cells, test, model, seed, data[test])
 
 
-def run_workers(ctx: Context, cells: Cells, workers: int, only: str | None = None) -> None:
+def run_workers(ctx: Context, cells: Cells, workers: int, only: str | None = None, module: str = "bench.protocol") -> None:
     """``workers`` single-threaded processes share the cells (on 2 CPU cores two 1-thread trainings do ~1.4x
     the iterations per second of one 2-thread training); the main process then only collects. ``only``: the
-    ``BENCH_CELLS`` selection they work on (default: the environment's)."""
+    ``BENCH_CELLS`` selection they work on (default: the environment's); ``module``: whose ``--worker`` runs."""
     cells.clear_claims()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BENCH_OUT": str(ctx.out_dir)}
     if only is not None:
         env["BENCH_CELLS"] = only
-    procs = [subprocess.Popen([sys.executable, "-m", "bench.protocol", "--worker"], env=env, cwd=REPO) for _ in range(workers)]
+    procs = [subprocess.Popen([sys.executable, "-m", module, "--worker"], env=env, cwd=REPO) for _ in range(workers)]
     codes = [p.wait() for p in procs]
     cells.clear_claims()
     if any(codes):
@@ -222,7 +223,7 @@ def run_workers(ctx: Context, cells: Cells, workers: int, only: str | None = Non
 def run(ctx: Context) -> Section:
     s = ctx.settings
     cells = Cells(ctx)
-    partial = os.environ.get("BENCH_PARTIAL", "").strip().lower() in ("1", "true", "yes")
+    partial = partial_run()
     workers = int(os.environ.get("BENCH_WORKERS", "1" if s.quick or ctx.device.type != "cpu" else "2"))
     if workers > 1 and not partial:
         run_workers(ctx, cells, workers)

@@ -6,10 +6,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["REPO", "QUICK", "Settings", "FULL", "QUICK_SETTINGS", "SETTINGS", "SAMPLE_MODEL_PATH", "SPACING_MM", "SLICE_SIZE", "CAVEAT", "HEADS"]
+__all__ = ["REPO", "QUICK", "partial_run", "Settings", "FULL", "QUICK_SETTINGS", "SETTINGS", "SAMPLE_MODEL_PATH", "SPACING_MM", "SLICE_SIZE", "CAVEAT", "HEADS"]
 
 
 REPO = Path(__file__).resolve().parents[1]
+def partial_run() -> bool:
+    """``BENCH_PARTIAL=1``: the cell-based sections summarise the cells they find and train nothing."""
+    return os.environ.get("BENCH_PARTIAL", "").strip().lower() in ("1", "true", "yes")
+
+
 QUICK = os.environ.get("BENCH_QUICK", "").strip().lower() in ("1", "true", "yes")
 SAMPLE_MODEL_PATH = REPO / "monailabel_app" / "model" / "medsegdiff_brain_2d.pt"
 SPACING_MM = 3.0
