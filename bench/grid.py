@@ -17,7 +17,7 @@ from medsegdiff.sample_data import Scan, normalize_intensity, normalized_on_grid
 
 from .settings import SLICE_SIZE, SPACING_MM
 
-__all__ = ["GridVolume", "to_model_grid", "AXIAL", "view_stack", "unview_stack"]
+__all__ = ["GridVolume", "to_model_grid", "AXIAL", "view_stack", "unview_stack", "head_mask"]
 
 AXIAL = 2
 """The model grid's slice axis (the sample model's); 0 = sagittal, 1 = coronal slices of the same volume."""
@@ -155,11 +155,12 @@ def to_model_grid(scan: Scan, spacing: float = SPACING_MM, size: Sequence[int] =
         native_spacing=tuple(scan.spacing),
         grid_shape=grid_shape,  # type: ignore[arg-type]
         num_classes=max(len(scan.label_names), 1),
-        native_head=_head_mask(scan.image),
+        native_head=head_mask(scan.image),
     )
 
 
-def _head_mask(image: np.ndarray) -> np.ndarray:
+def head_mask(image: np.ndarray) -> np.ndarray:
+    """The head: intensity above 10 % of the normalised range, holes filled in 3D and per axial slice (no air)."""
     head = ndi.binary_fill_holes(normalize_intensity(image) > 0.1)
     for z in range(head.shape[2]):
         head[:, :, z] = ndi.binary_fill_holes(head[:, :, z])

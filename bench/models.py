@@ -157,6 +157,7 @@ class Trained:
 def train(
     model: str, network: nn.Module, images: np.ndarray, labels: np.ndarray, iterations: int, seed: int,
     device: torch.device, validate: Callable[[nn.Module], float] | None = None, val_every: int = 0,
+    extra_augmentations: Sequence[Callable] = (),
 ) -> Trained:
     """Train for ``iterations`` (cosine schedule); ``validate(network)`` every ``val_every`` iterations gives the
     curve (its time is not counted in ``seconds``; it never picks a checkpoint: the last iterate is kept)."""
@@ -178,6 +179,7 @@ def train(
         losses = train_on_arrays(
             network, diffusion_config(model), images, labels, iterations, batch_size=BATCH_SIZE,
             learning_rate=LEARNING_RATE, lr_schedule="cosine", seed=seed, device=device, log_every=0, callback=callback,
+            extra_augmentations=extra_augmentations,
         )
     network.eval()
     stats = {

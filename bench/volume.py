@@ -62,6 +62,8 @@ def _write_input(ctx: Context) -> tuple[Path, Path, str]:
 
 INTERACTION_CLICKS = 3
 """Clicks after the plain request, each a request of its own (the marks so far), as an annotator refines."""
+CLICK_RADIUS_VOXELS = 2
+"""The infer task's default ``click_radius`` (model-grid voxels): the painted-ball baseline paints balls that big."""
 BATCHINGS = ((2, 1), (2, None), (16, None))
 """(slices per batch, members per batch; None = all) of the batching comparison; (2, None) is the task's CPU setting."""
 
@@ -178,7 +180,7 @@ def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[s
         Path(path).unlink(missing_ok=True)
     peak = peak_rss_mb()  # of the plain request: the clicks that follow are timed, not weighed
     info = {
-        "interaction": _interaction(task, payload["image"], label, payload["reference"]),
+        "interaction": _interaction(task, payload["image"], label, payload["reference"], payload.get("clicks", 0)),
         "peak_rss_mb": peak,
         "seconds": seconds,
         "rss_before_mb": before,
@@ -189,20 +191,31 @@ def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[s
     return label, uncertainty, info
 
 
-def _interaction(task, image: str, label: np.ndarray, reference_path: str) -> dict[str, Any]:
-    """After the plain request: :data:`INTERACTION_CLICKS` requests, each adding a click at the centre of the
-    largest error (as the interactive bench clicks), the whole request timed and its phases (MONAI Label's
-    ``latencies``: pre-transforms, sampling, post-transforms, writing the files)."""
+def _interaction(task, image: str, label: np.ndarray, reference_path: str, clicks: int = 0) -> dict[str, Any]:
+    """After the plain request: ``clicks`` (default :data:`INTERACTION_CLICKS`) requests, each adding a click at the
+    centre of the largest error (as the interactive bench clicks), the whole request timed and its phases (MONAI
+    Label's ``latencies``: pre-transforms, sampling, post-transforms, writing the files). Dice after each click,
+    beside the painted-ball baseline: the same click rule painting a ball of the infer task's default click
+    radius (in mm) into the label, no model."""
     from lib.infers.medsegdiff import UNCERTAINTY_FILE_KEY
 
+    from medsegdiff.evaluation import binary_dice
     from medsegdiff.guidance import largest_error_click
+    from medsegdiff.interaction import click_balls
 
-    reference = np.asanyarray(nib.load(reference_path).dataobj) > 0
+    reference_image = nib.load(reference_path)
+    reference = np.asanyarray(reference_image.dataobj) > 0
     if reference.shape != label.shape:
         return {"skipped": f"reference of shape {list(reference.shape)} for a label of shape {list(label.shape)}"}
+    reference = reference.astype(np.uint8)
+    radius_mm = CLICK_RADIUS_VOXELS * task.model_info.spacing[0]
+    radius = max(int(round(radius_mm / float(min(reference_image.header.get_zooms()[:3])))), 0)
     current, marks, requests = label > 0, {"foreground": [], "background": []}, []
-    for _ in range(INTERACTION_CLICKS):
-        click = largest_error_click(current.astype(np.uint8), reference.astype(np.uint8))
+    painted = current.astype(np.uint8)
+    dice, painted_dice = [binary_dice(current.astype(np.uint8), reference)], [binary_dice(painted, reference)]
+    for _ in range(clicks or INTERACTION_CLICKS):
+        click = largest_error_click(current.astype(np.uint8), reference)
+        ball_click = largest_error_click(painted, reference)
         if click is None:
             break
         marks["foreground" if click[1] else "background"].append([int(v) for v in click[0]])
@@ -212,6 +225,10 @@ def _interaction(task, image: str, label: np.ndarray, reference_path: str) -> di
         current = np.asanyarray(nib.load(label_file).dataobj) > 0
         for path in (label_file, result[UNCERTAINTY_FILE_KEY]):
             Path(path).unlink(missing_ok=True)
+        if ball_click is not None:
+            painted[click_balls(reference.shape, [ball_click[0]], radius).numpy()] = ball_click[1]
+        dice.append(binary_dice(current.astype(np.uint8), reference))
+        painted_dice.append(binary_dice(painted, reference))
         phases = {k: result["latencies"][k] for k in ("pre", "infer", "post", "write")}
         requests.append({"seconds": seconds, "phases": phases, "nfe": result["nfe"],
                          "resampled_slices": result["interaction"].get("resampled_slices")})
@@ -220,6 +237,9 @@ def _interaction(task, image: str, label: np.ndarray, reference_path: str) -> di
         "clicks": len(requests),
         "seconds_per_interaction": mean([r["seconds"] for r in requests]),
         "phases_mean": {k: mean([r["phases"][k] for r in requests]) for k in ("pre", "infer", "post", "write")},
+        "dice": dice,
+        "painted_ball_dice": painted_dice,
+        "painted_ball_radius_mm": radius_mm,
         "per_request": requests,
     }
 
@@ -255,8 +275,10 @@ def _inferer(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str,
 def _work(payload: dict[str, Any]) -> dict[str, Any]:
     import torch
 
-    from medsegdiff.evaluation import auroc
-    from medsegdiff.metrics import dice_per_class
+    from medsegdiff.evaluation import auroc, surface_band
+    from medsegdiff.metrics import dice_per_class, hd95_per_class
+
+    from .grid import head_mask
 
     if payload["device"] == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -268,17 +290,24 @@ def _work(payload: dict[str, Any]) -> dict[str, Any]:
     peak = peak_rss_mb()
     reference = np.asanyarray(nib.as_closest_canonical(nib.load(payload["reference"])).dataobj) > 0
     image = nib.load(payload["image"])
-    if label.shape != reference.shape:  # the infer task answers on the grid of the file as stored
+    if payload["path"] == "infer_task":  # it answers on the grid of the file as stored; the reference is RAS
         label = np.asanyarray(nib.as_closest_canonical(nib.Nifti1Image(label, image.affine)).dataobj)
         uncertainty = np.asanyarray(nib.as_closest_canonical(nib.Nifti1Image(uncertainty, image.affine)).dataobj)
     label = label > 0
+    canonical = nib.as_closest_canonical(image)
+    spacing = tuple(float(z) for z in canonical.header.get_zooms()[:3])
+    band = surface_band(reference, spacing, 6.0)
+    head = head_mask(np.asanyarray(canonical.dataobj).astype(np.float32)) | reference | label
     return {
         **info,
         "peak_rss_mb": info.get("peak_rss_mb", peak),
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if payload["device"] == "cuda" else None,
         "shape": list(label.shape),
         "dice": dice_per_class(label.astype(np.uint8), reference.astype(np.uint8))[0],
+        "hd95_mm": hd95_per_class(label.astype(np.uint8), reference.astype(np.uint8), 1, spacing)[0],
         "auroc": auroc(uncertainty, label != reference),
+        "auroc_head": auroc(uncertainty[head], (label != reference)[head]),
+        "auroc_6mm": auroc(uncertainty[band], (label != reference)[band]),
     }
 
 

@@ -179,6 +179,15 @@ def _check_posterior(report: dict) -> None:
     assert shares and all(s == pytest.approx(1.0) for s in shares if s is not None), shares
 
 
+def _check_acceptance(report: dict) -> None:
+    acceptance = report["sections"]["acceptance"]["results"]
+    assert acceptance["clicks"] == 1 and len(acceptance["dice_per_click"]) == 2
+    # the served label scored twice: by the worker against the RAS reference, and by the click loop on the grid
+    # of the file as stored (FSL's MNI152 is stored LAS: a label left unflipped scores lower than its own copy)
+    assert acceptance["dice_per_click"][0] == pytest.approx(acceptance["dice"], abs=2e-4)
+    assert acceptance["painted_ball_dice_per_click"][0] == pytest.approx(acceptance["dice"], abs=2e-4)
+
+
 @pytest.mark.slow
 def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
     env = {**os.environ, "BENCH_QUICK": "1", "BENCH_OUT": str(tmp_path), "BENCH_WORKERS": "2"}
@@ -202,6 +211,7 @@ def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
     _check_protocol(report)
     _check_active_learning(report)
     _check_posterior(report)
+    _check_acceptance(report)
     for figure in ("dice_vs_nfe.png", "validation_curves.png", "active_learning.png"):
         assert (tmp_path / figure).stat().st_size > 10_000, figure
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -71,6 +71,7 @@ def train_on_arrays(
     learning_rate: float = 2e-4,
     lr_schedule: str = "cosine",
     augment: bool = True,
+    extra_augmentations: Sequence[Callable] = (),
     seed: int = 0,
     device: torch.device | str = "cpu",
     log_every: int = 50,
@@ -86,6 +87,9 @@ def train_on_arrays(
     to ~0 by the last one (``torch.optim.lr_scheduler.OneCycleLR``); ``"constant"`` keeps ``learning_rate``.
     On the real-head test (800 iterations, 64x64) the cosine schedule raised held-out Dice from 0.91 to 0.94.
 
+    ``extra_augmentations``: more dict transforms applied after :func:`segmentation_augmentations` (the bench's
+    intensity experiment tries wider gamma and histogram shifts with them).
+
     Returns the loss of every iteration. ``callback(iteration, loss)`` is called after each one.
     """
     if images.shape[0] != labels.shape[0] or images.shape[2:] != labels.shape[2:]:
@@ -96,7 +100,7 @@ def train_on_arrays(
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     set_determinism(seed)
     rng = np.random.default_rng(seed)
-    steps = [segmentation_augmentations(network.spatial_dims)] if augment else []
+    steps = [segmentation_augmentations(network.spatial_dims), *extra_augmentations] if augment else []
     if network.config.get("guidance_channels"):  # learn the marks channels from simulated clicks
         steps.append(SimulatedClicksd())
     transform = Compose(steps) if steps else None

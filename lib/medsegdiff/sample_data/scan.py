@@ -78,6 +78,20 @@ def _load_canonical(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asanyarray(canonical.dataobj), canonical.affine.copy()
 
 
+def _brain_mask_scan(name: str, image_path: Path, mask_path: Path, source: str) -> Scan:
+    """A T1 head and its brain mask (> 0.5) on the same grid, both RAS: ``Scan`` ``name`` labelled ``{"brain": 1}``.
+
+    Raises:
+        ValueError: the mask is not on the image's grid.
+    """
+    image, affine = _load_canonical(image_path)
+    mask, mask_affine = _load_canonical(mask_path)
+    if mask.shape != image.shape or not np.allclose(mask_affine, affine, atol=1e-3):
+        raise ValueError(f"{mask_path} is not on the grid of {image_path}")
+    return Scan(name=name, image=image.astype(np.float32), label=(mask > 0.5).astype(np.uint8), affine=affine,
+                label_names={"brain": 1}, source=source)
+
+
 def _largest_component(mask: np.ndarray) -> np.ndarray:
     labels, n = ndi.label(mask)
     if n <= 1:
