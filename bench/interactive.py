@@ -3,13 +3,14 @@
 On each held-out head, with the leave-one-head-out protocol's networks trained without it, seeds
 ``0..interactive_seeds - 1`` (saved by the protocol as ``cells/<head>__<model>__s<seed>.pt``, computed here when
 missing) of :data:`~bench.models.INTERACTIVE_MODELS`
-(``medsegdiff``: RePaint-style conditioning only; ``medsegdiff_guided``: the same plus the marks as guidance
-channels, trained with simulated clicks), start from the automatic label, then up to :data:`CLICKS` simulated
+(``medsegdiff``: RePaint-style conditioning only, axial; ``medsegdiff_triplanar_guided``, the committed model's
+recipe: the same plus the marks as guidance channels, trained with simulated clicks, its automatic label sampled
+along three views as the infer task does), start from the automatic label, then up to :data:`CLICKS` simulated
 clicks, each at the centre (maximum of the distance transform) of the largest 3D error component of the current
 label (:func:`medsegdiff.guidance.largest_error_click`): a foreground click on a miss, a background click on a
 false positive. The model takes each click as a ball of each of :data:`RADII` model voxels, as the infer task does
 (:mod:`medsegdiff.interaction`), and re-samples the slices the ball crosses; the baseline "painted ball" paints
-the same ball into the method's own automatic label without a model. The guided model is also clicked with
+the same ball into the method's own automatic label without a model. A guided model is also clicked with
 :data:`REACH` slices of hints each side of the ball (:func:`medsegdiff.interaction.click_reach_hints`, the infer
 task's ``click_reach``, along the error of the automatic label): those slices are re-sampled too. Reported: Dice
 after every click, the area under the Dice curve (trapezoid, normalised to [0, 1]), seconds per interaction, and the AUROC of the entropy for
@@ -19,6 +20,7 @@ shows seed 0).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,20 +39,22 @@ from medsegdiff.sample_model import sample_diffusion_config
 from medsegdiff.sampling import EnsembleSampler
 
 from .context import Context
+from .grid import GridVolume
 from .interactive_figure import plot_interaction
-from .models import INTERACTIVE_MODELS, build, train
+from .models import INTERACTIVE_MODELS, build, guided, train, views
 from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
 __all__ = [
-    "CLICKS", "RADII", "REACH", "FIGURE_MODEL", "method_name", "variants", "dice_auc", "painted_ball", "refine", "run",
+    "CLICKS", "RADII", "REACH", "FIGURE_MODEL", "method_name", "variants", "fit_views", "dice_auc", "painted_ball", "refine",
+    "run",
 ]
 
 CLICKS = 5
 RADII = (2, 3)
 """Click ball radii in model voxels (3 mm each) compared, for the model and the painted-ball baseline alike."""
-FIGURE_MODEL = "medsegdiff_guided"
+FIGURE_MODEL = "medsegdiff_triplanar_guided"
 """The model the figure shows (the committed sample model's kind: guidance channels + RePaint), with the larger
 of :data:`RADII` (:data:`FIGURE_RADIUS`, the one that gains most; the infer task's default ``click_radius`` is 2)."""
 FIGURE_RADIUS = 3
@@ -68,7 +72,7 @@ def method_name(model: str, radius: int, reach: int = 0) -> str:
 
 def variants(model: str) -> list[tuple[int, int]]:
     """The (radius, reach) pairs ``model`` is clicked with: hints only for a network with guidance channels."""
-    reaches = (0, REACH) if model == FIGURE_MODEL else (0,)
+    reaches = (0, REACH) if guided(model) else (0,)
     return [(radius, reach) for radius in RADII for reach in reaches]
 
 
@@ -93,6 +97,16 @@ def _network(ctx: Context, head: str, model: str, seed: int, data) -> tuple[torc
     return network.eval(), f"trained here for {iterations} iterations ({why}): numbers mean nothing"
 
 
+def fit_views(volume: GridVolume, model: str) -> GridVolume:
+    """The test head as the infer task gives it to a network of several views: every axis at least the slice
+    size (the slice axis centre-padded with zeros, as ``min_volume_size`` + ``SpatialPadd``); others unchanged."""
+    size, depth = volume.image.shape[0], volume.image.shape[2]
+    if len(views(model)) == 1 or depth >= size:
+        return volume
+    pad = ((0, 0), (0, 0), ((size - depth) // 2, size - depth - (size - depth) // 2))
+    return dataclasses.replace(volume, image=np.pad(volume.image, pad), label=np.pad(volume.label, pad))
+
+
 def dice_auc(dice: list[float]) -> float:
     """Area under the Dice-per-click curve (trapezoid), normalised to [0, 1]."""
     return float(np.trapz(dice) / (len(dice) - 1))
@@ -114,14 +128,16 @@ def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: 
 
 
 def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: int = 0,
-           pairs: Sequence[tuple[int, int]] = ((2, 0),)) -> dict[tuple[int, int], dict[str, Any]]:
-    """Automatic label, then for each (radius, reach) of ``pairs`` :data:`CLICKS` simulated clicks, each
-    re-sampling the slices its ball and hints cross; the painted-ball baseline of the same radius into this
-    automatic label."""
+           pairs: Sequence[tuple[int, int]] = ((2, 0),), slice_views: Sequence[int] = (SLICE_AXIS,),
+           ) -> dict[tuple[int, int], dict[str, Any]]:
+    """Automatic label (sampled along each of ``slice_views``, as the infer task does for a checkpoint of several
+    views), then for each (radius, reach) of ``pairs`` :data:`CLICKS` simulated clicks, each re-sampling the
+    axial slices its ball and hints cross; the painted-ball baseline of the same radius into this automatic
+    label."""
     s = ctx.settings
     reference = (volume.label > 0).astype(np.uint8)
     sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, s.eval_members)
-    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, slice_batch_size=1)
+    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, slice_batch_size=1, views=tuple(slice_views))
     image = torch.from_numpy(np.ascontiguousarray(volume.image))[None, None].float().to(ctx.device)
     start = time.perf_counter()
     automatic = inferer(image, network)
@@ -211,7 +227,8 @@ def run(ctx: Context) -> Section:
         for seed in range(s.interactive_seeds):
             for model in INTERACTIVE_MODELS:
                 network = _network(ctx, head, model, seed, data)
-                for (radius, reach), m in refine(ctx, volume, *network, seed=seed, pairs=variants(model)).items():
+                for (radius, reach), m in refine(ctx, fit_views(volume, model), *network, seed=seed, pairs=variants(model),
+                                                 slice_views=views(model)).items():
                     figure = m.pop("_figure")
                     if seed == 0:
                         pictures.setdefault(head, {})[method_name(model, radius, reach)] = figure
@@ -240,10 +257,12 @@ def run(ctx: Context) -> Section:
         "sampler": f"DDIM {s.eval_steps} steps x {s.eval_members} members, the slices the click's ball (and hints) "
                    "cross re-sampled",
         "reach_slices": REACH,
-        "methods": {"medsegdiff": "RePaint-style conditioning only (any trained network)",
-                    "medsegdiff_guided": "RePaint-style conditioning + the marks as guidance channels (trained with "
-                                         "simulated clicks, half of them on the network's own errors); with "
-                                         "'hints': each click's disc also on the next slices as guidance only"},
+        "methods": {"medsegdiff": "RePaint-style conditioning only (any trained network), axial",
+                    "medsegdiff_triplanar_guided": "the committed model's recipe: automatic label over three views; "
+                                                   "clicks re-sample axial slices with RePaint-style conditioning + "
+                                                   "the marks as guidance channels (trained with simulated clicks, "
+                                                   "half of them on the network's own errors); with 'hints': each "
+                                                   "click's disc also on the next slices as guidance only"},
         "per_head": per_head,
         "quick_note": "QUICK MODE: one head, a central slab, a barely trained network; numbers mean nothing" if s.quick else None,
     }

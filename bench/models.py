@@ -41,7 +41,7 @@ from medsegdiff.training import train_on_arrays
 
 from .grid import AXIAL, GridVolume, unview_stack
 
-__all__ = ["PROTOCOL_NETWORK", "MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
+__all__ = ["PROTOCOL_NETWORK", "MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "guided", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
 
 PROTOCOL_NETWORK: dict[str, Any] = {**SAMPLE_MODEL_2D, "guidance_channels": 0}
 """The protocol's MedSegDiff: the sample model's network without the guidance channels it gained after the
@@ -59,6 +59,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "medsegdiff_scale01": ({}, "sample"),
     "medsegdiff_triplanar": ({}, "sample"),
     "medsegdiff_25d": ({"context_slices": 2}, "sample"),
+    "medsegdiff_triplanar_guided": ({"guidance_channels": 2}, "sample"),
 }
 """Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``PROTOCOL_NETWORK`` and the
 objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's; ``v_prediction``).
@@ -68,18 +69,25 @@ automatic result."""
 
 MASK_SCALES: dict[str, float] = {"medsegdiff_scale03": 0.3, "medsegdiff_scale01": 0.1}
 """Variants that diffuse the mask in [-b, b] (``DiffusionConfig.mask_scale``; the others: b = 1)."""
-VIEWS: dict[str, tuple[int, ...]] = {"medsegdiff_triplanar": (2, 1, 0)}
+VIEWS: dict[str, tuple[int, ...]] = {"medsegdiff_triplanar": (2, 1, 0), "medsegdiff_triplanar_guided": (2, 1, 0)}
 """Variants trained on slices along several axes of the model grid (2 axial, 1 coronal, 0 sagittal) and applied
-along each of them, the ensemble's members shared out over the views (the others: axial only)."""
+along each of them, the ensemble's members shared out over the views (the others: axial only).
+``medsegdiff_triplanar_guided`` is the committed sample model's recipe: three views and guidance channels."""
 
 DIFFUSION_MODELS = tuple(VARIANTS)
 MODELS = (*DIFFUSION_MODELS, "plain_segmenter", "unet")
 EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "medsegdiff_guided",
-               "medsegdiff_scale03", "medsegdiff_scale01", "medsegdiff_triplanar", "medsegdiff_25d")
+               "medsegdiff_scale03", "medsegdiff_scale01", "medsegdiff_triplanar", "medsegdiff_25d",
+               "medsegdiff_triplanar_guided")
 """Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
-INTERACTIVE_MODELS = ("medsegdiff", "medsegdiff_guided")
+INTERACTIVE_MODELS = ("medsegdiff", "medsegdiff_triplanar_guided")
 """Models whose networks of each fold (seeds ``0..interactive_seeds - 1``) the interactive bench refines with
-(RePaint only; RePaint + guidance)."""
+(RePaint only, axial; the committed model's recipe: RePaint + guidance, automatic label over three views)."""
+
+
+def guided(model: str) -> bool:
+    """Whether ``model``'s network reads the annotator's marks as guidance channels."""
+    return bool(VARIANTS.get(model, ({}, ""))[0].get("guidance_channels"))
 
 
 def protocol_models(experiments: bool) -> tuple[str, ...]:

@@ -113,7 +113,7 @@ def _experiments(report: dict[str, Any]) -> list[str]:
             "method, baselines included, when it runs.", ""]
 
 
-SERVED_RECIPE = "medsegdiff_triplanar"
+SERVED_RECIPE = "medsegdiff_triplanar_guided"
 """The design variant whose recipe the committed sample model follows (three views); its targets are listed too."""
 
 

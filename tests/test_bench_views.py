@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.grid import GridVolume, unview_stack, view_stack  # noqa: E402
-from bench.models import build, diffusion_config, predict, with_context  # noqa: E402
+from bench.interactive import REACH, fit_views, variants  # noqa: E402
+from bench.models import build, diffusion_config, predict, views, with_context  # noqa: E402
 from bench.posterior import hard_members  # noqa: E402
 
 
@@ -59,3 +60,17 @@ def test_scaled_and_multi_view_variants_sample_what_they_say():
     network = build("medsegdiff_25d", 0).eval()
     assert network.image_channels == 5
     assert predict("medsegdiff_25d", network, volume, steps=1, members=2)["members"].shape == (2, 2, 16, 16, 6)
+
+
+def test_the_served_recipe_is_clicked_with_hints_on_a_volume_padded_as_the_infer_task_pads_it():
+    assert views("medsegdiff_triplanar_guided") == (2, 1, 0) and build("medsegdiff_triplanar_guided", 0).config["guidance_channels"] == 2
+    assert {reach for _, reach in variants("medsegdiff_triplanar_guided")} == {0, REACH}
+    assert {reach for _, reach in variants("medsegdiff")} == {0}
+    label = np.zeros((16, 16, 6), np.uint8)
+    label[4:9, 5:10, 1:5] = 1
+    volume = GridVolume("toy", label.astype(np.float32), label, label, (3.0,) * 3, (16, 16, 6), 1)
+    padded = fit_views(volume, "medsegdiff_triplanar_guided")
+    assert padded.image.shape == padded.label.shape == (16, 16, 16)  # every axis at least the slice size
+    np.testing.assert_array_equal(padded.label[:, :, 5:11], label)  # centred: 5 zero slices before, 5 after
+    assert padded.label.sum() == label.sum()
+    assert fit_views(volume, "medsegdiff") is volume  # an axial network sees the volume as it is
