@@ -62,8 +62,6 @@ def _write_input(ctx: Context) -> tuple[Path, Path, str]:
 
 INTERACTION_CLICKS = 3
 """Clicks after the plain request, each a request of its own (the marks so far), as an annotator refines."""
-CLICK_RADIUS_VOXELS = 2
-"""The infer task's default ``click_radius`` (model-grid voxels): the painted-ball baseline paints balls that big."""
 BATCHINGS = ((2, 1), (2, None), (16, None))
 """(slices per batch, members per batch; None = all) of the batching comparison; (2, None) is the task's CPU setting."""
 
@@ -208,7 +206,7 @@ def _interaction(task, image: str, label: np.ndarray, reference_path: str, click
     if reference.shape != label.shape:
         return {"skipped": f"reference of shape {list(reference.shape)} for a label of shape {list(label.shape)}"}
     reference = reference.astype(np.uint8)
-    radius_mm = CLICK_RADIUS_VOXELS * task.model_info.spacing[0]
+    radius_mm = task.info()["interaction"]["click_radius_default"] * task.model_info.spacing[0]  # model voxels → mm
     radius = max(int(round(radius_mm / float(min(reference_image.header.get_zooms()[:3])))), 0)
     current, marks, requests = label > 0, {"foreground": [], "background": []}, []
     painted = current.astype(np.uint8)
