@@ -58,6 +58,7 @@ def run(ctx: Context) -> Section:
         "painted_ball_dice_per_click": clicked.get("painted_ball_dice"),
         "painted_ball_radius_mm": clicked.get("painted_ball_radius_mm"),
         "seconds_per_interaction": clicked.get("seconds_per_interaction"),
+        "uncertainty_auroc_head_clicks": clicked.get("uncertainty_auroc_head"),
         "quick_note": "QUICK MODE: one click" if ctx.settings.quick else None,
     }
     table = md_table(

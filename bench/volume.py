@@ -178,7 +178,7 @@ def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[s
         Path(path).unlink(missing_ok=True)
     peak = peak_rss_mb()  # of the plain request: the clicks that follow are timed, not weighed
     info = {
-        "interaction": _interaction(task, payload["image"], label, payload["reference"], payload.get("clicks", 0)),
+        "interaction": _interaction(task, payload["image"], label, uncertainty, payload["reference"], payload.get("clicks", 0)),
         "peak_rss_mb": peak,
         "seconds": seconds,
         "rss_before_mb": before,
@@ -189,17 +189,21 @@ def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[s
     return label, uncertainty, info
 
 
-def _interaction(task, image: str, label: np.ndarray, reference_path: str, clicks: int = 0) -> dict[str, Any]:
+def _interaction(task, image: str, label: np.ndarray, uncertainty: np.ndarray, reference_path: str, clicks: int = 0,
+                 ) -> dict[str, Any]:
     """After the plain request: ``clicks`` (default :data:`INTERACTION_CLICKS`) requests, each adding a click at the
     centre of the largest error (as the interactive bench clicks), the whole request timed and its phases (MONAI
     Label's ``latencies``: pre-transforms, sampling, post-transforms, writing the files). Dice after each click,
     beside the painted-ball baseline: the same click rule painting a ball of the infer task's default click
-    radius (in mm) into the label, no model."""
+    radius (in mm) into the label, no model. The entropy's AUROC for the wrong voxels over the head before the
+    clicks and after the last one."""
     from lib.infers.medsegdiff import UNCERTAINTY_FILE_KEY
 
-    from medsegdiff.evaluation import binary_dice
+    from medsegdiff.evaluation import auroc, binary_dice
     from medsegdiff.guidance import largest_error_click
     from medsegdiff.interaction import click_balls
+
+    from .grid import head_mask
 
     reference_image = nib.load(reference_path)
     reference = np.asanyarray(reference_image.dataobj) > 0
@@ -209,6 +213,8 @@ def _interaction(task, image: str, label: np.ndarray, reference_path: str, click
     radius_mm = task.info()["interaction"]["click_radius_default"] * task.model_info.spacing[0]  # model voxels → mm
     radius = max(int(round(radius_mm / float(min(reference_image.header.get_zooms()[:3])))), 0)
     current, marks, requests = label > 0, {"foreground": [], "background": []}, []
+    head = head_mask(np.asanyarray(nib.load(image).dataobj).astype(np.float32)) | reference.astype(bool)
+    auroc_before = auroc(uncertainty[head], (current != reference)[head])
     painted = current.astype(np.uint8)
     dice, painted_dice = [binary_dice(current.astype(np.uint8), reference)], [binary_dice(painted, reference)]
     for _ in range(clicks or INTERACTION_CLICKS):
@@ -221,6 +227,7 @@ def _interaction(task, image: str, label: np.ndarray, reference_path: str, click
         label_file, result = task({"image": image, **marks})
         seconds = time.perf_counter() - start
         current = np.asanyarray(nib.load(label_file).dataobj) > 0
+        uncertainty = np.asanyarray(nib.load(result[UNCERTAINTY_FILE_KEY]).dataobj)
         for path in (label_file, result[UNCERTAINTY_FILE_KEY]):
             Path(path).unlink(missing_ok=True)
         if ball_click is not None:
@@ -238,6 +245,7 @@ def _interaction(task, image: str, label: np.ndarray, reference_path: str, click
         "dice": dice,
         "painted_ball_dice": painted_dice,
         "painted_ball_radius_mm": radius_mm,
+        "uncertainty_auroc_head": {"before": auroc_before, "after": auroc(uncertainty[head], (current != reference)[head])},
         "per_request": requests,
     }
 

@@ -188,6 +188,10 @@ def _acceptance_targets(report: dict[str, Any]) -> list[list[str]]:
              yes(dice[-1] - dice[0] >= 0.03)],
             [f"{name}: ≥ the painted-ball baseline at every click", f"worst {worst:+.4f}", yes(worst >= 0)],
         ]
+    clicked = a.get("uncertainty_auroc_head_clicks")
+    if clicked:
+        rows.append([f"{name}: uncertainty AUROC (wrong voxels, head) not worse after the clicks",
+                     f"{_f(clicked['before'])} → {_f(clicked['after'])}", yes(clicked["after"] >= clicked["before"])])
     return rows
 
 

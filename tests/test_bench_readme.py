@@ -96,7 +96,8 @@ def test_the_served_recipes_targets_follow_its_numbers():
 
 def test_acceptance_targets_follow_the_numbers():
     results = {"dice": 0.951, "hd95_mm": 10.4, "uncertainty_auroc_head": 0.91, "uncertainty_auroc_6mm": 0.79,
-               "seconds": 12.0, "dice_per_click": [0.951, 0.955, 0.953], "painted_ball_dice_per_click": [0.951, 0.954, 0.954]}
+               "seconds": 12.0, "dice_per_click": [0.951, 0.955, 0.953], "painted_ball_dice_per_click": [0.951, 0.954, 0.954],
+               "uncertainty_auroc_head_clicks": {"before": 0.9, "after": 0.899}}
     rows = table._acceptance_targets({"sections": {"acceptance": {"results": results}}})
     met = {row[0].rsplit("): ", 1)[1]: (row[1], row[2]) for row in rows}
     assert met["Dice ≥ 0.95"] == ("0.951", "yes")
@@ -105,4 +106,5 @@ def test_acceptance_targets_follow_the_numbers():
     assert met["AUROC ≥ 0.80 within 6 mm of the surface"][1] == "**no**"
     assert met["+3 Dice points after 2 clicks through the infer task"] == ("0.951 → 0.953 (+0.002); painted ball → 0.954", "**no**")
     assert met["≥ the painted-ball baseline at every click"] == ("worst -0.0010", "**no**")
+    assert met["uncertainty AUROC (wrong voxels, head) not worse after the clicks"] == ("0.900 → 0.899", "**no**")
     assert table._acceptance_targets({"sections": {}})[0][1] == "not measured in this run"
