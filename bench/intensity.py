@@ -47,6 +47,7 @@ HEAD = 0.1  # model-grid intensity above which a voxel is head, not air
 LANDMARKS = np.linspace(0, 100, 101)
 MEMBER_GAMMAS = (0.8, 1.25)
 METRICS = ("dice_lcc", "hd95_lcc_mm", "auroc", "auroc_6mm", "disagreement_fraction")
+LOWER_IS_BETTER = ("hd95_lcc_mm",)
 
 
 def head_quantiles(image: np.ndarray) -> np.ndarray:
@@ -111,6 +112,11 @@ def _scores(judged: dict[str, Any]) -> dict[str, Any]:
     return {m: judged.get(m, (judged.get("diversity") or {}).get(m)) for m in METRICS}
 
 
+def _gain(d: dict[str, Any]) -> str:
+    ci = d.get("ci95")
+    return f"{d['mean']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}] {d['verdict']}" if ci else "")
+
+
 def _plan(ctx: Context) -> list[tuple[str, str, int]]:
     seeds = range(ctx.settings.interactive_seeds)
     return [(arm, head, seed) for arm in ARMS for head in ctx.settings.folds
@@ -142,13 +148,15 @@ def run(ctx: Context) -> dict[str, Any]:
         for m in METRICS:
             entry[m] = mean_sd([c["scores"][m] for c in items])
             entry[f"baseline_{m}"] = mean_sd([c["baseline"][m] for c in items])
-            entry[f"delta_{m}"] = paired_difference(
-                {f"{c['head']}/s{c['seed']}": c["scores"][m] for c in items},
-                {f"{c['head']}/s{c['seed']}": c["baseline"][m] for c in items})
+            ours, theirs = ({f"{c['head']}/s{c['seed']}": c[k][m] for c in items} for k in ("scores", "baseline"))
+            # the arm's gain over the three-view cells, per case ("ahead": better; HD95: baseline − arm)
+            entry[f"gain_{m}"] = paired_difference(theirs, ours) if m in LOWER_IS_BETTER else paired_difference(ours, theirs)
         entry["per_case"] = {f"{c['head']}/s{c['seed']}": [c["scores"]["dice_lcc"], c["baseline"]["dice_lcc"]] for c in items}
         summary[arm] = entry
         rows.append([arm, len(items), *(f"{entry[m]['mean']:.3f} vs {entry[f'baseline_{m}']['mean']:.3f}" for m in METRICS)])
     table = md_table(["arm", "cases", *(f"{m} (arm vs three views)" for m in METRICS)], rows)
+    table += "\n\n" + md_table(["arm", *(f"gain in {m} (95 % CI over cases)" for m in METRICS)], [
+        [arm, *(_gain(e[f"gain_{m}"]) for m in METRICS)] for arm, e in summary.items()])
     results = finite({"arms": summary, "baseline": BASELINE, "members": ctx.settings.eval_members,
                       "steps": ctx.settings.eval_steps, "iterations": ctx.settings.iterations})
     (ctx.out_dir / "intensity.json").write_text(json.dumps(results, indent=1))
