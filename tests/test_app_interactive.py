@@ -68,12 +68,13 @@ def test_empty_interaction_is_plain_inference_bit_for_bit(client, plain):
 def test_clicks_and_scribbles_give_the_marked_class(monailabel_server, client, plain, tmp_path):
     label, result = plain
     foreground, background = _marks(label)
-    path, out = client.infer(MODEL, IMAGE, {**FAST, "foreground": foreground, "background": background})
+    hinted = {**FAST, "foreground": foreground, "background": background, "click_reach": 8}
+    path, out = client.infer(MODEL, IMAGE, hinted)
     corrected = _array(path)
     assert all(corrected[tuple(p)] == 1 for p in foreground) and all(corrected[tuple(p)] == 0 for p in background)
     resampled = out["interaction"]["resampled_slices"]
     # every click is on one slice; its ball (the default radius, 2 model voxels) crosses that slice and two per
-    # side, and the committed (guided) model reads its hints on the default click_reach (8) slices beyond
+    # side, and the committed (guided) model reads its hints on click_reach (8) slices beyond
     assert resampled == list(range(resampled[0], resampled[0] + 2 * 2 + 1 + 2 * 8))
     # the same file again: its pre-processing comes from MONAI Label's cache
     assert list(out["latencies"]["transform"]["pre"]) == ["LoadFromCache"]

@@ -63,7 +63,7 @@ class MedSegDiffParameterNode:
     seed: Annotated[int, WithinRange(*KNOWN_RANGES["seed"])] = 0
     maxEpochs: Annotated[int, WithinRange(1, 100000)] = 10
     clickRadius: Annotated[int, WithinRange(0, 100)] = 2
-    clickReach: Annotated[int, WithinRange(0, 100)] = 8
+    clickReach: Annotated[int, WithinRange(0, 100)] = 0
 
 
 class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
