@@ -55,12 +55,12 @@ CLICKS = 5
 RADII = (2, 3)
 """Click ball radii in model voxels (3 mm each) compared, for the model and the painted-ball baseline alike."""
 FIGURE_MODEL = "medsegdiff_triplanar_guided"
-"""The model the figure shows (the committed sample model's kind: guidance channels + RePaint), with the larger
-of :data:`RADII` (:data:`FIGURE_RADIUS`, the one that gains most; the infer task's default ``click_radius`` is 2)."""
-FIGURE_RADIUS = 3
+"""The model the figure shows (the committed sample model's recipe), clicked as the infer task's defaults click
+(:data:`FIGURE_RADIUS`, :data:`FIGURE_REACH`)."""
+FIGURE_RADIUS = 2
 REACH = 8
-"""Slices of hints each side of a click's ball (3 mm each) the guided model is also measured with (0: none)."""
-FIGURE_REACH = REACH
+"""Slices of hints each side of a click's ball (3 mm each) a guided model is also measured with (0: none)."""
+FIGURE_REACH = 0
 SLICE_AXIS = 2
 
 
