@@ -71,13 +71,13 @@ def _with_image(volume: GridVolume, image: np.ndarray) -> GridVolume:
     return dataclasses.replace(volume, image=image.astype(np.float32))
 
 
-def _wide_gamma_train(ctx: Context, network: torch.nn.Module, images: np.ndarray, labels: np.ndarray, seed: int):
+def _wide_gamma_train(ctx: Context, network: torch.nn.Module, images: np.ndarray, labels: np.ndarray, seed: int) -> None:
     extra = [RandAdjustContrastd(keys="image", gamma=(0.4, 1.6), prob=0.5),
              RandHistogramShiftd(keys="image", num_control_points=(5, 10), prob=0.4)]
-    return train(BASELINE, network, images, labels, ctx.settings.iterations, seed, ctx.device, extra_augmentations=extra)
+    train(BASELINE, network, images, labels, ctx.settings.iterations, seed, ctx.device, extra_augmentations=extra)
 
 
-def _trained_arm(ctx: Context, arm: str, head: str, seed: int) -> np.ndarray:
+def _trained_arm(ctx: Context, arm: str, head: str, seed: int) -> tuple[GridVolume, np.ndarray]:
     images, labels = view_training_slices(ctx, head, views(BASELINE))
     volume = ctx.grid(head)
     network = build(BASELINE, seed).to(ctx.device)
@@ -92,7 +92,7 @@ def _trained_arm(ctx: Context, arm: str, head: str, seed: int) -> np.ndarray:
     return volume, predict(BASELINE, network, volume, steps=ctx.settings.eval_steps, members=ctx.settings.eval_members, seed=seed)["members"]
 
 
-def _test_time_arm(ctx: Context, cells: Cells, arm: str, head: str, seed: int):
+def _test_time_arm(ctx: Context, cells: Cells, arm: str, head: str, seed: int) -> tuple[GridVolume, np.ndarray]:
     network = build(BASELINE, seed).to(ctx.device)
     network.load_state_dict(torch.load(cells.network_path(cell_key(head, BASELINE, seed)), map_location=ctx.device))
     network.eval()
