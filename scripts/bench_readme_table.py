@@ -40,6 +40,11 @@ def _results(report: dict[str, Any], section: str) -> dict[str, Any] | None:
     return report.get("sections", {}).get(section, {}).get("results")
 
 
+def _met(ok: bool | None) -> str:
+    """A target's "met" cell: yes, **no**, or – when it was not measured."""
+    return "–" if ok is None else ("yes" if ok else "**no**")
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in rows]
 
@@ -146,18 +151,15 @@ def _served_targets(report: dict[str, Any]) -> list[list[str]]:
     name = f"{SERVED_RECIPE} (the committed model's recipe; {seeds} seed(s), largest component as the app)"
     dice, hd95 = e["per_head_dice_lcc"], e["per_head_hd95_lcc_mm"]
 
-    def yes(ok: bool) -> str:
-        return "yes" if ok else "**no**"
-
     auroc, band, share = e["auroc"]["mean"], e["auroc_6mm"]["mean"], e["disagreement_fraction"]["mean"]
     return [
         [f"{name}: held-out Dice ≥ 0.95 on every head", ", ".join(f"{h} {v:.3f}" for h, v in dice.items()),
-         yes(min(dice.values()) >= 0.95)],
-        [f"{name}: HD95 ≤ 10 mm on every head", ", ".join(f"{h} {v:.1f}" for h, v in hd95.items()), yes(max(hd95.values()) <= 10)],
+         _met(min(dice.values()) >= 0.95)],
+        [f"{name}: HD95 ≤ 10 mm on every head", ", ".join(f"{h} {v:.1f}" for h, v in hd95.items()), _met(max(hd95.values()) <= 10)],
         [f"{name}: Dice vs the axial protocol network (paired Δ, same seeds)", _delta(e.get("minus_medsegdiff", {}).get("dice_lcc")), "–"],
-        [f"{name}: uncertainty AUROC ≥ 0.90 over the head", _f(auroc), yes(auroc is not None and auroc >= 0.90)],
-        [f"{name}: AUROC ≥ 0.80 within 6 mm of the surface", _f(band), yes(band is not None and band >= 0.80)],
-        [f"{name}: member disagreement ≥ 50 % of the predictive entropy", _f(share), yes(share is not None and share >= 0.5)],
+        [f"{name}: uncertainty AUROC ≥ 0.90 over the head", _f(auroc), _met(auroc is not None and auroc >= 0.90)],
+        [f"{name}: AUROC ≥ 0.80 within 6 mm of the surface", _f(band), _met(band is not None and band >= 0.80)],
+        [f"{name}: member disagreement ≥ 50 % of the predictive entropy", _f(share), _met(share is not None and share >= 0.5)],
     ]
 
 
@@ -169,29 +171,26 @@ def _acceptance_targets(report: dict[str, Any]) -> list[list[str]]:
         return [["committed model on FSL MNI152 (acceptance)", "not measured in this run", "–"]]
     name = "committed model on FSL's MNI152 head (acceptance: never trained on; one template, 1 seed)"
 
-    def yes(ok: bool) -> str:
-        return "yes" if ok else "**no**"
-
     dice, ball = a.get("dice_per_click") or [], a.get("painted_ball_dice_per_click") or []
     rows = [
-        [f"{name}: Dice ≥ 0.95", _f(a["dice"]), yes(a["dice"] >= 0.95)],
-        [f"{name}: HD95 ≤ 10 mm", _f(a["hd95_mm"], 1), yes(a["hd95_mm"] is not None and a["hd95_mm"] <= 10)],
-        [f"{name}: uncertainty AUROC ≥ 0.90 over the head", _f(a["uncertainty_auroc_head"]), yes(a["uncertainty_auroc_head"] >= 0.90)],
-        [f"{name}: AUROC ≥ 0.80 within 6 mm of the surface", _f(a["uncertainty_auroc_6mm"]), yes(a["uncertainty_auroc_6mm"] >= 0.80)],
-        [f"{name}: whole head through the infer task ≤ 15 s (2 CPU cores)", f"{a['seconds']:.1f} s", yes(a["seconds"] <= 15)],
+        [f"{name}: Dice ≥ 0.95", _f(a["dice"]), _met(a["dice"] >= 0.95)],
+        [f"{name}: HD95 ≤ 10 mm", _f(a["hd95_mm"], 1), _met(a["hd95_mm"] is not None and a["hd95_mm"] <= 10)],
+        [f"{name}: uncertainty AUROC ≥ 0.90 over the head", _f(a["uncertainty_auroc_head"]), _met(a["uncertainty_auroc_head"] >= 0.90)],
+        [f"{name}: AUROC ≥ 0.80 within 6 mm of the surface", _f(a["uncertainty_auroc_6mm"]), _met(a["uncertainty_auroc_6mm"] >= 0.80)],
+        [f"{name}: whole head through the infer task ≤ 15 s (2 CPU cores)", f"{a['seconds']:.1f} s", _met(a["seconds"] <= 15)],
     ]
     if len(dice) > 1 and len(ball) == len(dice):
         worst = min(d - b for d, b in zip(dice, ball))
         rows += [
             [f"{name}: +3 Dice points after {len(dice) - 1} clicks through the infer task",
              f"{dice[0]:.3f} → {dice[-1]:.3f} ({dice[-1] - dice[0]:+.3f}); painted ball → {ball[-1]:.3f}",
-             yes(dice[-1] - dice[0] >= 0.03)],
-            [f"{name}: ≥ the painted-ball baseline at every click", f"worst {worst:+.4f}", yes(worst >= 0)],
+             _met(dice[-1] - dice[0] >= 0.03)],
+            [f"{name}: ≥ the painted-ball baseline at every click", f"worst {worst:+.4f}", _met(worst >= 0)],
         ]
     clicked = a.get("uncertainty_auroc_head_clicks")
     if clicked:
         rows.append([f"{name}: uncertainty AUROC (wrong voxels, head) not worse after the clicks",
-                     f"{_f(clicked['before'])} → {_f(clicked['after'])}", yes(clicked["after"] >= clicked["before"])])
+                     f"{_f(clicked['before'])} → {_f(clicked['after'])}", _met(clicked["after"] >= clicked["before"])])
     return rows
 
 
@@ -312,26 +311,23 @@ def _targets(report: dict[str, Any]) -> list[list[str]]:
     ci = d.get("ci95") or [None, None]
     seconds = report.get("volume_seconds")
 
-    def yes(ok: bool | None) -> str:
-        return "–" if ok is None else ("yes" if ok else "**no**")
-
     return [
-        ["held-out Dice ≥ 0.95 on every head", ", ".join(f"{h} {v:.3f}" for h, v in dice.items()), yes(min(dice.values()) >= 0.95)],
-        ["HD95 ≤ 10 mm on every head", ", ".join(f"{h} {v:.1f}" for h, v in hd95.items()), yes(max(hd95.values()) <= 10)],
-        ["Dice ≥ size-matched U-Net (paired Δ ≥ 0 within the interval)", _delta(d), yes(None if ci[1] is None else ci[1] >= 0)],
-        ["uncertainty AUROC (wrong voxels) ≥ 0.90 over the head", _f(ours["auroc"]), yes(None if ours["auroc"] is None else ours["auroc"] >= 0.90)],
-        ["AUROC ≥ 0.80 within 6 mm of the surface", _f(ours["auroc_6mm"]), yes(None if ours["auroc_6mm"] is None else ours["auroc_6mm"] >= 0.80)],
+        ["held-out Dice ≥ 0.95 on every head", ", ".join(f"{h} {v:.3f}" for h, v in dice.items()), _met(min(dice.values()) >= 0.95)],
+        ["HD95 ≤ 10 mm on every head", ", ".join(f"{h} {v:.1f}" for h, v in hd95.items()), _met(max(hd95.values()) <= 10)],
+        ["Dice ≥ size-matched U-Net (paired Δ ≥ 0 within the interval)", _delta(d), _met(None if ci[1] is None else ci[1] >= 0)],
+        ["uncertainty AUROC (wrong voxels) ≥ 0.90 over the head", _f(ours["auroc"]), _met(None if ours["auroc"] is None else ours["auroc"] >= 0.90)],
+        ["AUROC ≥ 0.80 within 6 mm of the surface", _f(ours["auroc_6mm"]), _met(None if ours["auroc_6mm"] is None else ours["auroc_6mm"] >= 0.80)],
         ["AUROC within 6 mm ahead of every uncertainty baseline (U-Net softmax, MC-dropout, deep ensemble; paired Δ "
          "over the heads)", "; ".join(f"{n} {_f(u[n]['auroc_6mm'])}: Δ {_delta(u[n].get('medsegdiff_minus_this_auroc_6mm'))}"
                                       for n in UNCERTAINTY_BASELINES if n in u),
-         yes(all((u[n].get("medsegdiff_minus_this_auroc_6mm") or {}).get("verdict") == "ahead"
+         _met(all((u[n].get("medsegdiff_minus_this_auroc_6mm") or {}).get("verdict") == "ahead"
                  for n in UNCERTAINTY_BASELINES if n in u))],
         ["(not a target) the same network without diffusion, its softmax entropy",
          "–" if "plain_segmenter" not in u else
          f"plain_segmenter {_f(u['plain_segmenter']['auroc_6mm'])}: Δ {_delta(u['plain_segmenter'].get('medsegdiff_minus_this_auroc_6mm'))}",
          "–"],
-        ["member disagreement ≥ 50 % of the predictive entropy", _f(disagreement), yes(None if disagreement is None else disagreement >= 0.5)],
-        ["whole Colin27 head through the infer task ≤ 15 s (2 CPU cores)", "–" if seconds is None else f"{seconds:.1f} s", yes(None if seconds is None else seconds <= 15)],
+        ["member disagreement ≥ 50 % of the predictive entropy", _f(disagreement), _met(None if disagreement is None else disagreement >= 0.5)],
+        ["whole Colin27 head through the infer task ≤ 15 s (2 CPU cores)", "–" if seconds is None else f"{seconds:.1f} s", _met(None if seconds is None else seconds <= 15)],
         ["tissue CSF Dice ≥ the U-Net's", "not measured: one labelled tissue subject (MNI 2009a), no held-out fold", "–"],
     ]
 
