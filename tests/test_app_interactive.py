@@ -25,6 +25,16 @@ def _array(path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj)
 
 
+def _axial(result: dict) -> list[int]:
+    """The axial (model slice axis 2) slices a request re-sampled."""
+    return result["interaction"]["resampled_slices"]["2"]
+
+
+def _nothing_resampled(result: dict) -> bool:
+    """No slice of any view re-sampled (the committed model's 2 members run along its first 2 views)."""
+    return result["interaction"]["resampled_slices"] == {"2": [], "1": []}
+
+
 @pytest.fixture(scope="module")
 def client(monailabel_server, tmp_path_factory) -> MONAILabelClient:
     return MONAILabelClient(monailabel_server.url, tmpdir=str(tmp_path_factory.mktemp("interactive")))
@@ -60,7 +70,7 @@ def test_empty_interaction_is_plain_inference_bit_for_bit(client, plain):
     path, empty = client.infer(MODEL, IMAGE, {**FAST, "foreground": [], "background": []})
     assert np.array_equal(_array(path), label)
     assert empty["uncertainty"] == result["uncertainty"]
-    assert empty["interaction"]["resampled_slices"] == []  # the cached plain result, nothing re-sampled
+    assert _nothing_resampled(empty)  # the cached plain result
     assert all(a == b for a, b in empty["interaction"]["image_grid_box"])  # nor resampled onto the image grid
     assert empty["nfe"] == 0 < result["nfe"]
 
@@ -72,10 +82,13 @@ def test_clicks_and_scribbles_give_the_marked_class(monailabel_server, client, p
     path, out = client.infer(MODEL, IMAGE, hinted)
     corrected = _array(path)
     assert all(corrected[tuple(p)] == 1 for p in foreground) and all(corrected[tuple(p)] == 0 for p in background)
-    resampled = out["interaction"]["resampled_slices"]
+    resampled = _axial(out)
     # every click is on one slice; its ball (the default radius, 2 model voxels) crosses that slice and two per
     # side, and the committed (guided) model reads its hints on click_reach (8) slices beyond
     assert resampled == list(range(resampled[0], resampled[0] + 2 * 2 + 1 + 2 * 8))
+    # the coronal view re-samples the slices the 6 balls cross (5 each, some shared), not the whole head
+    coronal = out["interaction"]["resampled_slices"]["1"]
+    assert 5 <= len(coronal) <= 6 * 5
     # the same file again: its pre-processing comes from MONAI Label's cache
     assert list(out["latencies"]["transform"]["pre"]) == ["LoadFromCache"]
     # onto the image grid: the box of those slices, not the whole image
@@ -106,7 +119,7 @@ def test_undo_gives_back_the_earlier_result_without_sampling(client, plain):
     assert both["nfe"] > 0
     path, undone = client.infer(MODEL, IMAGE, {**fresh, "foreground": foreground})  # the background click undone
     assert np.array_equal(_array(path), once) and undone["uncertainty"] == first["uncertainty"]
-    assert undone["nfe"] == 0 and undone["interaction"]["resampled_slices"] == []
+    assert undone["nfe"] == 0 and _nothing_resampled(undone)
 
 
 def test_click_hints_follow_the_automatic_labels_error_and_are_part_of_the_cached_result(client, plain):
@@ -116,11 +129,11 @@ def test_click_hints_follow_the_automatic_labels_error_and_are_part_of_the_cache
     _, first = client.infer(MODEL, IMAGE, {**air, "click_reach": 3})
     # nothing was cached for this seed: the automatic result the hints follow is sampled first (and cached), then
     # the click re-samples its ball and the 3 hint slices each side of it
-    resampled = first["interaction"]["resampled_slices"]
+    resampled = _axial(first)
     assert resampled == list(range(resampled[0], resampled[0] + 11))
     _, ball = client.infer(MODEL, IMAGE, {**air, "click_reach": 0})
     # the same click without hints: only the 3 slices each side beyond its ball are re-sampled
-    hinted = ball["interaction"]["resampled_slices"]
+    hinted = _axial(ball)
     centre = (hinted[2] + hinted[3]) // 2
     assert hinted == [*range(centre - 5, centre - 2), *range(centre + 3, centre + 6)]
     _, again = client.infer(MODEL, IMAGE, {**air, "click_reach": 3})  # served before, with its hints: given back
@@ -128,7 +141,7 @@ def test_click_hints_follow_the_automatic_labels_error_and_are_part_of_the_cache
     # a foreground click inside the brain, where the automatic label already says brain: no hints, the ball alone
     brain = np.argwhere(label[:, :, k] == 1).mean(axis=0).round().astype(int).tolist()
     _, inside = client.infer(MODEL, IMAGE, {**air, "foreground": [[1, 1, k], [*brain, k]], "click_reach": 3})
-    resampled = inside["interaction"]["resampled_slices"]
+    resampled = _axial(inside)
     assert resampled == list(range(resampled[0], resampled[0] + 5))
     _, automatic = client.infer(MODEL, IMAGE, {**FAST, "seed": 13})
     assert automatic["nfe"] == 0  # the automatic result, sampled for the first click's hints, is kept

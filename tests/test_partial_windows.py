@@ -97,8 +97,8 @@ def test_region_as_a_box_and_an_empty_region(net3d):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"region": [(0, 2), (0, 2), (0, 2)]}, "previous and region go together"),
-        ({"previous": "plain"}, "previous and region go together"),
+        ({"region": [(0, 2), (0, 2), (0, 2)]}, "previous and slices or region go together"),
+        ({"previous": "plain"}, "previous and slices or region go together"),
         ({"previous": "plain", "region": [(0, 2), (0, 2), (6, 10)]}, r"region box .*axis 2 \(6, 10\)"),
         ({"previous": "plain", "region": [(0, 2), (3, 3), (0, 2)]}, r"region box .*axis 1 \(3, 3\)"),
         ({"previous": "plain", "region": [(0, 2), (0, 2)]}, "one \\(start, stop\\) per axis"),
@@ -117,9 +117,21 @@ def test_bad_partial_requests_name_the_problem(net3d, kwargs, message):
         run(volume, net3d, **kwargs)
 
 
-def test_region_is_refused_for_a_2d_network():
+def test_a_region_of_a_2d_network_resamples_the_slices_holding_it():
     net = tiny(2)
-    run = MedSegDiffInferer(EnsembleSampler(DIFFUSION, num_inference_steps=1, num_ensemble=1), slice_axis=2)
-    volume = torch.randn(1, 1, 8, 8, 3)
-    with pytest.raises(ValueError, match="region is for a 3D network"):
-        run(volume, net, previous=run(volume, net), region=[(0, 2), (0, 2), (0, 2)])
+    run = MedSegDiffInferer(EnsembleSampler(DIFFUSION, num_inference_steps=1, num_ensemble=1), slice_axis=2,
+                            slice_batch_size=1)
+    volume = torch.randn(1, 1, 8, 8, 5)
+    plain = run(volume, net)
+    marks = torch.full((1, 1, 8, 8, 5), -1)
+    marks[0, 0, 3, 4, 1], marks[0, 0, 6, 2, 3] = 1, 0
+    by_slices = run(volume, net, known=KnownRegion(marks), previous=plain, slices=[1, 3])
+    by_mask = run(volume, net, known=KnownRegion(marks), previous=plain, region=marks != -1)
+    by_box = run(volume, net, known=KnownRegion(marks), previous=plain, region=[(0, 8), (0, 8), (1, 4)])
+    assert run.nfe == 3  # slices 1, 2, 3 of the box, one step and one member each
+    for key in OUTPUTS:
+        assert torch.equal(by_mask[key], by_slices[key]), key
+        assert torch.equal(by_box[key], by_slices[key]), key  # slice 2 holds no mark: re-sampled as it was
+    assert not torch.equal(by_slices["probs"][..., 1], plain["probs"][..., 1])
+    with pytest.raises(ValueError, match="slices and region both given"):
+        run(volume, net, previous=plain, slices=[1], region=marks != -1)

@@ -8,7 +8,7 @@ from torch import nn
 
 from medsegdiff.checkpoint import save_checkpoint, slice_views
 from medsegdiff.diffusion import DiffusionConfig
-from medsegdiff.inferer import MedSegDiffInferer, pool_views
+from medsegdiff.inferer import RESULT_KEYS, VIEW_OUTPUTS, MedSegDiffInferer, pool_views
 from medsegdiff.interaction import KnownRegion
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
@@ -62,9 +62,7 @@ def test_pooling_equals_the_statistics_of_all_members_together():
 
 
 def test_views_give_the_same_labels_for_any_slice_batch_size():
-    torch.manual_seed(0)
-    network = MedSegDiffUNet(spatial_dims=2, in_channels=1, num_classes=1, channels=(4, 8), attention_levels=(False, False),
-                             num_res_blocks=1, norm_num_groups=2, num_head_channels=4).eval()
+    network = _unet()
     volume = torch.rand(1, 1, 8, 8, 6)
     runs = [MedSegDiffInferer(EnsembleSampler(X0, "ddim", 2, 3), views=(2, 1, 0), slice_batch_size=b)(volume, network)
             for b in (1, 5)]
@@ -87,22 +85,53 @@ def test_fewer_members_than_views_use_the_first_views():
     torch.testing.assert_close(two["probs"][0, 0], (0.5 * x.float() + 0.5 * y.float()).expand(6, 7, 5))
 
 
-def test_marks_and_partial_resampling_run_along_the_slice_axis_alone():
+def test_marks_condition_every_view():
     volume = torch.rand(1, 1, 6, 7, 5)
     inferer = MedSegDiffInferer(EnsembleSampler(X0, "ddim", 1, 2), slice_axis=2, views=(2, 0), slice_batch_size=1)
-    network = FirstRows()
-    pooled = inferer(volume, network)
     marks = torch.full((1, 1, 6, 7, 5), -1)
     marks[0, 0, 5, 6, 4] = 1
-    marked = inferer(volume, network, known=KnownRegion(marks))
-    axial = (torch.arange(6).view(6, 1, 1) < 3).float().expand(6, 7, 5).clone()
-    axial[5, 6, 4] = 1.0
-    torch.testing.assert_close(marked["probs"][0, 0], axial)  # both members axial, the mark kept
-    network.calls = 0
-    again = inferer(volume, network, previous=pooled, slices=[1])
-    assert network.calls == 1  # axial slice 1 alone, all members on it
-    torch.testing.assert_close(again["probs"][..., [0, 2, 3, 4]], pooled["probs"][..., [0, 2, 3, 4]])
-    torch.testing.assert_close(again["probs"][0, 0, :, :, 1], (torch.arange(6).view(6, 1) < 3).float().expand(6, 7))
+    marked = inferer(volume, FirstRows(), known=KnownRegion(marks))
+    x, y = torch.arange(6).view(6, 1, 1) < 3, torch.arange(7).view(1, 7, 1) < 3
+    expected = (0.5 * x.float() + 0.5 * y.float()).expand(6, 7, 5).clone()
+    expected[5, 6, 4] = 1.0  # both views keep the mark
+    torch.testing.assert_close(marked["probs"][0, 0], expected)
+
+
+def _unet() -> MedSegDiffUNet:
+    torch.manual_seed(0)
+    return MedSegDiffUNet(spatial_dims=2, in_channels=1, num_classes=1, channels=(4, 8), attention_levels=(False, False),
+                          num_res_blocks=1, norm_num_groups=2, num_head_channels=4).eval()
+
+
+def test_resampling_the_slices_a_click_crosses_in_every_view_equals_a_whole_run_with_the_click():
+    network, volume = _unet(), torch.rand(1, 1, 8, 9, 7)
+    inferer = MedSegDiffInferer(EnsembleSampler(X0, "ddim", 2, 3), views=(2, 1, 0), slice_batch_size=2)
+    automatic = inferer(volume, network)
+    whole_nfe = inferer.nfe
+    marks = torch.full((1, 1, 8, 9, 7), -1)
+    marks[0, 0, 2:4, 5, 3] = 1
+    whole = inferer(volume, network, known=KnownRegion(marks))
+    assert not torch.equal(whole["probs"], automatic["probs"])
+    partial = inferer(volume, network, known=KnownRegion(marks), previous=automatic, region=marks != -1)
+    assert 0 < inferer.nfe < whole_nfe / 2
+    assert inferer.resampled_slices == {2: [3], 1: [5], 0: [2, 3]}  # the slices the marks cross, per view
+    for key in (*RESULT_KEYS, VIEW_OUTPUTS):
+        assert torch.equal(partial[key], whole[key]), key
+    # the voxels that no re-sampled slice of any view holds keep the automatic result
+    apart = torch.ones(8, 9, 7, dtype=torch.bool)
+    apart[2:4], apart[:, 5], apart[:, :, 3] = False, False, False
+    assert torch.equal(partial["probs"][0, 0][apart], automatic["probs"][0, 0][apart])
+
+
+def test_a_network_of_several_views_refuses_slices_and_a_previous_result_of_one_view():
+    network, volume = _unet(), torch.rand(1, 1, 8, 9, 7)
+    inferer = MedSegDiffInferer(EnsembleSampler(X0, "ddim", 1, 3), views=(2, 1, 0))
+    automatic = inferer(volume, network)
+    with pytest.raises(ValueError, match="3 views re-samples a region="):
+        inferer(volume, network, previous=automatic, slices=[1])
+    one_view = {k: automatic[k] for k in RESULT_KEYS}
+    with pytest.raises(ValueError, match=f"needs previous\\['{VIEW_OUTPUTS}'\\]"):
+        inferer(volume, network, previous=one_view, region=[(0, 1), (0, 1), (0, 1)])
 
 
 class Recorder(nn.Module):

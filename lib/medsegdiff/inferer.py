@@ -10,7 +10,12 @@ and the uncertainty of the whole volume.
 Interactive correction: ``known`` (annotator marks on the model grid, :class:`~medsegdiff.interaction.KnownRegion`
 of the whole batch) conditions the chains; with ``previous`` (an earlier result of the same volume, seed and
 sampler) and ``slices`` a 2D network re-samples only those slices and keeps the rest of ``previous``; with
-``previous`` and ``region`` a 3D network re-samples only the windows around the region (:mod:`medsegdiff.windows`).
+``previous`` and ``region`` (what changed) a 2D network re-samples the slices holding it along each of its views, a
+3D network the windows around it (:mod:`medsegdiff.windows`).
+
+A network of several views keeps each view's outputs under :data:`VIEW_OUTPUTS`: a view's slice that holds no mark
+comes out of a re-sampling exactly as before, so re-sampling along each view the slices the marks cross and pooling
+with the kept outputs of the rest gives the result of a whole run with the marks, at the cost of those slices.
 """
 
 from __future__ import annotations
@@ -26,16 +31,39 @@ from torch import nn
 from tqdm import tqdm
 
 from .fusion import probabilities_to_labels
-from .interaction import UNKNOWN, KnownRegion
+from .interaction import UNKNOWN, KnownRegion, slices_holding
 from .sampling import EnsembleSampler
 from .uncertainty import predictive_entropy
 from .windows import Box, Resampled, WindowPlan, padding, region_box
 
-__all__ = ["MedSegDiffInferer", "RESULT_KEYS", "slice_stack", "pool_views"]
+__all__ = ["MedSegDiffInferer", "RESULT_KEYS", "VIEW_OUTPUTS", "output_keys", "slice_stack", "pool_views"]
 
 RESULT_KEYS = ("probs", "entropy", "variance")
 """The per-voxel outputs of a run (besides ``label``, derived from ``probs``): what a partial re-sampling keeps or
 replaces, and what an interaction's cached result holds."""
+
+VIEW_OUTPUTS = "view_outputs"
+"""Key of a result of several views holding each view's :data:`RESULT_KEYS` outputs before pooling, stacked on the
+channel axis (B, V * (C + 2), *spatial), view by view in the order of ``views``: what re-sampling along each view
+needs from a previous result."""
+
+
+def output_keys(outputs: dict[str, Any]) -> list[str]:
+    """The keys of ``outputs`` a partial re-sampling keeps or replaces: :data:`RESULT_KEYS` and, for a result of
+    several views, :data:`VIEW_OUTPUTS`."""
+    return [*RESULT_KEYS, *([VIEW_OUTPUTS] if VIEW_OUTPUTS in outputs else [])]
+
+
+def _stack_views(results: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    return torch.cat([r[key] for r in results for key in RESULT_KEYS], dim=1)
+
+
+def _split_views(stacked: torch.Tensor, count: int) -> list[dict[str, torch.Tensor]]:
+    per_view = stacked.shape[1] // count
+    if per_view * count != stacked.shape[1] or per_view < 3:
+        raise ValueError(f"{VIEW_OUTPUTS} of {stacked.shape[1]} channels does not hold {count} views' outputs")
+    views = stacked.split(per_view, dim=1)
+    return [dict(zip(RESULT_KEYS, view.split([per_view - 2, 1, 1], dim=1))) for view in views]
 
 
 def slice_stack(volume: torch.Tensor, indices: Sequence[int], context_slices: int) -> torch.Tensor:
@@ -72,18 +100,20 @@ class MedSegDiffInferer(Inferer):
         slice_axis: spatial axis (0, 1 or 2) a 2D network slides over.
         views: a 2D network trained on slices along several axes runs along each of these (e.g. ``(2, 1, 0)``):
             member m samples along ``views[m % len(views)]`` (its noise from its own index m; fewer members than
-            views use the first views), and the views' results are pooled as one ensemble (:func:`pool_views`).
-            Marks (an interaction) and partial re-sampling run along ``slice_axis`` alone, all members on it:
-            the slices a click crosses are re-sampled quickly, the rest of the (pooled) result is kept.
-            ``None``: ``slice_axis`` alone.
+            views use the first views), and the views' results are pooled as one ensemble (:func:`pool_views`),
+            each view's kept under :data:`VIEW_OUTPUTS`. Marks condition every view; a partial re-sampling
+            (``region``) runs each view on the slices holding a changed voxel and pools with the kept outputs of
+            its other slices. ``None``: ``slice_axis`` alone.
         slice_batch_size: slices per batch for a 2D network (does not change the result).
         roi_size: window size for a 3D network (defaults to the network's training size).
         overlap: sliding-window overlap for a 3D network.
         progress: show a tqdm bar.
 
     Returns from ``__call__`` a dict with ``probs`` (B, C, …), ``label`` (B, 1, …), ``entropy`` and
-    ``variance`` (B, 1, …); ``nfe`` holds the network evaluations spent (batched forward passes, summed) and, for a
-    3D network, ``resampled`` the windows and voxels sampled (:class:`~medsegdiff.windows.Resampled`).
+    ``variance`` (B, 1, …) and, along several views, :data:`VIEW_OUTPUTS`; ``nfe`` holds the network evaluations
+    spent (batched forward passes, summed); after a partial re-sampling, ``resampled_slices`` the slices a 2D
+    network re-sampled (by axis) and ``resampled`` the windows and voxels a 3D network sampled
+    (:class:`~medsegdiff.windows.Resampled`).
     """
 
     def __init__(
@@ -117,6 +147,7 @@ class MedSegDiffInferer(Inferer):
         self.progress = progress
         self.nfe = 0
         self.resampled: Resampled | None = None
+        self.resampled_slices: dict[int, list[int]] | None = None
 
     def _sample(
         self, network: nn.Module, images: torch.Tensor, ids: Sequence[int], known: KnownRegion | None = None,
@@ -151,6 +182,7 @@ class MedSegDiffInferer(Inferer):
         batches = [jobs[first : first + self.slice_batch_size] for first in range(0, len(jobs), self.slice_batch_size)]
         result = {}
         if only is not None:
+            self.resampled_slices = {**(self.resampled_slices or {}), axis: sorted(set(only))}
             batches = [batch for batch in batches if any(s in set(only) for _, s in batch)]
             result = {k: previous[k].to(volume.device).movedim(2 + axis, 2).clone() for k in RESULT_KEYS}
         parts: dict[str, list[torch.Tensor]] = {key: [] for key in RESULT_KEYS}
@@ -170,13 +202,31 @@ class MedSegDiffInferer(Inferer):
                 result[key] = flat.reshape(slices.shape[0], count, *flat.shape[1:]).movedim(1, 2)
         return {key: value.movedim(2, 2 + axis) for key, value in result.items()}
 
-    def _views(self, volume: torch.Tensor, network: nn.Module) -> dict[str, torch.Tensor]:
-        """2D network along every axis of ``views``, each with its share of the members, pooled."""
+    def _views(
+        self,
+        volume: torch.Tensor,
+        network: nn.Module,
+        known: KnownRegion | None = None,
+        previous: dict[str, torch.Tensor] | None = None,
+        region: torch.Tensor | Box | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """2D network along every axis of ``views``, each with its share of the members, pooled; with
+        ``previous``, each view re-samples the slices holding a voxel of ``region`` (a mask or a box) and keeps
+        the rest of its own previous outputs."""
         count = len(self.views)
         shares = [[m for m in range(self.sampler.num_ensemble) if m % count == v] for v in range(count)]
         used = [(axis, share) for axis, share in zip(self.views, shares) if share]
-        results = [self._slices(volume, network, axis=axis, members=share) for axis, share in used]
-        return pool_views(results, [len(share) for _, share in used])
+        earlier: list[dict[str, torch.Tensor] | None] = [None] * len(used)
+        if previous is not None:
+            if VIEW_OUTPUTS not in previous:
+                raise ValueError(f"re-sampling a network of {count} views needs previous[{VIEW_OUTPUTS!r}] (a result of "
+                                 "several views)")
+            earlier = _split_views(previous[VIEW_OUTPUTS].to(volume.device), len(used))
+        results = []
+        for (axis, share), before in zip(used, earlier):
+            only = None if before is None else _slices_of(region, axis)
+            results.append(self._slices(volume, network, known, before, only, axis=axis, members=share))
+        return {**pool_views(results, [len(share) for _, share in used]), VIEW_OUTPUTS: _stack_views(results)}
 
     def _windows(
         self,
@@ -243,12 +293,13 @@ class MedSegDiffInferer(Inferer):
             known: marks on the grid of ``inputs`` (B, 1, H, W, D) the result must respect.
             previous: an earlier result of the same inputs, seed and sampler (``probs``, ``entropy``,
                 ``variance``), kept outside what ``slices`` or ``region`` re-sample.
-            slices: 2D network: indices along the slice axis to re-sample (needs ``previous``).
-            region: 3D network: what to re-sample (needs ``previous``): a bool mask of the changed voxels
-                ((B, 1, H, W, D) or (H, W, D); its bounding box over the batch) or a box, one (start, stop) per
-                spatial axis. The windows overlapping the box are sampled; the voxels they alone cover, the box
-                among them, are bit-identical to a full run (``resampled.mask``), the rest is ``previous``. An
-                empty mask re-samples nothing.
+            slices: 2D network of one view: indices along the slice axis to re-sample (needs ``previous``).
+            region: what to re-sample (needs ``previous``): a bool mask of the changed voxels ((B, 1, H, W, D) or
+                (H, W, D), the union over the batch) or a box, one (start, stop) per spatial axis. A 2D network
+                re-samples, along each of its views, the slices holding a voxel of the mask (of the box). A 3D
+                network samples the windows overlapping the mask's bounding box; the voxels they alone cover, the
+                box among them, are bit-identical to a full run (``resampled.mask``), the rest is ``previous``.
+                An empty mask re-samples nothing.
         """
         if inputs.ndim != 5:
             raise ValueError(f"inputs must be a (B, C, H, W, D) volume, got shape {tuple(inputs.shape)}")
@@ -256,38 +307,55 @@ class MedSegDiffInferer(Inferer):
         if known is not None and tuple(known.labels.shape[2:]) != tuple(inputs.shape[2:]):
             raise ValueError(f"marks of shape {list(known.labels.shape[2:])} for inputs of shape {list(inputs.shape[2:])}")
         self.nfe = 0
-        self.resampled = None
+        self.resampled, self.resampled_slices = None, None
         # plain tensor: MetaTensor's __torch_function__ would slow down every op of every sampling step
         volume = convert_to_tensor(inputs, track_meta=False).float()
         with torch.no_grad():
-            whole = (known is None or known.is_empty()) and previous is None  # an automatic result
-            if network.spatial_dims == 2 and whole and len(self.views) > 1 and self.sampler.num_ensemble > 1:
-                out = self._views(volume, network)
-            elif network.spatial_dims == 2:  # one view; marks and partial re-sampling along slice_axis
+            changed = region if isinstance(region, torch.Tensor) else box  # a 2D network's slices: of the mask
+            if network.spatial_dims == 2 and self._several_views():
+                out = self._views(volume, network, known, previous, changed)
+            elif network.spatial_dims == 2:
+                if region is not None:
+                    slices = _slices_of(changed, self.slice_axis)
+                whole = (known is None or known.is_empty()) and previous is None  # an automatic result
                 out = self._slices(volume, network, known, previous, slices, axis=self.views[0] if whole else None)
             else:
                 out = self._windows(volume, network, known, previous, box)
         out["label"] = probabilities_to_labels(out["probs"])
         return out
 
-    @staticmethod
-    def _check_partial(inputs: torch.Tensor, network: nn.Module, previous, slices, region) -> Box | None:
+    def _several_views(self) -> bool:
+        """A 2D network runs along several views (more than one member to share out over them)."""
+        return len(self.views) > 1 and self.sampler.num_ensemble > 1
+
+    def _check_partial(self, inputs: torch.Tensor, network: nn.Module, previous, slices, region) -> Box | None:
         """Check a partial re-sampling request; returns the box of ``region`` (``()`` when it is empty)."""
         two_d = network.spatial_dims == 2
-        if two_d and region is not None:
-            raise ValueError("region is for a 3D network; a 2D network re-samples slices=")
         if not two_d and slices is not None:
             raise ValueError("re-sampling some slices needs a 2D network; a 3D network re-samples a region=")
-        name = "slices" if two_d else "region"
-        if (previous is None) != ((slices if two_d else region) is None):
-            raise ValueError(f"previous and {name} go together: re-sample the {name} of a previous result")
+        if slices is not None and region is not None:
+            raise ValueError("slices and region both given: re-sample either some slices or a region")
+        if two_d and slices is not None and self._several_views():
+            raise ValueError(f"a network of {len(self.views)} views re-samples a region= (its slices along each view), "
+                             "not slices= along one")
+        if (previous is None) != (slices is None and region is None):
+            raise ValueError("previous and slices or region go together: re-sample the slices or region of a previous result")
         if previous is None:
             return None
         for key in RESULT_KEYS:
             if key not in previous or tuple(previous[key].shape[2:]) != tuple(inputs.shape[2:]) or len(previous[key]) != len(inputs):
                 got = list(previous[key].shape) if key in previous else "nothing"
                 raise ValueError(f"previous[{key!r}] must be (B, ch, *spatial) of inputs {list(inputs.shape)}, got {got}")
-        if two_d:
+        if region is None:
             return None
         box = region_box(region, inputs.shape[2:])
         return () if box is None else box
+
+
+def _slices_of(region: torch.Tensor | Box, axis: int) -> list[int]:
+    """The indices along ``axis`` of the slices holding a voxel of ``region``: a bool mask ((B, 1, *spatial), the
+    union over the batch, or (*spatial)) or a box."""
+    if isinstance(region, torch.Tensor):
+        mask = region.bool()
+        return slices_holding(mask.any(dim=0)[0] if mask.ndim == 5 else mask, axis)
+    return list(range(region[axis].start, region[axis].stop)) if region else []

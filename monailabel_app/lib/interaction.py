@@ -313,8 +313,7 @@ def interaction_info(radius_default: int, reach_default: int) -> dict[str, Any]:
         "beyond its ball, as guidance only (not forced); those slices are re-sampled too",
         "conditioning": "RePaint-style: marked voxels of every x_t are replaced by q(x_t | marked mask)",
         "resampled": "only around the marks that changed since the last request for this image, checkpoint, seed "
-        "and sampler settings: 2D networks the slices holding a change (resampled_slices), 3D networks the "
-        "sliding windows overlapping the box of the changed voxels (resampled_box, resampled_windows); a 2D "
-        "network of several views (checkpoint.views) samples the automatic result along each view and re-samples "
-        "the marks along its first view (the slice axis), all members on it",
+        "and sampler settings: 2D networks, along each of their views (checkpoint.views), the slices holding a "
+        "change (resampled_slices, by axis), pooled with the kept slices of each view; 3D networks the sliding "
+        "windows overlapping the box of the changed voxels (resampled_box, resampled_windows)",
     }

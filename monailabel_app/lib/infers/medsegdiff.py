@@ -8,8 +8,8 @@ answered with HTTP 422 naming the parameter; keys nobody reads are listed in the
 
 Interactive correction (:mod:`lib.interaction`): ``foreground`` / ``background`` clicks and a ``label_in``
 scribble volume condition the sampler; only what the changed marks touch since the cached result of the same image,
-checkpoint, seed and sampler settings is re-sampled: the slices holding a change (2D network) or the sliding
-windows overlapping the box of the changed voxels (3D network).
+checkpoint, seed and sampler settings is re-sampled: along each view, the slices holding a change (2D network; each
+view's outputs are cached) or the sliding windows overlapping the box of the changed voxels (3D network).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from monai.inferers import Inferer
 from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedComponentd
 
 from medsegdiff.device import select_device
-from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer
+from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer, output_keys
 from medsegdiff.fusion import probabilities_to_labels
-from medsegdiff.interaction import UNKNOWN, KnownRegion, keep_changes_near_marks, slices_holding
+from medsegdiff.interaction import UNKNOWN, KnownRegion, keep_changes_near_marks
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -226,7 +226,6 @@ class MedSegDiffInfer(BasicInferTask):
         self._request.hints = None if hints is None else hints.to(torch.int16)
         # marks served before (an undo, a redo) give that result back; other marks start from the latest result
         cached = self.results.get(self._request.result_key, self._request.labels, self._request.hints)
-        self._request.resampled = None
         self._request.local = None
         self._request.cached = cached
         if cached is None:
@@ -240,8 +239,8 @@ class MedSegDiffInfer(BasicInferTask):
             resample, changed = changed | hints[0], changed | hints[1]
         # the label changes only as the changed marks ask and where they reach
         self._request.local = (cached.outputs, self._request.labels, changed)
-        self._request.resampled = slices_holding(resample[0, 0], self.model_info.slice_axis)
-        return functools.partial(inferer, known=known, previous=cached.outputs, slices=self._request.resampled)
+        # along each view of the network, the slices holding a changed mark or hint
+        return functools.partial(inferer, known=known, previous=cached.outputs, region=resample)
 
     def _automatic_label(self, inferer: MedSegDiffInferer, image, labels: torch.Tensor) -> torch.Tensor:
         """The model-grid label (*spatial) of this image without marks (same checkpoint, seed and sampler): the
@@ -252,7 +251,7 @@ class MedSegDiffInfer(BasicInferTask):
             network = self._request.loaded.network
             device = next(network.parameters()).device
             outputs = inferer(torch.as_tensor(image)[None].to(device), network)
-            plain = CachedResult({k: outputs[k].detach().cpu() for k in RESULT_KEYS}, blank)
+            plain = CachedResult({k: outputs[k].detach().cpu() for k in output_keys(outputs)}, blank)
             self.results.put(self._request.result_key, plain)
         return probabilities_to_labels(plain.outputs["probs"])[0, 0]
 
@@ -267,7 +266,7 @@ class MedSegDiffInfer(BasicInferTask):
         """Run the inferer; of a re-sampling, keep the changes the changed marks reach (the rest is the previous
         result); the model-grid result is cached with its marks for the next interaction on this image."""
         data = super().run_inferer(data, convert_to_batch, device)
-        outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in RESULT_KEYS}
+        outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in output_keys(data["pred"])}
         if self._request.local is not None:
             outputs = keep_changes_near_marks(outputs, *self._request.local)
             data["pred"] = {**data["pred"], **{k: v[0].to(data["pred"][k].device) for k, v in outputs.items()}}
@@ -341,7 +340,8 @@ class MedSegDiffInfer(BasicInferTask):
         windows = self._request.inferer.resampled
         if windows is not None:
             return windows.describe()
-        return {"resampled_slices": "all" if self._request.resampled is None else self._request.resampled}
+        slices = self._request.inferer.resampled_slices
+        return {"resampled_slices": "all" if slices is None else {str(axis): s for axis, s in slices.items()}}
 
     def clear(self) -> None:
         super().clear()
