@@ -128,10 +128,11 @@ def test_a_region_of_a_2d_network_resamples_the_slices_holding_it():
     by_slices = run(volume, net, known=KnownRegion(marks), previous=plain, slices=[1, 3])
     by_mask = run(volume, net, known=KnownRegion(marks), previous=plain, region=marks != -1)
     by_box = run(volume, net, known=KnownRegion(marks), previous=plain, region=[(0, 8), (0, 8), (1, 4)])
-    assert run.nfe == 3  # slices 1, 2, 3 of the box, one step and one member each
+    assert run.nfe == 1  # slices 1, 2, 3 of the box in one pass, one step
     for key in OUTPUTS:
         assert torch.equal(by_mask[key], by_slices[key]), key
-        assert torch.equal(by_box[key], by_slices[key]), key  # slice 2 holds no mark: re-sampled as it was
+        # slice 2 holds no mark: re-sampled as it was (to float rounding: batched otherwise)
+        torch.testing.assert_close(by_box[key], by_slices[key], atol=1e-5, rtol=0, msg=key)
     assert not torch.equal(by_slices["probs"][..., 1], plain["probs"][..., 1])
     with pytest.raises(ValueError, match="slices and region both given"):
         run(volume, net, previous=plain, slices=[1], region=marks != -1)

@@ -115,8 +115,9 @@ def test_resampling_the_slices_a_click_crosses_in_every_view_equals_a_whole_run_
     partial = inferer(volume, network, known=KnownRegion(marks), previous=automatic, region=marks != -1)
     assert 0 < inferer.nfe < whole_nfe / 2
     assert inferer.resampled_slices == {2: [3], 1: [5], 0: [2, 3]}  # the slices the marks cross, per view
-    for key in (*RESULT_KEYS, VIEW_OUTPUTS):
-        assert torch.equal(partial[key], whole[key]), key
+    assert torch.equal(partial["label"], whole["label"])
+    for key in (*RESULT_KEYS, VIEW_OUTPUTS):  # the re-sampled slices are batched otherwise: the last bits may differ
+        torch.testing.assert_close(partial[key], whole[key], atol=1e-5, rtol=0, msg=key)
     # the voxels that no re-sampled slice of any view holds keep the automatic result
     apart = torch.ones(8, 9, 7, dtype=torch.bool)
     apart[2:4], apart[:, 5], apart[:, :, 3] = False, False, False
