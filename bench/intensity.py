@@ -78,14 +78,13 @@ def _wide_gamma_train(ctx: Context, network: torch.nn.Module, images: np.ndarray
 
 
 def _trained_arm(ctx: Context, arm: str, head: str, seed: int) -> tuple[GridVolume, np.ndarray]:
-    images, labels = view_training_slices(ctx, head, views(BASELINE))
     volume = ctx.grid(head)
     network = build(BASELINE, seed).to(ctx.device)
     if arm == "wide_gamma":
-        _wide_gamma_train(ctx, network, images, labels, seed)
+        _wide_gamma_train(ctx, network, *view_training_slices(ctx, head, views(BASELINE)), seed)
     else:  # head_quantile: training slices and test head alike
-        grids = {name: head_quantiles(ctx.grid(name).image) for name in ctx.settings.folds if name != head}
-        images = np.concatenate([_with_image(ctx.grid(n), grids[n]).view_slices(a)[0] for n in grids for a in views(BASELINE)])
+        quantiles = lambda name: _with_image(ctx.grid(name), head_quantiles(ctx.grid(name).image))  # noqa: E731
+        images, labels = view_training_slices(ctx, head, views(BASELINE), grid=quantiles)
         train(BASELINE, network, images, labels, ctx.settings.iterations, seed, ctx.device)
         volume = _with_image(volume, head_quantiles(volume.image))
     network.eval()

@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,11 +69,13 @@ def fold_data(ctx: Context, test: str) -> tuple[np.ndarray, np.ndarray, Any, lis
 
 
 def view_training_slices(
-    ctx: Context, test: str, axes: tuple[int, ...], context: int = 0
+    ctx: Context, test: str, axes: tuple[int, ...], context: int = 0, grid: Callable[[str], Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training slices of the heads other than ``test`` along every axis of ``axes`` (multi-view models), each
-    with ``context`` neighbours per side as channels (2.5D models)."""
-    pairs = [ctx.grid(name).view_slices(axis) for name in ctx.settings.folds if name != test for axis in axes]
+    with ``context`` neighbours per side as channels (2.5D models); ``grid``: a head's model-grid volume by name
+    (default ``ctx.grid``; e.g. with its intensities mapped)."""
+    grid = grid or ctx.grid
+    pairs = [grid(name).view_slices(axis) for name in ctx.settings.folds if name != test for axis in axes]
     images = [with_context(p[0], range(len(p[0])), context) if context else p[0] for p in pairs]
     return np.concatenate(images), np.concatenate([p[1] for p in pairs])
 
