@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from medsegdiff.evaluation import auroc, binary_dice
-from medsegdiff.inferer import MedSegDiffInferer, output_keys
+from medsegdiff.inferer import MedSegDiffInferer, default_slice_batch_size, output_keys
 from medsegdiff.guidance import largest_error_click
 from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.interaction import (
@@ -138,9 +138,8 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: in
     s = ctx.settings
     reference = (volume.label > 0).astype(np.uint8)
     sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, s.eval_members)
-    # slices per batch as the infer task batches them on a CPU (on a GPU it takes 16)
-    batch = 16 if torch.device(ctx.device).type == "cuda" else 2
-    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, slice_batch_size=batch, views=tuple(slice_views))
+    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, slice_batch_size=default_slice_batch_size(ctx.device),
+                                views=tuple(slice_views))  # batched as the infer task batches
     image = torch.from_numpy(np.ascontiguousarray(volume.image))[None, None].float().to(ctx.device)
     start = time.perf_counter()
     automatic = inferer(image, network)

@@ -29,7 +29,7 @@ from monai.inferers import Inferer
 from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedComponentd
 
 from medsegdiff.device import select_device
-from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer, output_keys
+from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer, default_slice_batch_size, output_keys
 from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.interaction import UNKNOWN, KnownRegion, keep_changes_near_marks
 from medsegdiff.sampling import EnsembleSampler
@@ -177,7 +177,7 @@ class MedSegDiffInfer(BasicInferTask):
 
     def inferer(self, data=None) -> Inferer:
         loaded, values = self._request.loaded, self._request.values
-        cuda = next(loaded.network.parameters()).device.type == "cuda"
+        device = next(loaded.network.parameters()).device
         sampler = EnsembleSampler(
             loaded.diffusion,
             sampler=values["sampler"],
@@ -185,15 +185,13 @@ class MedSegDiffInfer(BasicInferTask):
             num_ensemble=values["num_ensemble"],
             fusion=values["fusion"],
             eta=values["eta"],
-            amp=cuda,
+            amp=device.type == "cuda",
         )
         inferer = MedSegDiffInferer(
             sampler,
             seed=values["seed"],
             slice_axis=self.model_info.slice_axis,
-            # all members of a few slices per pass: on 2 CPU cores 2 slices x 5 members ran 1.77x faster than
-            # 2 slices x 1 member (bench/volume.py, bench/results/latest.md); a GPU takes more slices per pass
-            slice_batch_size=16 if cuda else 2,
+            slice_batch_size=default_slice_batch_size(device),
             progress=self.progress,
             views=self.model_info.views,
         )

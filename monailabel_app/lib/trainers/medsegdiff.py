@@ -34,7 +34,7 @@ from torch import nn
 from medsegdiff.checkpoint import from_payload, read_checkpoint
 from medsegdiff.diffusion import SegDiffusionPrepareBatch, make_scheduler
 from medsegdiff.guidance import ErrorClicks, ErrorClicksPrepareBatch
-from medsegdiff.inferer import MedSegDiffInferer
+from medsegdiff.inferer import MedSegDiffInferer, default_slice_batch_size
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import min_volume_size, sample_transforms, volume_transforms
@@ -258,15 +258,14 @@ class MedSegDiffTrain(BasicTrainTask):
         return DiffusionInferer(context.scheduler)
 
     def val_inferer(self, context: Context):
-        cuda = context.device.type == "cuda"
         sampler = EnsembleSampler(
             context.diffusion,
             "ddim",
             num_inference_steps=context.request["val_num_inference_steps"],
             num_ensemble=context.request["val_num_ensemble"],
         )
-        inferer = MedSegDiffInferer(sampler, seed=0, slice_axis=self.model_info.slice_axis, slice_batch_size=16 if cuda else 2,
-                                    views=self.model_info.views)
+        inferer = MedSegDiffInferer(sampler, seed=0, slice_axis=self.model_info.slice_axis,
+                                    slice_batch_size=default_slice_batch_size(context.device), views=self.model_info.views)
         return SamplingValidationInferer(inferer)
 
     def val_key_metric(self, context: Context):
