@@ -33,7 +33,7 @@ from medsegdiff.baselines import (
 )
 from medsegdiff.diffusion import DiffusionConfig
 from medsegdiff.fusion import class_distribution
-from medsegdiff.inferer import slice_stack
+from medsegdiff.inferer import member_shares, slice_stack
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
 from medsegdiff.sampling import EnsembleSampler
@@ -206,18 +206,21 @@ def predict(
 
     Diffusion models: DDIM ``steps`` x ``members`` (``EnsembleSampler``, members batched; ``eta``: its
     stochasticity). A model of several ``VIEWS`` runs along each of them on the whole volume (``z`` given: axial
-    only) with ``round(members / views)`` members each (at least 1), their noise apart by view. Plain segmenter and
+    only), the members shared out as the infer task shares them (:func:`~medsegdiff.inferer.member_shares`: 5 over
+    three views run 2 / 2 / 1), each member's noise from its index. Plain segmenter and
     U-Net: one pass (N = 1); ``mc_passes`` > 1 turns the U-Net into MC-dropout with that many passes. Also
-    returns ``seconds`` and ``nfe`` (network calls counted by a forward hook).
+    returns ``seconds``, ``nfe`` (network calls counted by a forward hook) and ``members_per_view``.
     """
     device = next(network.parameters()).device
     axes = views(model) if z is None else (AXIAL,)
-    per_view = members if len(axes) == 1 else max(1, round(members / len(axes)))
+    shares = member_shares(members, len(axes))
     context = context_slices(model)
     grids = []
     start = time.perf_counter()
     with NetworkCalls(network) as counter:
-        for view, axis in enumerate(axes):
+        for axis, share in zip(axes, shares):
+            if not share:
+                continue
             images, _ = volume.view_slices(axis)
             picks = range(len(images)) if z is None else z
             images = with_context(images, picks, context) if context else images[list(picks)]
@@ -225,9 +228,10 @@ def predict(
             for first in range(0, len(images), slice_batch):
                 x = torch.from_numpy(images[first : first + slice_batch]).to(device)
                 if model in DIFFUSION_MODELS:
-                    sampler = EnsembleSampler(diffusion_config(model), "ddim", steps, per_view, eta=eta)
-                    ids = [view * 100_000 + i for i in range(first, first + len(x))]
-                    dist = diffusion_member_distributions(sampler(network, x, seed=seed, sample_ids=ids).member_probs)
+                    sampler = EnsembleSampler(diffusion_config(model), "ddim", steps, members, eta=eta)
+                    ids = list(range(first, first + len(x)))
+                    dist = diffusion_member_distributions(
+                        sampler(network, x, seed=seed, sample_ids=ids, members=share).member_probs)
                 elif model == "plain_segmenter":
                     dist = class_distribution(network.probabilities(x))[None]
                 elif mc_passes > 1:
@@ -238,4 +242,5 @@ def predict(
             stacked = torch.cat(parts, dim=1).permute(0, 2, 3, 4, 1).numpy()  # (N, K, S, S, slices)
             grids.append(stacked if axis == AXIAL else unview_stack(stacked, axis, volume.image.shape))
     seconds = time.perf_counter() - start
-    return {"members": np.concatenate(grids), "seconds": seconds, "nfe": counter.calls}
+    return {"members": np.concatenate(grids), "seconds": seconds, "nfe": counter.calls,
+            "members_per_view": [len(share) for share in shares]}

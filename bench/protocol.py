@@ -140,7 +140,7 @@ def run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data)
     trained = train(model, network, images, labels, s.iterations, seed, ctx.device, _validator(model, volume, z), s.val_every)
     out = predict(model, network, volume, steps=s.eval_steps, members=s.eval_members, seed=seed)
     cell: dict[str, Any] = {"test": test, "model": model, "seed": seed, "train": trained.stats,
-                            "infer_seconds": out["seconds"], "nfe": out["nfe"],
+                            "infer_seconds": out["seconds"], "nfe": out["nfe"], "members_per_view": out["members_per_view"],
                             **judge(volume, out["members"])}
     if (model in INTERACTIVE_MODELS or model in SAVED_MODELS) and seed < s.interactive_seeds:  # the interactive bench refines with it
         torch.save(network.state_dict(), cells.network_path(key))

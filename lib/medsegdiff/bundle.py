@@ -90,7 +90,8 @@ def inference_config(payload: dict[str, Any], **defaults: Any) -> dict[str, Any]
     largest = [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": _label_values(payload),
                 "is_onehot": False}] if settings.pop("largest_component") else []
     return {
-        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
+        "imports": ["$import glob", "$import os", "$import numpy", "$import torch",
+                    "$from medsegdiff.inferer import default_slice_batch_size"],
         "bundle_root": ".",
         "checkpoint": f"$os.path.join(@bundle_root, '{CHECKPOINT.as_posix()}')",
         "dataset_dir": "$os.path.join(@bundle_root, 'data')",
@@ -98,9 +99,9 @@ def inference_config(payload: dict[str, Any], **defaults: Any) -> dict[str, Any]
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         **settings,
         **_model_settings(payload),
-        # as the infer task: members in autocast and 16 slices per pass on a GPU, 2 slices per pass on a CPU
+        # as the infer task: members in autocast on a GPU, and its slices per pass
         "amp": "$torch.cuda.is_available()",
-        "slice_batch_size": "$16 if torch.cuda.is_available() else 2",
+        "slice_batch_size": "$default_slice_batch_size(@device)",
         "loaded": {"_target_": "medsegdiff.checkpoint.load_checkpoint", "path": "@checkpoint", "device": "@device"},
         "network": "$@loaded[0]",
         "datalist": "$[{'image': f} for f in sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*')))]",

@@ -38,7 +38,8 @@ from .uncertainty import predictive_entropy
 from .windows import Box, Resampled, WindowPlan, padding, region_box
 
 __all__ = [
-    "MedSegDiffInferer", "RESULT_KEYS", "VIEW_OUTPUTS", "default_slice_batch_size", "output_keys", "slice_stack", "pool_views",
+    "MedSegDiffInferer", "RESULT_KEYS", "VIEW_OUTPUTS", "default_slice_batch_size", "member_shares", "output_keys", "slice_stack",
+    "pool_views",
 ]
 
 RESULT_KEYS = ("probs", "entropy", "variance")
@@ -60,6 +61,14 @@ def default_slice_batch_size(device: torch.device | str) -> int:
     all members of a few slices per pass. On 2 CPU cores 2 slices x 5 members ran 2.3x faster than 2 slices x 1
     member, close to 16 slices' 2.4x (bench ``volume``, bench/results/latest.md); a GPU takes 16."""
     return 16 if torch.device(device).type == "cuda" else 2
+
+
+def member_shares(members: int, views: int) -> list[list[int]]:
+    """The member indices each of ``views`` views runs: member m goes to view m % views (5 members over 3 views:
+    [0, 3], [1, 4], [2]); a view may get none when there are fewer members than views."""
+    if members < 1 or views < 1:
+        raise ValueError(f"members and views must be >= 1, got {members} and {views}")
+    return [list(range(v, members, views)) for v in range(views)]
 
 
 def output_keys(outputs: dict[str, Any]) -> list[str]:
@@ -232,8 +241,7 @@ class MedSegDiffInferer(Inferer):
         ``previous``, each view re-samples the slices holding a voxel of ``region`` (a mask or a box) and keeps
         the rest of its own previous outputs."""
         count = len(self.views)
-        shares = [[m for m in range(self.sampler.num_ensemble) if m % count == v] for v in range(count)]
-        used = [(axis, share) for axis, share in zip(self.views, shares) if share]
+        used = [(axis, share) for axis, share in zip(self.views, member_shares(self.sampler.num_ensemble, count)) if share]
         earlier: list[dict[str, torch.Tensor] | None] = [None] * len(used)
         if previous is not None:
             if VIEW_OUTPUTS not in previous:
