@@ -13,7 +13,6 @@ eta) under ``<out>/cells``; ``BENCH_WORKERS`` processes share them; ``BENCH_PART
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import numpy as np
@@ -22,9 +21,8 @@ import torch
 from .context import Context
 from .judge import judge
 from .models import build, predict
-from .protocol import SAVED_MODELS, Cells, cell_key, run_workers
+from .protocol import SAVED_MODELS, Cells, cell_key, compute_cells, module_main
 from .report import Section, finite, md_table
-from .settings import partial_run
 from .stats import mean_sd
 
 __all__ = ["MODELS_SWEPT", "hard_members", "run"]
@@ -80,12 +78,7 @@ def _work(ctx: Context, cells: Cells) -> None:
 
 def run(ctx: Context) -> Section:
     cells = Cells(ctx)
-    workers = 1 if ctx.settings.quick or ctx.device.type != "cpu" else int(os.environ.get("BENCH_WORKERS", "2"))
-    partial = partial_run()  # summarise only
-    if workers > 1 and not partial:
-        run_workers(ctx, cells, workers, module="bench.posterior")
-    if not partial:
-        _work(ctx, cells)  # whatever the workers left
+    compute_cells(ctx, cells, _work, "bench.posterior")
     found = [cells.get(_key(*item)) for item in _plan(ctx, cells)]
     found = [f for f in found if f is not None]
     rows, summary = [], {}
@@ -106,14 +99,4 @@ def run(ctx: Context) -> Section:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--worker"]:
-        torch.set_num_threads(1)
-        context = Context()
-        try:
-            _work(context, Cells(context))
-        finally:
-            context.close()
-        raise SystemExit(0)
-    from .run_all import main
-
-    raise SystemExit(main(["posterior"]))
+    raise SystemExit(module_main(_work, "posterior"))

@@ -278,15 +278,32 @@ def run(ctx: Context) -> Section:
     return Section("protocol", finite(summary), tables(summary), figures)
 
 
-if __name__ == "__main__":
+def compute_cells(ctx: Context, cells: Cells, work_on: Callable[[Context, Cells], None], module: str) -> None:
+    """A cell-sharing section's cells: ``BENCH_WORKERS`` worker processes of ``module`` (2 on a CPU) compute them,
+    then this process whatever they left; nothing under ``BENCH_PARTIAL=1`` (summarise only)."""
+    if partial_run():
+        return
+    workers = 1 if ctx.settings.quick or ctx.device.type != "cpu" else int(os.environ.get("BENCH_WORKERS", "2"))
+    if workers > 1:
+        run_workers(ctx, cells, workers, module=module)
+    work_on(ctx, cells)
+
+
+def module_main(work_on: Callable[[Context, Cells], None], section: str) -> int:
+    """A cell-sharing section's ``python -m``: ``--worker`` computes cells single-threaded (:func:`run_workers`
+    starts them), no argument runs the section through ``run_all``."""
     if sys.argv[1:] == ["--worker"]:
         torch.set_num_threads(1)
         context = Context()
         try:
-            work(context, Cells(context))
+            work_on(context, Cells(context))
         finally:
             context.close()
-        raise SystemExit(0)
+        return 0
     from .run_all import main
 
-    raise SystemExit(main(["protocol"]))
+    return main([section])
+
+
+if __name__ == "__main__":
+    raise SystemExit(module_main(work, "protocol"))

@@ -28,7 +28,8 @@ from .settings import CAVEAT
 
 __all__ = ["SECTIONS", "CONTRACT", "main"]
 
-SECTIONS = ("training_speed", "sampling_cost", "volume", "acceptance", "protocol", "experiments", "posterior", "active_learning", "interactive")
+SECTIONS = ("training_speed", "sampling_cost", "volume", "acceptance", "protocol", "experiments", "posterior", "tissue", "active_learning",
+            "interactive")
 
 CONTRACT: dict[str, str] = {
     "nfe_ratio": "sampling_cost",

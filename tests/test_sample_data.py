@@ -14,7 +14,7 @@ from scipy import ndimage as ndi
 
 from medsegdiff import sample_data as sd
 from medsegdiff.sample_data import __main__ as sample_data_cli
-from medsegdiff.sample_data import heads
+from medsegdiff.sample_data import cat12, heads
 from medsegdiff.sample_data import scan as scan_module
 
 AVAILABLE = sd.available_scans()
@@ -24,6 +24,7 @@ needs_colin27 = pytest.mark.skipif(
 needs_stardist = pytest.mark.skipif(
     "load_stardist_nuclei_2d" not in AVAILABLE, reason="stardist not installed"
 )
+needs_cat12 = pytest.mark.skipif("load_cat12_tissue" not in AVAILABLE, reason="deepmriprep not installed")
 needs_dicom = pytest.mark.skipif("load_dicom_mr_lesion" not in AVAILABLE, reason="pydicom-data not installed")
 
 
@@ -91,6 +92,22 @@ def test_mni152_brain(mni_tissue: sd.Scan) -> None:
     assert scan.label.mean() == pytest.approx(0.217, abs=0.01)
     np.testing.assert_array_equal(scan.label > 0, mni_tissue.label > 0)
     np.testing.assert_array_equal(scan.image, mni_tissue.image)
+
+
+@needs_cat12
+def test_cat12_tissue() -> None:
+    scan = sd.load_cat12_tissue()
+    _check_volume(scan, (113, 137, 113), 1.5)
+    assert scan.label_names == {"csf": 1, "gm": 2, "wm": 3}
+    fractions = np.bincount(scan.label.ravel(), minlength=4)[:4] / scan.label.size
+    assert fractions[2] > fractions[3] > fractions[1] > 0.01, fractions  # GM > WM > CSF, as in MNI 2009a
+    # T1 contrast: WM brighter than GM, GM brighter than CSF (the maps lie on the T1)
+    means = [scan.image[scan.label == c].mean() for c in (1, 2, 3)]
+    assert means[0] < means[1] < means[2], means
+    # the 0.5 mm template read independently: the 1.5 mm grid's voxel centres are every third of its voxels
+    fine = nib.as_closest_canonical(nib.load(str(cat12._cat12_files()[0])))
+    np.testing.assert_allclose(scan.image, np.asarray(fine.dataobj)[::3, ::3, ::3], atol=1e-5)
+    np.testing.assert_allclose(scan.affine[:3, 3], fine.affine[:3, 3])
 
 
 @needs_stardist

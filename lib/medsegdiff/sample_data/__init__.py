@@ -18,6 +18,7 @@ Command line::
 
 from __future__ import annotations
 
+from .cat12 import load_cat12_tissue
 from .datastore import MANIFEST_NAME, REFERENCE_DIRNAME, build_sample_datastore, read_manifest
 from .dicom import load_dicom_mr_lesion
 from .heads import load_colin27, load_robex_head
@@ -33,6 +34,7 @@ __all__ = [
     "load_colin27",
     "load_mni152_tissue",
     "load_mni152_brain",
+    "load_cat12_tissue",
     "load_stardist_nuclei_2d",
     "load_dicom_mr_lesion",
     "LOADERS",

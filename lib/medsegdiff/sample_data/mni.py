@@ -29,9 +29,21 @@ def _mni152_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     t1 = t1.astype(np.float32)
     gm = gm.astype(np.float32) / 255.0
     wm = wm.astype(np.float32) / 255.0
-    # data.md recipe: brain = fill_holes(T1/max > 0.2  OR  GM+WM > 0.5)
-    brain = ndi.binary_fill_holes((t1 / max(float(t1.max()), 1e-6) > 0.2) | (gm + wm > 0.5))
-    return t1, brain, np.stack([gm, wm]), affine
+    return t1, template_brain(t1, gm, wm), np.stack([gm, wm]), affine
+
+
+def template_brain(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
+    """A skull-stripped template's brain mask (data.md recipe): fill_holes(T1 / max > 0.2 or GM + WM > 0.5)."""
+    return ndi.binary_fill_holes((t1 / max(float(t1.max()), 1e-6) > 0.2) | (gm + wm > 0.5))
+
+
+def tissue_labels(brain: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
+    """CSF (1) / GM (2) / WM (3) labels: the argmax of (background, CSF, GM, WM) with background = 1 - brain,
+    CSF = brain - GM - WM (clipped at 0) and GM, WM the probability maps (0..1) inside the brain."""
+    inside = brain.astype(np.float32)
+    gm, wm = gm * inside, wm * inside
+    csf = np.clip(inside - gm - wm, 0.0, 1.0)
+    return np.stack([1.0 - inside, csf, gm, wm]).argmax(axis=0).astype(np.uint8)
 
 
 def load_mni152_tissue() -> Scan:
@@ -47,10 +59,7 @@ def load_mni152_tissue() -> Scan:
         FileNotFoundError: nilearn is not installed.
     """
     t1, brain, gm_wm, affine = _mni152_arrays()
-    inside = brain.astype(np.float32)
-    gm, wm = gm_wm[0] * inside, gm_wm[1] * inside
-    csf = np.clip(inside - gm - wm, 0.0, 1.0)
-    label = np.stack([1.0 - inside, csf, gm, wm]).argmax(axis=0).astype(np.uint8)
+    label = tissue_labels(brain, gm_wm[0], gm_wm[1])
     return Scan(
         name="mni152_tissue",
         image=t1,

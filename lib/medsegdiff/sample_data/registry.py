@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .cat12 import _cat12_files, load_cat12_tissue
 from .dicom import _dicom_lesion_files, load_dicom_mr_lesion
 from .heads import _colin27_files, _robex_files, load_colin27, load_robex_head
 from .microscopy import _stardist_files, load_stardist_nuclei_2d
@@ -16,6 +17,7 @@ LOADERS: dict[str, Callable[[], Scan]] = {
     "load_colin27": load_colin27,
     "load_mni152_tissue": load_mni152_tissue,
     "load_mni152_brain": load_mni152_brain,
+    "load_cat12_tissue": load_cat12_tissue,
     "load_stardist_nuclei_2d": load_stardist_nuclei_2d,
     "load_dicom_mr_lesion": load_dicom_mr_lesion,
 }
@@ -26,6 +28,7 @@ _FILE_CHECKS: dict[str, Callable[[], list[Path]]] = {
     "load_colin27": _colin27_files,
     "load_mni152_tissue": _mni152_files,
     "load_mni152_brain": _mni152_files,
+    "load_cat12_tissue": _cat12_files,
     "load_stardist_nuclei_2d": _stardist_files,
     "load_dicom_mr_lesion": _dicom_lesion_files,
 }
