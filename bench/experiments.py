@@ -17,7 +17,7 @@ import os
 from typing import Any
 
 from .context import Context
-from .models import EXPERIMENTS
+from .models import EXPERIMENTS, MEMBERS_PER_VIEW
 from .protocol import Cells, cell_key, fold_data, run_cell, run_workers
 from .protocol_report import RELIABILITY_REGIONS, format_difference, plot_reliability
 from .report import Section, finite, md_table
@@ -96,7 +96,7 @@ def run(ctx: Context) -> Section:
         "seeds": seeds,
         "seeds_per_variant": {variant: max((len(cs) for cs in by_head.values()), default=0)
                               for variant, by_head in cells.items()}, "folds": list(s.folds), "iterations": s.iterations,
-        "evaluation": f"DDIM {s.eval_steps} steps x {s.eval_members} members (the protocol's)",
+        "evaluation": f"DDIM {s.eval_steps} steps x {s.eval_members} members ({MEMBERS_PER_VIEW} per view for several views; the protocol's)",
         "quick_note": "QUICK MODE: tiny settings; numbers mean nothing" if s.quick else None,
     }
     figures = [plot_reliability(ctx, cells, region, f"reliability_experiments_{region}.png") for region in RELIABILITY_REGIONS]

@@ -32,7 +32,7 @@ from monai.transforms import RandAdjustContrastd, RandHistogramShiftd
 from .context import Context
 from .grid import GridVolume
 from .judge import judge
-from .models import build, predict, train, views
+from .models import build, eval_members, predict, train, views
 from .protocol import Cells, cell_key, view_training_slices
 from .report import finite, md_table
 from .stats import mean_sd, paired_difference
@@ -88,7 +88,7 @@ def _trained_arm(ctx: Context, arm: str, head: str, seed: int) -> tuple[GridVolu
         train(BASELINE, network, images, labels, ctx.settings.iterations, seed, ctx.device)
         volume = _with_image(volume, head_quantiles(volume.image))
     network.eval()
-    return volume, predict(BASELINE, network, volume, steps=ctx.settings.eval_steps, members=ctx.settings.eval_members, seed=seed)["members"]
+    return volume, predict(BASELINE, network, volume, steps=ctx.settings.eval_steps, members=eval_members(len(views(BASELINE)), ctx.settings.eval_members), seed=seed)["members"]
 
 
 def _test_time_arm(ctx: Context, cells: Cells, arm: str, head: str, seed: int) -> tuple[GridVolume, np.ndarray]:
@@ -97,11 +97,12 @@ def _test_time_arm(ctx: Context, cells: Cells, arm: str, head: str, seed: int) -
     network.eval()
     volume = ctx.grid(head)
     s = ctx.settings
+    members = eval_members(len(views(BASELINE)), s.eval_members)
     if arm == "test_standardized":
         pooled = np.concatenate([g[g > HEAD] for g in (ctx.grid(n).image for n in s.folds if n != head)])
         volume = _with_image(volume, standardize(volume.image, np.percentile(pooled, LANDMARKS)))
-        return volume, predict(BASELINE, network, volume, steps=s.eval_steps, members=s.eval_members, seed=seed)["members"]
-    share = max(1, s.eval_members // len(MEMBER_GAMMAS))  # member_gamma: the members split over the gammas
+        return volume, predict(BASELINE, network, volume, steps=s.eval_steps, members=members, seed=seed)["members"]
+    share = max(1, members // len(MEMBER_GAMMAS))  # member_gamma: the members split over the gammas
     members = [predict(BASELINE, network, _with_image(volume, np.power(volume.image, g)), steps=s.eval_steps,
                        members=share, seed=seed + 1000 * k)["members"] for k, g in enumerate(MEMBER_GAMMAS)]
     return volume, np.concatenate(members)

@@ -42,7 +42,7 @@ from medsegdiff.sampling import EnsembleSampler
 from .context import Context
 from .grid import GridVolume
 from .interactive_figure import plot_interaction
-from .models import INTERACTIVE_MODELS, build, guided, train, views
+from .models import INTERACTIVE_MODELS, MEMBERS_PER_VIEW, build, eval_members, guided, train, views
 from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
@@ -137,7 +137,7 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: in
     label."""
     s = ctx.settings
     reference = (volume.label > 0).astype(np.uint8)
-    sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, s.eval_members)
+    sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, eval_members(len(slice_views), s.eval_members))
     inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, slice_batch_size=default_slice_batch_size(ctx.device),
                                 views=tuple(slice_views))  # batched as the infer task batches
     image = torch.from_numpy(np.ascontiguousarray(volume.image))[None, None].float().to(ctx.device)
@@ -257,8 +257,8 @@ def run(ctx: Context) -> Section:
     results = {
         "interactive": summary,
         "clicks": CLICKS, "radii_voxels": list(RADII), "radii_mm": [r * SPACING_MM for r in RADII], "seeds": s.interactive_seeds,
-        "sampler": f"DDIM {s.eval_steps} steps x {s.eval_members} members, the slices the click's ball (and hints) "
-                   "cross re-sampled",
+        "sampler": f"DDIM {s.eval_steps} steps x {s.eval_members} members (axial network; {MEMBERS_PER_VIEW} per view "
+                   "for the three-view one), the slices the click's ball (and hints) cross re-sampled",
         "reach_slices": REACH,
         "methods": {"medsegdiff": "RePaint-style conditioning only (any trained network), axial",
                     "medsegdiff_triplanar_guided": "the committed model's recipe: three views; each click re-samples, "

@@ -41,7 +41,7 @@ from medsegdiff.training import train_on_arrays
 
 from .grid import AXIAL, GridVolume, unview_stack
 
-__all__ = ["PROTOCOL_NETWORK", "MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "guided", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
+__all__ = ["PROTOCOL_NETWORK", "MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "MEMBERS_PER_VIEW", "eval_members", "guided", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
 
 PROTOCOL_NETWORK: dict[str, Any] = {**SAMPLE_MODEL_2D, "guidance_channels": 0}
 """The protocol's MedSegDiff: the sample model's network without the guidance channels it gained after the
@@ -83,6 +83,17 @@ EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "meds
 INTERACTIVE_MODELS = ("medsegdiff", "medsegdiff_triplanar_guided")
 """Models whose networks of each fold (seeds ``0..interactive_seeds - 1``) the interactive bench refines with
 (RePaint only, axial; the committed model's recipe: RePaint + guidance, automatic label over three views)."""
+
+
+MEMBERS_PER_VIEW = 2
+"""Members per view of a network of several views: the infer task's default of 6 over three views (every view as
+many members; the 2 / 2 / 1 share of 5 measured worse on the same networks, README)."""
+
+
+def eval_members(view_count: int, members: int) -> int:
+    """Members the bench samples a network of ``view_count`` views with: ``members`` (the protocol's
+    ``eval_members``) for one view; :data:`MEMBERS_PER_VIEW` per view for several, as the infer task's default."""
+    return members if view_count == 1 else MEMBERS_PER_VIEW * view_count
 
 
 def guided(model: str) -> bool:

@@ -20,7 +20,7 @@ import torch
 
 from .context import Context
 from .judge import judge
-from .models import build, predict
+from .models import MEMBERS_PER_VIEW, build, eval_members, predict, views
 from .protocol import SAVED_MODELS, Cells, cell_key, compute_cells, module_main
 from .report import Section, finite, md_table
 from .stats import mean_sd
@@ -54,7 +54,7 @@ def _evaluate(ctx: Context, cells: Cells, head: str, model: str, seed: int, step
     volume = ctx.grid(head)
     if s.eval_slab:
         volume = volume.central_slab(s.eval_slab)
-    out = predict(model, network, volume, steps=steps, members=s.eval_members, seed=seed, eta=eta)
+    out = predict(model, network, volume, steps=steps, members=eval_members(len(views(model)), s.eval_members), seed=seed, eta=eta)
     return {"head": head, "model": model, "seed": seed, "steps": steps, "eta": eta, "seconds": out["seconds"],
             "nfe": out["nfe"], "soft": _scores(judge(volume, out["members"])),
             "hard": _scores(judge(volume, hard_members(out["members"])))}
@@ -93,7 +93,7 @@ def run(ctx: Context) -> Section:
             summary[f"{model} k{steps} eta{eta:g} {kind}"] = entry
             rows.append([model, steps, eta, kind, len(items), *(entry[m]["mean"] for m in METRICS), entry["seconds"]])
     table = md_table(["model", "DDIM steps", "eta", "members", "cases", *METRICS, "s / head"], rows)
-    results = {"posterior": summary, "sweep": [list(x) for x in ctx.settings.posterior_sweep], "members": ctx.settings.eval_members,
+    results = {"posterior": summary, "sweep": [list(x) for x in ctx.settings.posterior_sweep], "members": ctx.settings.eval_members, "members_per_view": MEMBERS_PER_VIEW,
                "quick_note": "QUICK MODE: tiny settings; numbers mean nothing" if ctx.settings.quick else None}
     return Section("posterior", finite(results), table)
 

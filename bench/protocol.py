@@ -30,7 +30,7 @@ from medsegdiff.evaluation import binary_dice
 from .context import Context
 from .judge import BAND_MM, judge
 from .grid import AXIAL
-from .models import INTERACTIVE_MODELS, VIEWS, build, context_slices, predict, protocol_models, train, views, with_context
+from .models import INTERACTIVE_MODELS, MEMBERS_PER_VIEW, VIEWS, build, context_slices, eval_members, predict, protocol_models, train, views, with_context
 from .report import Section, finite
 from .settings import REPO, partial_run
 from .protocol_report import RELIABILITY_REGIONS, plot_curves, plot_reliability, summarise, tables, uncertainty_cells
@@ -138,7 +138,7 @@ def run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data)
         images, labels = view_training_slices(ctx, test, views(model), context_slices(model))
     network = build(model, seed).to(ctx.device)
     trained = train(model, network, images, labels, s.iterations, seed, ctx.device, _validator(model, volume, z), s.val_every)
-    out = predict(model, network, volume, steps=s.eval_steps, members=s.eval_members, seed=seed)
+    out = predict(model, network, volume, steps=s.eval_steps, members=eval_members(len(views(model)), s.eval_members), seed=seed)
     cell: dict[str, Any] = {"test": test, "model": model, "seed": seed, "train": trained.stats,
                             "infer_seconds": out["seconds"], "nfe": out["nfe"], "members_per_view": out["members_per_view"],
                             **judge(volume, out["members"])}
@@ -257,7 +257,8 @@ def run(ctx: Context) -> Section:
         "iterations": s.iterations,
         "batch_size": 8,
         "optimizer": "AdamW lr 1e-3, weight decay 1e-4, OneCycle warm-up 5 % + cosine to ~0",
-        "diffusion_inference": f"DDIM {s.eval_steps} steps x {s.eval_members} members, mean fusion",
+        "diffusion_inference": f"DDIM {s.eval_steps} steps x {s.eval_members} members ({MEMBERS_PER_VIEW} per view for a network "
+                               "of several views, the infer task's default), mean fusion",
         "mc_dropout_passes": s.mc_passes,
         "deep_ensemble": f"{s.ensemble_size} U-Nets (seeds 0..{s.ensemble_size - 1})",
         "band_mm": BAND_MM,

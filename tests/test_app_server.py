@@ -123,7 +123,7 @@ def test_info_lists_model_trainer_strategies_and_scoring(client) -> None:
     info = client.info()
     model = info["models"][MODEL]
     assert model["labels"] == {"brain": 1} and info["labels"] == ["brain"]
-    assert model["config"]["num_inference_steps"] == 2 and model["config"]["num_ensemble"] == 5
+    assert model["config"]["num_inference_steps"] == 2 and model["config"]["num_ensemble"] == 6
     assert model["config"]["sampler"] == ["ddim", "ddpm"] and model["config"]["fusion"] == ["mean", "vote", "staple"]
     assert model["config"]["device"] == ["auto", "cpu", "cuda"]
     assert model["parameters"]["num_inference_steps"]["max"] == 1000

@@ -41,7 +41,7 @@ __all__ = ["ProbabilityInferer", "bundle_checkpoint", "export_bundle", "inferenc
 CHECKPOINT = Path("models") / "model.pt"
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 DEFAULTS = {
-    "num_inference_steps": 2, "num_ensemble": 5, "seed": 0, "sampler": "ddim", "fusion": "mean", "largest_component": True,
+    "num_inference_steps": 2, "num_ensemble": 6, "seed": 0, "sampler": "ddim", "fusion": "mean", "largest_component": True,
 }
 """The infer task's defaults (``monailabel_app/lib/params.py``). ``largest_component`` is fixed at export: the
 post-processing keeps each label's largest connected piece, as the infer task does by default."""

@@ -203,7 +203,8 @@ Param = IntParam | FloatParam | ChoiceParam | BoolParam | TextParam | PointsPara
 
 INFER_PARAMS: tuple[Param, ...] = (
     IntParam("num_inference_steps", 2, 1, 1000, "reverse-diffusion steps per ensemble member (2: see the README's sampling numbers)"),
-    IntParam("num_ensemble", 5, 1, 32, "independent samples fused into the label; their disagreement is the uncertainty"),
+    IntParam("num_ensemble", 6, 1, 32, "independent samples fused into the label; their disagreement is the uncertainty "
+             "(a model of several views: member m along view m % views; 6, the default, is 2 per view of three)"),
     ChoiceParam("sampler", ("ddim", "ddpm"), "ddim: deterministic, few steps; ddpm: ancestral (stochastic) steps"),
     IntParam("seed", 0, 0, SEED_MAX, "seed of ensemble member 0 (member m uses seed + m): same seed, same result"),
     ChoiceParam("device", ("auto", "cpu", "cuda"), "auto: CUDA when the server has a GPU, else CPU"),

@@ -59,7 +59,7 @@ class MedSegDiffParameterNode:
     uncertainty: vtkMRMLScalarVolumeNode
     serverUrl: str = DEFAULT_SERVER_URL
     numInferenceSteps: Annotated[int, WithinRange(*KNOWN_RANGES["num_inference_steps"])] = 10
-    numEnsemble: Annotated[int, WithinRange(*KNOWN_RANGES["num_ensemble"])] = 5
+    numEnsemble: Annotated[int, WithinRange(*KNOWN_RANGES["num_ensemble"])] = 6
     seed: Annotated[int, WithinRange(*KNOWN_RANGES["seed"])] = 0
     maxEpochs: Annotated[int, WithinRange(1, 100000)] = 10
     clickRadius: Annotated[int, WithinRange(0, 100)] = 2
