@@ -108,3 +108,22 @@ def test_acceptance_targets_follow_the_numbers():
     assert met["≥ the painted-ball baseline at every click"] == ("worst -0.0010", "**no**")
     assert met["uncertainty AUROC (wrong voxels, head) not worse after the clicks"] == ("0.900 → 0.899", "**no**")
     assert table._acceptance_targets({"sections": {}})[0][1] == "not measured in this run"
+
+
+def _tissue(ours: list[float], unet: list[float]) -> dict:
+    cases = ["cat12_tissue/s0", "mni152_tissue/s0"]
+    entry = lambda values: {"csf": {"mean": sum(values) / 2}, "csf_per_case": dict(zip(cases, values))}  # noqa: E731
+    d = [a - b for a, b in zip(ours, unet)]
+    half = abs(d[0] - d[1]) * 6.36  # t(0.975, 1) x sd / sqrt(2) for two cases
+    mean = sum(d) / 2
+    diff = {"mean": mean, "ci95": [mean - half, mean + half], "verdict": "behind" if mean + half < 0 else "tie"}
+    return {"sections": {"tissue": {"results": {"tissue": {"medsegdiff": {**entry(ours), "vs_unet": {"csf": diff}},
+                                                           "unet": entry(unet)}}}}}
+
+
+def test_tissue_target_follows_the_csf_difference():
+    assert table._tissue_target({"sections": {}})[2] == "–"  # not measured
+    row = table._tissue_target(_tissue([0.40, 0.44], [0.42, 0.43]))
+    assert row[2] == "yes" and row[1].startswith("0.420 vs 0.425")
+    # behind on both templates by about the same margin: the interval excludes 0
+    assert table._tissue_target(_tissue([0.30, 0.31], [0.42, 0.43]))[2] == "**no**"
