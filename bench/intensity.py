@@ -88,7 +88,8 @@ def _trained_arm(ctx: Context, arm: str, head: str, seed: int) -> tuple[GridVolu
         train(BASELINE, network, images, labels, ctx.settings.iterations, seed, ctx.device)
         volume = _with_image(volume, head_quantiles(volume.image))
     network.eval()
-    return volume, predict(BASELINE, network, volume, steps=ctx.settings.eval_steps, members=eval_members(len(views(BASELINE)), ctx.settings.eval_members), seed=seed)["members"]
+    members = eval_members(len(views(BASELINE)), ctx.settings.eval_members)
+    return volume, predict(BASELINE, network, volume, steps=ctx.settings.eval_steps, members=members, seed=seed)["members"]
 
 
 def _test_time_arm(ctx: Context, cells: Cells, arm: str, head: str, seed: int) -> tuple[GridVolume, np.ndarray]:

@@ -54,7 +54,8 @@ def _evaluate(ctx: Context, cells: Cells, head: str, model: str, seed: int, step
     volume = ctx.grid(head)
     if s.eval_slab:
         volume = volume.central_slab(s.eval_slab)
-    out = predict(model, network, volume, steps=steps, members=eval_members(len(views(model)), s.eval_members), seed=seed, eta=eta)
+    members = eval_members(len(views(model)), s.eval_members)
+    out = predict(model, network, volume, steps=steps, members=members, seed=seed, eta=eta)
     return {"head": head, "model": model, "seed": seed, "steps": steps, "eta": eta, "seconds": out["seconds"],
             "nfe": out["nfe"], "soft": _scores(judge(volume, out["members"])),
             "hard": _scores(judge(volume, hard_members(out["members"])))}

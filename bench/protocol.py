@@ -138,7 +138,8 @@ def run_cell(ctx: Context, cells: Cells, test: str, model: str, seed: int, data)
         images, labels = view_training_slices(ctx, test, views(model), context_slices(model))
     network = build(model, seed).to(ctx.device)
     trained = train(model, network, images, labels, s.iterations, seed, ctx.device, _validator(model, volume, z), s.val_every)
-    out = predict(model, network, volume, steps=s.eval_steps, members=eval_members(len(views(model)), s.eval_members), seed=seed)
+    members = eval_members(len(views(model)), s.eval_members)
+    out = predict(model, network, volume, steps=s.eval_steps, members=members, seed=seed)
     cell: dict[str, Any] = {"test": test, "model": model, "seed": seed, "train": trained.stats,
                             "infer_seconds": out["seconds"], "nfe": out["nfe"], "members_per_view": out["members_per_view"],
                             **judge(volume, out["members"])}

@@ -106,7 +106,8 @@ def _summary(found: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
             entry[c] = mean_sd(values)
             entry[f"{c}_per_case"] = {f"{f['test']}/s{f['seed']}": v for f, v in zip(items, values)}
         summary[model] = entry
-        rows.append([model, len(items), *(f"{entry[c]['mean']:.3f} ± {entry[c]['sd'] or 0:.3f}" for c in (*CLASSES, "mean"))])
+        rows.append([model, len(items),
+                     *(f"{entry[c]['mean']:.3f} ± {entry[c]['sd'] or 0:.3f}" for c in (*CLASSES, "mean"))])
     table = md_table(["model", "cases", *(f"Dice {c}" for c in (*CLASSES, "mean"))], rows)
     if "medsegdiff" in summary:
         diff_rows = []
@@ -117,8 +118,8 @@ def _summary(found: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
                      for c in (*CLASSES, "mean")}
             summary["medsegdiff"][f"vs_{other}"] = diffs
             diff_rows.append([other, *(_difference(diffs[c]) for c in (*CLASSES, "mean"))])
-        table += "\n\n" + md_table(["MedSegDiff − model", *(f"Δ Dice {c} (95 % CI over fold x seed)" for c in (*CLASSES, "mean"))],
-                                   diff_rows)
+        headers = ["MedSegDiff − model", *(f"Δ Dice {c} (95 % CI over fold x seed)" for c in (*CLASSES, "mean"))]
+        table += "\n\n" + md_table(headers, diff_rows)
     return summary, table
 
 
