@@ -34,6 +34,7 @@ from .grid import GridVolume
 from .judge import judge
 from .models import build, eval_members, predict, train, views
 from .protocol import Cells, cell_key, view_training_slices
+from .protocol_report import format_difference
 from .report import finite, md_table
 from .stats import mean_sd, paired_difference
 
@@ -113,11 +114,6 @@ def _scores(judged: dict[str, Any]) -> dict[str, Any]:
     return {m: judged.get(m, (judged.get("diversity") or {}).get(m)) for m in METRICS}
 
 
-def _gain(d: dict[str, Any]) -> str:
-    ci = d.get("ci95")
-    return f"{d['mean']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}] {d['verdict']}" if ci else "")
-
-
 def _plan(ctx: Context) -> list[tuple[str, str, int]]:
     seeds = range(ctx.settings.interactive_seeds)
     return [(arm, head, seed) for arm in ARMS for head in ctx.settings.folds
@@ -157,7 +153,7 @@ def run(ctx: Context) -> dict[str, Any]:
         rows.append([arm, len(items), *(f"{entry[m]['mean']:.3f} vs {entry[f'baseline_{m}']['mean']:.3f}" for m in METRICS)])
     table = md_table(["arm", "cases", *(f"{m} (arm vs three views)" for m in METRICS)], rows)
     table += "\n\n" + md_table(["arm", *(f"gain in {m} (95 % CI over cases)" for m in METRICS)], [
-        [arm, *(_gain(e[f"gain_{m}"]) for m in METRICS)] for arm, e in summary.items()])
+        [arm, *(format_difference(e[f"gain_{m}"]) for m in METRICS)] for arm, e in summary.items()])
     results = finite({"arms": summary, "baseline": BASELINE, "members": ctx.settings.eval_members,
                       "steps": ctx.settings.eval_steps, "iterations": ctx.settings.iterations})
     (ctx.out_dir / "intensity.json").write_text(json.dumps(results, indent=1))

@@ -94,7 +94,8 @@ def run(ctx: Context) -> Section:
             summary[f"{model} k{steps} eta{eta:g} {kind}"] = entry
             rows.append([model, steps, eta, kind, len(items), *(entry[m]["mean"] for m in METRICS), entry["seconds"]])
     table = md_table(["model", "DDIM steps", "eta", "members", "cases", *METRICS, "s / head"], rows)
-    results = {"posterior": summary, "sweep": [list(x) for x in ctx.settings.posterior_sweep], "members": ctx.settings.eval_members, "members_per_view": MEMBERS_PER_VIEW,
+    results = {"posterior": summary, "sweep": [list(x) for x in ctx.settings.posterior_sweep],
+               "members": ctx.settings.eval_members, "members_per_view": MEMBERS_PER_VIEW,
                "quick_note": "QUICK MODE: tiny settings; numbers mean nothing" if ctx.settings.quick else None}
     return Section("posterior", finite(results), table)
 

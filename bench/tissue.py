@@ -32,6 +32,7 @@ from medsegdiff.network import MedSegDiffUNet
 from .context import Context
 from .models import PROTOCOL_NETWORK, predict, train
 from .protocol import Cells, cell_key, compute_cells, module_main
+from .protocol_report import format_difference
 from .report import Section, finite, md_table
 from .stats import mean_sd, paired_difference
 
@@ -66,12 +67,12 @@ def _cell(ctx: Context, train_on: str, test: str, model: str, seed: int) -> dict
     s = ctx.settings
     images, labels = ctx.grid(train_on).slices()
     network = build(model, seed).to(ctx.device)
-    trained = train("unet" if model == "unet" else "medsegdiff", network, images, labels, s.iterations, seed, ctx.device)
+    kind = "unet" if model == "unet" else "medsegdiff"  # how bench.models trains and samples it
+    trained = train(kind, network, images, labels, s.iterations, seed, ctx.device)
     volume = ctx.grid(test)
     if s.eval_slab:  # quick mode: a central slab
         volume = volume.central_slab(s.eval_slab)
-    out = predict("unet" if model == "unet" else "medsegdiff", network, volume, steps=s.eval_steps,
-                  members=s.eval_members, seed=seed)
+    out = predict(kind, network, volume, steps=s.eval_steps, members=s.eval_members, seed=seed)
     mean = out["members"].mean(axis=0)
     native = volume.to_native(mean, fill=[1.0] + [0.0] * len(CLASSES)).argmax(axis=0).astype(np.uint8)
     dice = dice_per_class(native, volume.native_label, len(CLASSES))
@@ -117,17 +118,10 @@ def _summary(found: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
             diffs = {c: paired_difference(summary["medsegdiff"][f"{c}_per_case"], summary[other][f"{c}_per_case"])
                      for c in (*CLASSES, "mean")}
             summary["medsegdiff"][f"vs_{other}"] = diffs
-            diff_rows.append([other, *(_difference(diffs[c]) for c in (*CLASSES, "mean"))])
+            diff_rows.append([other, *(format_difference(diffs[c]) for c in (*CLASSES, "mean"))])
         headers = ["MedSegDiff − model", *(f"Δ Dice {c} (95 % CI over fold x seed)" for c in (*CLASSES, "mean"))]
         table += "\n\n" + md_table(headers, diff_rows)
     return summary, table
-
-
-def _difference(d: dict[str, Any]) -> str:
-    if d["mean"] is None:
-        return "–"
-    ci = d.get("ci95")
-    return f"{d['mean']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}] {d['verdict']}" if ci else "")
 
 
 def run(ctx: Context) -> Section:
