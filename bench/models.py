@@ -60,6 +60,8 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "medsegdiff_triplanar": ({}, "sample"),
     "medsegdiff_25d": ({"context_slices": 2}, "sample"),
     "medsegdiff_triplanar_guided": ({"guidance_channels": 2}, "sample"),
+    "medsegdiff_dice": ({}, "sample"),
+    "medsegdiff_triplanar_guided_dice": ({"guidance_channels": 2}, "sample"),
 }
 """Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``PROTOCOL_NETWORK`` and the
 objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's; ``v_prediction``).
@@ -69,7 +71,11 @@ automatic result."""
 
 MASK_SCALES: dict[str, float] = {"medsegdiff_scale03": 0.3, "medsegdiff_scale01": 0.1}
 """Variants that diffuse the mask in [-b, b] (``DiffusionConfig.mask_scale``; the others: b = 1)."""
-VIEWS: dict[str, tuple[int, ...]] = {"medsegdiff_triplanar": (2, 1, 0), "medsegdiff_triplanar_guided": (2, 1, 0)}
+DICE_WEIGHTS: dict[str, float] = {"medsegdiff_dice": 1.0, "medsegdiff_triplanar_guided_dice": 1.0}
+"""Variants trained with MSE + this weight x soft Dice on the predicted mask (``DiffusionConfig.dice_weight``;
+the others: MSE alone)."""
+VIEWS: dict[str, tuple[int, ...]] = {"medsegdiff_triplanar": (2, 1, 0), "medsegdiff_triplanar_guided": (2, 1, 0),
+                                     "medsegdiff_triplanar_guided_dice": (2, 1, 0)}
 """Variants trained on slices along several axes of the model grid (2 axial, 1 coronal, 0 sagittal) and applied
 along each of them, the ensemble's members shared out over the views (the others: axial only).
 ``medsegdiff_triplanar_guided`` is the committed sample model's recipe: three views and guidance channels."""
@@ -78,7 +84,7 @@ DIFFUSION_MODELS = tuple(VARIANTS)
 MODELS = (*DIFFUSION_MODELS, "plain_segmenter", "unet")
 EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "medsegdiff_guided",
                "medsegdiff_scale03", "medsegdiff_scale01", "medsegdiff_triplanar", "medsegdiff_25d",
-               "medsegdiff_triplanar_guided")
+               "medsegdiff_triplanar_guided", "medsegdiff_dice", "medsegdiff_triplanar_guided_dice")
 """Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
 INTERACTIVE_MODELS = ("medsegdiff", "medsegdiff_triplanar_guided")
 """Models whose networks of each fold (seeds ``0..interactive_seeds - 1``) the interactive bench refines with
@@ -126,7 +132,7 @@ def diffusion_config(model: str) -> DiffusionConfig:
     """The sample model's diffusion settings with the variant's objective (the plain segmenter: MSE on x0)."""
     prediction_type = VARIANTS[model][1] if model in VARIANTS else "sample"
     return dataclasses.replace(sample_diffusion_config(), prediction_type=prediction_type,
-                               mask_scale=MASK_SCALES.get(model, 1.0))
+                               mask_scale=MASK_SCALES.get(model, 1.0), dice_weight=DICE_WEIGHTS.get(model, 0.0))
 
 
 def context_slices(model: str) -> int:

@@ -9,6 +9,8 @@ batch, optimiser and seeds. Models:
 - ``medsegdiff``: the protocol's MedSegDiff with the explicit background channel (C + 1 one-hot, argmax over all),
   DDIM ``eval_steps`` x ``eval_members``, mean fusion;
 - ``medsegdiff_no_background``: the same without it (background = 1 - the sum of the class channels);
+- ``medsegdiff_dice``: ``medsegdiff`` trained with MSE + soft Dice on the predicted mask
+  (``DiffusionConfig.dice_weight`` 1: every class weighs alike, whatever its size);
 - ``unet``: the size-matched U-Net (softmax over C + 1).
 
 Reported: each class's Dice on the test template's native grid (mean ± sd over folds x seeds) and the paired
@@ -36,19 +38,22 @@ from .protocol_report import format_difference
 from .report import Section, finite, md_table
 from .stats import mean_sd, paired_difference
 
-__all__ = ["FOLDS", "MODELS", "CLASSES", "build", "run"]
+__all__ = ["FOLDS", "MODELS", "CLASSES", "PAIRS", "build", "run"]
 
 FOLDS = (("mni152_tissue", "cat12_tissue"), ("cat12_tissue", "mni152_tissue"))
 """(training template, held-out template) of each fold."""
-MODELS = ("medsegdiff", "medsegdiff_no_background", "unet")
+MODELS = ("medsegdiff", "medsegdiff_no_background", "medsegdiff_dice", "unet")
 CLASSES = ("csf", "gm", "wm")
+PAIRS = (("medsegdiff", "medsegdiff_no_background"), ("medsegdiff_dice", "medsegdiff"), ("medsegdiff", "unet"),
+         ("medsegdiff_dice", "unet"))
+"""(model, other) pairs whose paired Dice differences are reported (``summary[model]["vs_<other>"]``)."""
 
 
 def build(model: str, seed: int) -> nn.Module:
     """A freshly initialised three-class network for ``model`` (weights from ``torch.manual_seed(seed)``)."""
     settings = {**PROTOCOL_NETWORK, "num_classes": len(CLASSES), "background_channel": True}
     torch.manual_seed(seed)
-    if model == "medsegdiff":
+    if model in ("medsegdiff", "medsegdiff_dice"):
         return MedSegDiffUNet(**settings)
     if model == "medsegdiff_no_background":
         return MedSegDiffUNet(**{**settings, "background_channel": False})
@@ -67,7 +72,7 @@ def _cell(ctx: Context, train_on: str, test: str, model: str, seed: int) -> dict
     s = ctx.settings
     images, labels = ctx.grid(train_on).slices()
     network = build(model, seed).to(ctx.device)
-    kind = "unet" if model == "unet" else "medsegdiff"  # how bench.models trains and samples it
+    kind = model if model in ("unet", "medsegdiff_dice") else "medsegdiff"  # how bench.models trains, samples it
     trained = train(kind, network, images, labels, s.iterations, seed, ctx.device)
     volume = ctx.grid(test)
     if s.eval_slab:  # quick mode: a central slab
@@ -110,16 +115,16 @@ def _summary(found: list[dict[str, Any]]) -> tuple[dict[str, Any], str]:
         rows.append([model, len(items),
                      *(f"{entry[c]['mean']:.3f} ± {entry[c]['sd'] or 0:.3f}" for c in (*CLASSES, "mean"))])
     table = md_table(["model", "cases", *(f"Dice {c}" for c in (*CLASSES, "mean"))], rows)
-    if "medsegdiff" in summary:
-        diff_rows = []
-        for other in MODELS[1:]:
-            if other not in summary:
-                continue
-            diffs = {c: paired_difference(summary["medsegdiff"][f"{c}_per_case"], summary[other][f"{c}_per_case"])
-                     for c in (*CLASSES, "mean")}
-            summary["medsegdiff"][f"vs_{other}"] = diffs
-            diff_rows.append([other, *(format_difference(diffs[c]) for c in (*CLASSES, "mean"))])
-        headers = ["MedSegDiff − model", *(f"Δ Dice {c} (95 % CI over fold x seed)" for c in (*CLASSES, "mean"))]
+    diff_rows = []
+    for model, other in PAIRS:
+        if model not in summary or other not in summary:
+            continue
+        diffs = {c: paired_difference(summary[model][f"{c}_per_case"], summary[other][f"{c}_per_case"])
+                 for c in (*CLASSES, "mean")}
+        summary[model][f"vs_{other}"] = diffs
+        diff_rows.append([f"{model} − {other}", *(format_difference(diffs[c]) for c in (*CLASSES, "mean"))])
+    if diff_rows:
+        headers = ["difference", *(f"Δ Dice {c} (95 % CI over fold x seed)" for c in (*CLASSES, "mean"))]
         table += "\n\n" + md_table(headers, diff_rows)
     return summary, table
 

@@ -147,8 +147,8 @@ def _tissue(report: dict[str, Any]) -> list[str]:
         return ["Tissue task across templates: **pending** — not measured in this run yet.", ""]
     t, classes = section["tissue"], ("csf", "gm", "wm", "mean")
     rows = [[m, str(e["cases"]), *(_pm(e[c]) for c in classes)] for m, e in t.items()]
-    rows += [[f"Δ MedSegDiff − {other}", "", *(_delta(d[c]) for c in classes)]
-             for other, d in ((k[3:], v) for k, v in t.get("medsegdiff", {}).items() if k.startswith("vs_"))]
+    rows += [[f"Δ {model} − {key[3:]}", "", *(_delta(d[c]) for c in classes)]
+             for model, entry in t.items() for key, d in entry.items() if key.startswith("vs_")]
     return [f"Tissue (CSF / GM / WM) on a template never trained on: each of {' and '.join(f[1] for f in section['folds'])} "
             f"held out in turn, {section['iterations']} iterations, {section['seeds']} seeds, {section['sampler']} "
             f"(bench `tissue`; {section['data_note']}). Dice on the held-out template's grid, mean ± sd over folds x "

@@ -182,7 +182,7 @@ def _check_posterior(report: dict) -> None:
 def _check_tissue(report: dict) -> None:
     tissue = report["sections"]["tissue"]["results"]["tissue"]
     cases = 2 * report["settings"]["seeds"]  # each template held out once
-    assert {m: e["cases"] for m, e in tissue.items()} == {m: cases for m in ("medsegdiff", "medsegdiff_no_background", "unet")}
+    assert {m: e["cases"] for m, e in tissue.items()} == {m: cases for m in ("medsegdiff", "medsegdiff_no_background", "medsegdiff_dice", "unet")}
     assert set(tissue["medsegdiff"]["csf_per_case"]) == {f"{t}/s0" for t in ("cat12_tissue", "mni152_tissue")}
     assert tissue["medsegdiff"]["vs_unet"]["mean"]["cases"] == sorted(tissue["unet"]["mean_per_case"])
 

@@ -25,7 +25,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_tensor, set_determinism
 
-from .diffusion import DiffusionConfig, SegDiffusionPrepareBatch, diffusion_loss, make_scheduler
+from .diffusion import DiffusionConfig, SegDiffusionLoss, SegDiffusionPrepareBatch, diffusion_loss, make_scheduler
 from .guidance import ErrorClicks, SimulatedClicksd
 from .network import MedSegDiffUNet
 
@@ -110,6 +110,7 @@ def train_on_arrays(
         scheduler, network.num_classes, diffusion.prediction_type, background=network.config["background_channel"],
         mask_scale=diffusion.mask_scale,
     )
+    loss_function = SegDiffusionLoss(diffusion)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = None
     if lr_schedule == "cosine":
@@ -129,7 +130,7 @@ def train_on_arrays(
         batch["label"] = batch["label"].round()
         if error_clicks is not None:
             batch = error_clicks(batch)
-        loss = diffusion_loss(network, scheduler, prepare, batch, device)
+        loss = diffusion_loss(network, scheduler, prepare, batch, device, loss_function)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

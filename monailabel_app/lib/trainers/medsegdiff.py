@@ -1,7 +1,8 @@
 """Train task: the MedSegDiff diffusion objective inside MONAI Label's ignite engine.
 
 The ``SupervisedTrainer`` gets ``prepare_batch=SegDiffusionPrepareBatch`` (noise the *label*, condition on the
-*image*), ``inferer=DiffusionInferer`` and ``MSELoss``; samples are random slices (2D model) or patches (3D)
+*image*), ``inferer=DiffusionInferer`` and ``SegDiffusionLoss`` (MSE + the
+checkpoint's ``dice_weight`` x soft Dice); samples are random slices (2D model) or patches (3D)
 of the datastore's final labels, pre-processed exactly as at inference. Validation samples whole volumes with
 a few-step ensemble; ``best.pt``, the checkpoint inference uses, is written only by an epoch whose Dice beats the
 served model's on the same images (see :mod:`.handlers`). Training resumes from ``last.pt``: weights and
@@ -32,7 +33,7 @@ from monai.transforms import AsDiscreted, Compose, SpatialPadd
 from torch import nn
 
 from medsegdiff.checkpoint import from_payload, read_checkpoint
-from medsegdiff.diffusion import SegDiffusionPrepareBatch, make_scheduler
+from medsegdiff.diffusion import SegDiffusionLoss, SegDiffusionPrepareBatch, make_scheduler
 from medsegdiff.guidance import ErrorClicks, ErrorClicksPrepareBatch
 from medsegdiff.inferer import MedSegDiffInferer, default_slice_batch_size
 from medsegdiff.network import MedSegDiffUNet
@@ -201,7 +202,7 @@ class MedSegDiffTrain(BasicTrainTask):
         return optimizer
 
     def loss_function(self, context: Context):
-        return torch.nn.MSELoss()
+        return SegDiffusionLoss(context.diffusion)
 
     def _device(self, context: Context) -> torch.device:
         if context.multi_gpu and not torch.cuda.is_available():
