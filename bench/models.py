@@ -41,7 +41,7 @@ from medsegdiff.training import train_on_arrays
 
 from .grid import AXIAL, GridVolume, unview_stack
 
-__all__ = ["PROTOCOL_NETWORK", "MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "MEMBERS_PER_VIEW", "eval_members", "guided", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
+__all__ = ["PROTOCOL_NETWORK", "MODELS", "DIFFUSION_MODELS", "VARIANTS", "EXPERIMENTS", "INTERACTIVE_MODELS", "SERVED_RECIPE", "MEMBERS_PER_VIEW", "eval_members", "guided", "protocol_models", "LEARNING_RATE", "BATCH_SIZE", "build", "train", "predict", "NetworkCalls"]
 
 PROTOCOL_NETWORK: dict[str, Any] = {**SAMPLE_MODEL_2D, "guidance_channels": 0}
 """The protocol's MedSegDiff: the sample model's network without the guidance channels it gained after the
@@ -86,6 +86,8 @@ EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "meds
                "medsegdiff_scale03", "medsegdiff_scale01", "medsegdiff_triplanar", "medsegdiff_25d",
                "medsegdiff_triplanar_guided", "medsegdiff_dice", "medsegdiff_triplanar_guided_dice")
 """Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
+SERVED_RECIPE = "medsegdiff_triplanar_guided"
+"""The protocol model whose recipe the committed sample model follows (three views, guidance channels, MSE)."""
 INTERACTIVE_MODELS = ("medsegdiff", "medsegdiff_triplanar_guided")
 """Models whose networks of each fold (seeds ``0..interactive_seeds - 1``) the interactive bench refines with
 (RePaint only, axial; the committed model's recipe: RePaint + guidance, automatic label over three views)."""

@@ -20,7 +20,7 @@ import torch
 
 from .context import Context
 from .judge import judge
-from .models import MEMBERS_PER_VIEW, build, eval_members, predict, views
+from .models import MEMBERS_PER_VIEW, SERVED_RECIPE, build, eval_members, predict, views
 from .protocol import SAVED_MODELS, Cells, cell_key, compute_cells, module_main
 from .report import Section, finite, md_table
 from .stats import mean_sd
@@ -29,6 +29,9 @@ __all__ = ["MODELS_SWEPT", "hard_members", "run"]
 
 MODELS_SWEPT = ("medsegdiff", *SAVED_MODELS)
 """The axial x0 network, the ε and v objectives (which may need more steps) and the three-view network."""
+SERVED_SWEPT = (SERVED_RECIPE, "medsegdiff_triplanar_guided_dice")
+"""Swept with ``posterior_served_seeds`` seeds (the others: ``posterior_seeds``): the served recipe, whose default
+steps the sweep decides, and the same recipe trained with the Dice term (sharper members)."""
 METRICS = ("dice", "hd95_lcc_mm", "auroc", "auroc_6mm", "disagreement_fraction", "pairwise_dice")
 
 
@@ -65,7 +68,8 @@ def _plan(ctx: Context, cells: Cells) -> list[tuple[str, str, int, int, float]]:
     """Every (head, model, seed, steps, eta) of the sweep (whether or not its network was saved)."""
     s = ctx.settings
     return [(head, model, seed, steps, eta) for head in s.folds for model in MODELS_SWEPT
-            for seed in range(s.posterior_seeds) for steps, eta in s.posterior_sweep]
+            for seed in range(s.posterior_served_seeds if model in SERVED_SWEPT else s.posterior_seeds)
+            for steps, eta in s.posterior_sweep]
 
 
 def _work(ctx: Context, cells: Cells) -> None:

@@ -65,6 +65,7 @@ class Settings:
     interactive_seeds: int = 3  # seeds of each fold's networks the interactive bench refines with
     posterior_sweep: tuple[tuple[int, float], ...] = ((2, 0.0), (10, 0.0), (10, 1.0))  # (DDIM steps, eta)
     posterior_seeds: int = 1  # seeds of each saved network the sampler sweep samples again
+    posterior_served_seeds: int = 3  # ... of the served recipe and its Dice-term variant (posterior.SERVED_SWEPT)
     experiments: bool = os.environ.get("BENCH_EXPERIMENTS", "").strip().lower() in ("1", "true", "yes")
 
 
@@ -130,5 +131,6 @@ QUICK_SETTINGS = Settings(
     diversity_etas=(0.0, 1.0),
     interactive_seeds=1,
     posterior_sweep=((2, 0.0), (3, 1.0)),
+    posterior_served_seeds=1,
 )
 SETTINGS = QUICK_SETTINGS if QUICK else FULL

@@ -156,13 +156,19 @@ def _tissue(report: dict[str, Any]) -> list[str]:
             *_table(["model", "cases", "Dice CSF", "Dice GM", "Dice WM", "Dice mean"], rows), ""]
 
 
+TISSUE_RECIPES = ("medsegdiff_dice", "medsegdiff")
+"""The tissue target is judged on the first of these the run measured: the multi-class recipe with the Dice term
+(``DiffusionConfig.dice_weight``), else the plain one."""
+
+
 def _tissue_target(report: dict[str, Any]) -> list[str]:
     t = (_results(report, "tissue") or {}).get("tissue") or {}
-    d = (t.get("medsegdiff") or {}).get("vs_unet", {}).get("csf")
-    if not d:
+    model = next((m for m in TISSUE_RECIPES if (t.get(m) or {}).get("vs_unet", {}).get("csf")), None)
+    if model is None:
         return ["tissue CSF Dice ≥ the U-Net's", "not measured in this run", "–"]
-    return ["tissue CSF Dice ≥ the U-Net's (two templates, each held out; mean over folds x seeds)",
-            f"{_f(t['medsegdiff']['csf']['mean'])} vs {_f(t['unet']['csf']['mean'])}: Δ {_delta(d)}",
+    d = t[model]["vs_unet"]["csf"]
+    return [f"tissue CSF Dice ≥ the U-Net's (two templates, each held out; mean over folds x seeds; {model})",
+            f"{_f(t[model]['csf']['mean'])} vs {_f(t['unet']['csf']['mean'])}: Δ {_delta(d)}",
             _met(None if d.get("mean") is None else d["mean"] >= 0)]
 
 

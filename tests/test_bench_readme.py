@@ -110,14 +110,14 @@ def test_acceptance_targets_follow_the_numbers():
     assert table._acceptance_targets({"sections": {}})[0][1] == "not measured in this run"
 
 
-def _tissue(ours: list[float], unet: list[float]) -> dict:
+def _tissue(ours: list[float], unet: list[float], model: str = "medsegdiff") -> dict:
     cases = ["cat12_tissue/s0", "mni152_tissue/s0"]
     entry = lambda values: {"csf": {"mean": sum(values) / 2}, "csf_per_case": dict(zip(cases, values))}  # noqa: E731
     d = [a - b for a, b in zip(ours, unet)]
     half = abs(d[0] - d[1]) * 6.36  # t(0.975, 1) x sd / sqrt(2) for two cases
     mean = sum(d) / 2
     diff = {"mean": mean, "ci95": [mean - half, mean + half], "verdict": "behind" if mean + half < 0 else "tie"}
-    return {"sections": {"tissue": {"results": {"tissue": {"medsegdiff": {**entry(ours), "vs_unet": {"csf": diff}},
+    return {"sections": {"tissue": {"results": {"tissue": {model: {**entry(ours), "vs_unet": {"csf": diff}},
                                                            "unet": entry(unet)}}}}}
 
 
@@ -128,3 +128,11 @@ def test_tissue_target_follows_the_csf_difference():
     # behind on average though the interval of two cases includes 0 (0.000 vs 0.047: the U-Net's CSF is not matched)
     assert table._tissue_target(_tissue([0.0, 0.0], [0.005, 0.09]))[2] == "**no**"
     assert table._tissue_target(_tissue([0.30, 0.31], [0.42, 0.43]))[2] == "**no**"
+
+
+def test_tissue_target_prefers_the_dice_term_recipe_when_measured():
+    both = _tissue([0.0, 0.0], [0.005, 0.09])
+    both["sections"]["tissue"]["results"]["tissue"].update(
+        {"medsegdiff_dice": _tissue([0.05, 0.06], [0.005, 0.09])["sections"]["tissue"]["results"]["tissue"]["medsegdiff"]})
+    row = table._tissue_target(both)
+    assert "medsegdiff_dice" in row[0] and row[1].startswith("0.055 vs 0.048") and row[2] == "yes"

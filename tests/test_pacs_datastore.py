@@ -3,7 +3,9 @@ read back, and an unreachable PACS named in a 503. Fast (seconds) once the ``ort
 
 from __future__ import annotations
 
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -109,6 +111,35 @@ def test_an_unreachable_pacs_is_a_503_naming_it_and_status_still_answers(tmp_pat
     assert e.value.status_code == 503 and url in e.value.detail and "not reachable" in e.value.detail
     status = SafeDICOMwebDatastore(client, {"Modality": "MR"}, str(tmp_path), {"brain": 1}).status()
     assert "not reachable" in status["pacs"] and status["completed"] is None
+
+
+class _Busy(http.server.BaseHTTPRequestHandler):
+    """A PACS that answers every request 503 and counts them."""
+
+    requests = 0
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        type(self).requests += 1
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_refusing_pacs_is_asked_twice_then_a_503_naming_it() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        with pytest.raises(PacsUnavailableError) as e:
+            make_client(url).search_for_series()
+        assert e.value.status_code == 503 and url in e.value.detail and "answered 503" in e.value.detail
+        assert _Busy.requests == 1 + 2  # the identification, then the search tried twice (not five times)
+    finally:
+        server.shutdown()
 
 
 def test_series_writer_refuses_what_dicom_cannot_hold() -> None:

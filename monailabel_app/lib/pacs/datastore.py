@@ -53,6 +53,12 @@ logger = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT_S = 120.0
 """Longest wait for one answer of the PACS (a whole series download is many answers)."""
+RETRY_ATTEMPTS = 2
+RETRY_WAIT_MS = 250
+"""A request the PACS refuses (unreachable, 429 / 408 / 502–504) is tried ``RETRY_ATTEMPTS`` times in all, the retry
+after 2 x ``RETRY_WAIT_MS`` ms: one transient blip is ridden out, and a PACS that is down gives the annotator
+its 503 in about a second. (dicomweb-client's default, 5 attempts with 2 + 4 + 8 + 16 s back-off, made every call
+on a stopped PACS wait 30 s before answering.)"""
 
 
 class PacsUnavailableError(HTTPException):
@@ -106,10 +112,13 @@ class PacsSession(requests.Session):
 
 
 def make_client(url: str) -> DICOMwebClientX:
-    """MONAI Label's DICOMweb client on ``url`` with a :class:`PacsSession` (Orthanc: ``http://host:port/dicom-web``)."""
+    """MONAI Label's DICOMweb client on ``url`` with a :class:`PacsSession` (Orthanc: ``http://host:port/dicom-web``),
+    retrying a refused request once (:data:`RETRY_ATTEMPTS`)."""
     session = PacsSession(url)
     session.identify()
-    return DICOMwebClientX(url=url, session=session)
+    client = DICOMwebClientX(url=url, session=session)
+    client.set_http_retry_params(retry=True, max_attempts=RETRY_ATTEMPTS, wait_exponential_multiplier=RETRY_WAIT_MS)
+    return client
 
 
 class SafeDICOMwebDatastore(DICOMWebDatastore, SafeLocalDatastore):
