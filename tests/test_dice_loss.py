@@ -69,3 +69,22 @@ def test_checkpoint_keeps_the_dice_weight_and_older_checkpoints_load_with_zero(t
     del payload["diffusion_config"]["dice_weight"]  # a checkpoint written before dice_weight existed
     torch.save(payload, path)
     assert load_checkpoint(path)[1].dice_weight == 0.0
+
+
+def test_the_train_task_trains_with_the_dice_weight_of_the_checkpoint_it_starts_from(tmp_path):
+    from monailabel.tasks.train.basic_train import Context
+
+    from monailabel_app.lib.model_files import ModelFiles, ModelInfo
+    from monailabel_app.lib.trainers.medsegdiff import MedSegDiffTrain
+
+    served = save_checkpoint(tmp_path / "served.pt", _tiny(2, background=True),
+                             DiffusionConfig(prediction_type="sample", dice_weight=0.5), {"labels": {"csf": 1, "gm": 2}})
+    task = MedSegDiffTrain(ModelFiles("medsegdiff", served, tmp_path / "train"), ModelInfo.read(served), "train")
+    context = Context()
+    context.pretrained = "true"
+    task.network(context)
+    labels = torch.tensor([0, 0, 1, 2]).reshape(1, 1, 1, 4)
+    target = labels_to_diffusion_target(labels, 2, background=True)
+    prediction = torch.full_like(target, -1.0)
+    prediction[:, 0] = 1.0
+    assert float(task.loss_function(context)(prediction, target)) == pytest.approx(16 / 12 + 0.5 * 7 / 9, abs=1e-4)
