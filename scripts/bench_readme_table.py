@@ -169,7 +169,8 @@ def _tissue_target(report: dict[str, Any]) -> list[str]:
     d = t[model]["vs_unet"]["csf"]
     return [f"tissue CSF Dice ≥ the U-Net's (two templates, each held out; mean over folds x seeds; {model})",
             f"{_f(t[model]['csf']['mean'])} vs {_f(t['unet']['csf']['mean'])}: Δ {_delta(d)}",
-            _met(None if d.get("mean") is None else d["mean"] >= 0)]
+            _met(None if d.get("mean") is None else d["mean"] >= 0)
+            + (" on the mean; a tie" if d.get("mean", -1) >= 0 and d.get("verdict") == "tie" else "")]
 
 
 def _served_targets(report: dict[str, Any]) -> list[list[str]]:
