@@ -47,7 +47,7 @@ class DiffusionConfig:
             commits to a mask later; 1 is the usual [-1, 1].
         dice_weight: weight of a soft Dice term on the predicted mask added to the MSE (:class:`SegDiffusionLoss`;
             x0 objective only). MSE on a one-hot target weighs every voxel alike, so a class covering 2 % of a
-            slice costs little to miss; Dice weighs each class by its own size. 0: plain MSE (the paper's).
+            slice costs little to miss; Dice weighs every class alike, whatever its size. 0: plain MSE (the paper's).
     """
 
     num_train_timesteps: int = 1000
