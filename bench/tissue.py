@@ -42,7 +42,10 @@ __all__ = ["FOLDS", "MODELS", "CLASSES", "PAIRS", "build", "run"]
 
 FOLDS = (("mni152_tissue", "cat12_tissue"), ("cat12_tissue", "mni152_tissue"))
 """(training template, held-out template) of each fold."""
-MODELS = ("medsegdiff", "medsegdiff_no_background", "medsegdiff_dice", "unet")
+TRAINED_AS = {"medsegdiff": "medsegdiff", "medsegdiff_no_background": "medsegdiff", "medsegdiff_dice": "medsegdiff_dice",
+              "unet": "unet"}
+"""How ``bench.models`` trains and samples each tissue model (its ``train`` / ``predict`` kind)."""
+MODELS = tuple(TRAINED_AS)
 CLASSES = ("csf", "gm", "wm")
 PAIRS = (("medsegdiff", "medsegdiff_no_background"), ("medsegdiff_dice", "medsegdiff"), ("medsegdiff", "unet"),
          ("medsegdiff_dice", "unet"))
@@ -51,17 +54,15 @@ PAIRS = (("medsegdiff", "medsegdiff_no_background"), ("medsegdiff_dice", "medseg
 
 def build(model: str, seed: int) -> nn.Module:
     """A freshly initialised three-class network for ``model`` (weights from ``torch.manual_seed(seed)``)."""
-    settings = {**PROTOCOL_NETWORK, "num_classes": len(CLASSES), "background_channel": True}
+    if model not in TRAINED_AS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    settings = {**PROTOCOL_NETWORK, "num_classes": len(CLASSES), "background_channel": model != "medsegdiff_no_background"}
     torch.manual_seed(seed)
-    if model in ("medsegdiff", "medsegdiff_dice"):
+    if model != "unet":
         return MedSegDiffUNet(**settings)
-    if model == "medsegdiff_no_background":
-        return MedSegDiffUNet(**{**settings, "background_channel": False})
-    if model == "unet":
-        target = count_parameters(MedSegDiffUNet(**settings))
-        torch.manual_seed(seed)
-        return size_matched_unet(target, num_classes=len(CLASSES), dropout=0.2)
-    raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    target = count_parameters(MedSegDiffUNet(**settings))
+    torch.manual_seed(seed)
+    return size_matched_unet(target, num_classes=len(CLASSES), dropout=0.2)
 
 
 def _key(test: str, model: str, seed: int) -> str:
@@ -72,7 +73,7 @@ def _cell(ctx: Context, train_on: str, test: str, model: str, seed: int) -> dict
     s = ctx.settings
     images, labels = ctx.grid(train_on).slices()
     network = build(model, seed).to(ctx.device)
-    kind = model if model in ("unet", "medsegdiff_dice") else "medsegdiff"  # how bench.models trains, samples it
+    kind = TRAINED_AS[model]
     trained = train(kind, network, images, labels, s.iterations, seed, ctx.device)
     volume = ctx.grid(test)
     if s.eval_slab:  # quick mode: a central slab
