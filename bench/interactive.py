@@ -48,8 +48,8 @@ from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
 __all__ = [
-    "CLICKS", "RADII", "REACH", "FIGURE_MODEL", "method_name", "variants", "fit_views", "dice_auc", "painted_ball", "refine",
-    "run",
+    "CLICKS", "RADII", "REACH", "FIGURE_MODEL", "method_name", "variants", "fit_views", "dice_auc", "painted_ball",
+    "automatic_label", "protocol_network", "refine", "run",
 ]
 
 CLICKS = 5
@@ -77,7 +77,7 @@ def variants(model: str) -> list[tuple[int, int]]:
     return [(radius, reach) for radius in RADII for reach in reaches]
 
 
-def _network(ctx: Context, head: str, model: str, seed: int, data) -> tuple[torch.nn.Module, str]:
+def protocol_network(ctx: Context, head: str, model: str, seed: int, data) -> tuple[torch.nn.Module, str]:
     """The protocol's ``model`` of ``seed`` in the fold that holds ``head`` out (computed here, as the protocol
     computes it, when the run folder lacks it; quick mode trains a throw-away network instead)."""
     cells = Cells(ctx)
@@ -128,6 +128,20 @@ def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: 
     return {"dice": dice, "dice_auc": dice_auc(dice), "uncertainty_auroc_after": auroc(entropy, painted != reference)}
 
 
+def automatic_label(ctx: Context, volume, network: torch.nn.Module, seed: int = 0,
+                    slice_views: Sequence[int] = (SLICE_AXIS,)) -> tuple[MedSegDiffInferer, torch.Tensor, dict[str, Any], float]:
+    """The automatic label of ``volume`` as the infer task samples it (along each of ``slice_views``, batched as
+    the infer task batches): the inferer, the image tensor, the inferer's outputs and the seconds it took."""
+    s = ctx.settings
+    sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, eval_members(len(slice_views), s.eval_members))
+    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, slice_batch_size=default_slice_batch_size(ctx.device),
+                                views=tuple(slice_views))
+    image = torch.from_numpy(np.ascontiguousarray(volume.image))[None, None].float().to(ctx.device)
+    start = time.perf_counter()
+    result = inferer(image, network)
+    return inferer, image, result, time.perf_counter() - start
+
+
 def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: int = 0,
            pairs: Sequence[tuple[int, int]] = ((2, 0),), slice_views: Sequence[int] = (SLICE_AXIS,),
            ) -> dict[tuple[int, int], dict[str, Any]]:
@@ -135,17 +149,9 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: in
     views), then for each (radius, reach) of ``pairs`` :data:`CLICKS` simulated clicks, each re-sampling the
     slices its ball and hints cross along each view; the painted-ball baseline of the same radius into this automatic
     label."""
-    s = ctx.settings
     reference = (volume.label > 0).astype(np.uint8)
-    sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, eval_members(len(slice_views), s.eval_members))
-    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, slice_batch_size=default_slice_batch_size(ctx.device),
-                                views=tuple(slice_views))  # batched as the infer task batches
-    image = torch.from_numpy(np.ascontiguousarray(volume.image))[None, None].float().to(ctx.device)
-    start = time.perf_counter()
-    automatic = inferer(image, network)
-    auto_seconds = time.perf_counter() - start
-    label = lambda out: out["label"][0, 0].cpu().numpy().astype(np.uint8)  # noqa: E731
-    auto = label(automatic)
+    inferer, image, automatic, auto_seconds = automatic_label(ctx, volume, network, seed, slice_views)
+    auto = automatic["label"][0, 0].cpu().numpy().astype(np.uint8)
     entropy_before = automatic["entropy"][0, 0].cpu().numpy()
     runs = {}
     for radius, reach in pairs:
@@ -229,7 +235,7 @@ def run(ctx: Context) -> Section:
         runs: dict[str, list[dict[str, Any]]] = {}
         for seed in range(s.interactive_seeds):
             for model in INTERACTIVE_MODELS:
-                network = _network(ctx, head, model, seed, data)
+                network = protocol_network(ctx, head, model, seed, data)
                 for (radius, reach), m in refine(ctx, fit_views(volume, model), *network, seed=seed, pairs=variants(model),
                                                  slice_views=views(model)).items():
                     figure = m.pop("_figure")
