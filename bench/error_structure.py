@@ -1,6 +1,6 @@
 """Where the automatic label is wrong, and how much of it clicks can reach (issue 13's +3 Dice points).
 
-On each held-out head, with the committed model's recipe (:data:`~bench.readme_targets.SERVED_RECIPE`) of the
+On each held-out head, with the committed model's recipe (:data:`~bench.models.SERVED_RECIPE`) of the
 fold that holds it out, seeds ``0..interactive_seeds - 1`` (the run folder's protocol cells; ``BENCH_OUT`` picks
 the run, e.g. ``bench/results/iter2400`` for the committed model's budget), the automatic label is sampled as the
 infer task samples it and its wrong voxels are split into 3D connected components (the components the simulated
@@ -25,9 +25,8 @@ from medsegdiff.evaluation import binary_dice
 
 from .context import Context
 from .interactive import CLICKS, FIGURE_RADIUS, automatic_label, fit_views, painted_ball, protocol_network
-from .models import views
+from .models import SERVED_RECIPE, views
 from .protocol import fold_data
-from .readme_targets import SERVED_RECIPE
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
 

@@ -22,6 +22,7 @@ shows seed 0).
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsegdiff.boundary_spread import spread_along_boundary
 from medsegdiff.evaluation import auroc, binary_dice
 from medsegdiff.inferer import MedSegDiffInferer, default_slice_batch_size, output_keys
 from medsegdiff.guidance import largest_error_click
@@ -62,19 +64,32 @@ FIGURE_RADIUS = 2
 REACH = 8
 """Slices of hints each side of a click's ball (3 mm each) a guided model is also measured with (0: none)."""
 FIGURE_REACH = 0
+FIGURE_SPREAD = 5
+SPREAD = 5
+"""Voxels (3 mm each) around a click within which a guided model is also measured with the boundary moved (the
+infer task's default ``click_spread``; the figure shows it, :data:`FIGURE_SPREAD`)."""
 SLICE_AXIS = 2
 
 
-def method_name(model: str, radius: int, reach: int = 0) -> str:
-    """The table's name of ``model`` clicked with balls of ``radius`` voxels and hints ``reach`` slices on."""
+def method_name(model: str, radius: int, reach: int = 0, spread: int = 0) -> str:
+    """The table's name of ``model`` clicked with balls of ``radius`` voxels, hints ``reach`` slices on and the
+    boundary moved ``spread`` voxels around each click (:func:`medsegdiff.boundary_spread.spread_along_boundary`)."""
     name = f"{model}, {radius * SPACING_MM:g} mm ball"
-    return f"{name}, hints {reach * SPACING_MM:g} mm on" if reach else name
+    name += f", hints {reach * SPACING_MM:g} mm on" if reach else ""
+    return name + (f", boundary moved {spread * SPACING_MM:g} mm around" if spread else "")
 
 
-def variants(model: str) -> list[tuple[int, int]]:
-    """The (radius, reach) pairs ``model`` is clicked with: hints only for a network with guidance channels."""
+def variants(model: str) -> list[tuple[int, int, int]]:
+    """The (radius, reach, spread) triples ``model`` is clicked with: hints and the boundary spread only for a
+    network with guidance channels (the committed model's recipe); ``BENCH_INTERACTIVE_VARIANTS``
+    (``model:radius:reach:spread``, comma-separated) picks some instead."""
+    chosen = os.environ.get("BENCH_INTERACTIVE_VARIANTS")
+    if chosen:
+        picked = [item.split(":") for item in chosen.split(",") if item.strip()]
+        return [tuple(int(v) for v in p[1:]) for p in picked if p[0] == model]
     reaches = (0, REACH) if guided(model) else (0,)
-    return [(radius, reach) for radius in RADII for reach in reaches]
+    spread = [(FIGURE_RADIUS, 0, SPREAD)] if guided(model) else []
+    return [(radius, reach, 0) for radius in RADII for reach in reaches] + spread
 
 
 def protocol_network(ctx: Context, head: str, model: str, seed: int, data) -> tuple[torch.nn.Module, str]:
@@ -143,29 +158,29 @@ def automatic_label(ctx: Context, volume, network: torch.nn.Module, seed: int = 
 
 
 def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: int = 0,
-           pairs: Sequence[tuple[int, int]] = ((2, 0),), slice_views: Sequence[int] = (SLICE_AXIS,),
-           ) -> dict[tuple[int, int], dict[str, Any]]:
+           pairs: Sequence[tuple[int, int, int]] = ((2, 0, 0),), slice_views: Sequence[int] = (SLICE_AXIS,),
+           ) -> dict[tuple[int, int, int], dict[str, Any]]:
     """Automatic label (sampled along each of ``slice_views``, as the infer task does for a checkpoint of several
-    views), then for each (radius, reach) of ``pairs`` :data:`CLICKS` simulated clicks, each re-sampling the
-    slices its ball and hints cross along each view; the painted-ball baseline of the same radius into this automatic
-    label."""
+    views), then for each (radius, reach, spread) of ``pairs`` :data:`CLICKS` simulated clicks, each re-sampling
+    the slices its ball and hints cross along each view; the painted-ball baseline of the same radius into this
+    automatic label."""
     reference = (volume.label > 0).astype(np.uint8)
     inferer, image, automatic, auto_seconds = automatic_label(ctx, volume, network, seed, slice_views)
     auto = automatic["label"][0, 0].cpu().numpy().astype(np.uint8)
     entropy_before = automatic["entropy"][0, 0].cpu().numpy()
     runs = {}
-    for radius, reach in pairs:
+    for radius, reach, spread in pairs:
         run = {"network": source, "automatic_seconds": auto_seconds,
-               **_clicks(inferer, image, network, automatic, reference, radius, reach)}
+               **_clicks(inferer, image, network, automatic, reference, radius, reach, spread)}
         run["uncertainty_auroc"]["before"] = auroc(entropy_before, auto != reference)
         run["_figure"].update(image=volume.image, reference=reference, auto=auto)
-        runs[radius, reach] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before)}
+        runs[radius, reach, spread] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before)}
     return runs
 
 
-def _clicks(inferer, image, network, result, reference, radius, reach=0) -> dict[str, Any]:
-    """:data:`CLICKS` clicks of ``radius`` (hints ``reach`` slices on) from the automatic ``result``: Dice after
-    each, seconds, AUROC after."""
+def _clicks(inferer, image, network, result, reference, radius, reach=0, spread=0) -> dict[str, Any]:
+    """:data:`CLICKS` clicks of ``radius`` (hints ``reach`` slices on, the boundary moved ``spread`` voxels
+    around) from the automatic ``result``: Dice after each, seconds, AUROC after."""
     label = lambda out: out["label"][0, 0].cpu().numpy().astype(np.uint8)  # noqa: E731
     auto = label(result)
     marks = torch.full((1, 1, *reference.shape), UNKNOWN, dtype=torch.long)
@@ -189,6 +204,7 @@ def _clicks(inferer, image, network, result, reference, radius, reach=0) -> dict
             # the infer task's locality rule: the label changes only as the click asks and where it reaches
             outputs = {k: resampled[k] for k in output_keys(resampled)}
             resampled = keep_changes_near_marks(outputs, result, marks, ball[None, None])
+            resampled = spread_along_boundary(resampled, result, marks, ball[None, None], spread)
             resampled["label"] = probabilities_to_labels(resampled["probs"])
             result = resampled
             seconds.append(time.perf_counter() - start)
@@ -236,16 +252,17 @@ def run(ctx: Context) -> Section:
         for seed in range(s.interactive_seeds):
             for model in INTERACTIVE_MODELS:
                 network = protocol_network(ctx, head, model, seed, data)
-                for (radius, reach), m in refine(ctx, fit_views(volume, model), *network, seed=seed, pairs=variants(model),
+                for (radius, reach, spread), m in refine(ctx, fit_views(volume, model), *network, seed=seed, pairs=variants(model),
                                                  slice_views=views(model)).items():
                     figure = m.pop("_figure")
                     if seed == 0:
-                        pictures.setdefault(head, {})[method_name(model, radius, reach)] = figure
-                    runs.setdefault(method_name(model, radius, reach), []).append(m)
+                        pictures.setdefault(head, {})[method_name(model, radius, reach, spread)] = figure
+                    runs.setdefault(method_name(model, radius, reach, spread), []).append(m)
         per_head[head] = {"slices": int(volume.label.shape[2]),
                           "methods": {method: _mean_over_seeds(r) for method, r in runs.items()}}
     first = next(iter(pictures))
-    shown = method_name(FIGURE_MODEL, FIGURE_RADIUS, FIGURE_REACH)
+    shown = method_name(FIGURE_MODEL, FIGURE_RADIUS, FIGURE_REACH, FIGURE_SPREAD)
+    shown = shown if shown in pictures[first] else next(iter(pictures[first]))  # BENCH_INTERACTIVE_VARIANTS
     figure = plot_interaction(pictures[first][shown], ctx.out_dir / "interactive.png", f"{first}, held out, {shown}, seed 0")
     rows = []
     for head, r in per_head.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .models import SERVED_RECIPE
 from .readme_cells import delta, fmt, met, results
 
 __all__ = ["SERVED_RECIPE", "TISSUE_RECIPES", "UNCERTAINTY_BASELINES", "all_targets", "acceptance_targets",
@@ -15,8 +16,6 @@ __all__ = ["SERVED_RECIPE", "TISSUE_RECIPES", "UNCERTAINTY_BASELINES", "all_targ
 UNCERTAINTY_BASELINES = ("unet_softmax", "mc_dropout", "deep_ensemble")
 """The uncertainty baselines issue 11 names (the plain segmenter is the no-diffusion ablation)."""
 
-SERVED_RECIPE = "medsegdiff_triplanar_guided"
-"""The design variant whose recipe the committed sample model follows (three views); its targets are listed too."""
 
 
 TISSUE_RECIPES = ("medsegdiff_dice", "medsegdiff")

@@ -147,6 +147,32 @@ def test_click_hints_follow_the_automatic_labels_error_and_are_part_of_the_cache
     assert automatic["nfe"] == 0  # the automatic result, sampled for the first click's hints, is kept
 
 
+def test_click_spread_moves_the_boundary_near_the_click_and_is_its_own_cached_result(monailabel_server, client):
+    fresh = {**FAST, "seed": 14}  # a seed of its own: the automatic result of this test is sampled here
+    path, _ = client.infer(MODEL, IMAGE, fresh)
+    label = _array(path)
+    k = label.shape[2] // 2
+    # a foreground click on a background voxel next to the automatic label's edge, middle axial slice
+    inside = label[:, :, k] == 1
+    edge = np.argwhere((label[:, :, k] == 0) & (np.roll(inside, 1, 0) | np.roll(inside, -1, 0)))
+    point = [int(edge[len(edge) // 2][0]), int(edge[len(edge) // 2][1]), k]
+    path, narrow = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point], "click_spread": 0})
+    ball = _array(path)
+    path, wide = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point]})  # the default, click_spread 5
+    spread = _array(path)
+    assert wide["nfe"] > 0 and ball[tuple(point)] == 1 == spread[tuple(point)]
+    grown = np.argwhere((spread == 1) & (ball == 0))
+    assert len(grown) > 0 and not np.any((spread == 0) & (ball == 1))  # a foreground click only adds foreground
+    # near the click: within click_radius + click_spread + 1 model voxels (3 mm each) plus one image voxel
+    zooms = np.asarray(nib.load(str(monailabel_server.datastore / f"{IMAGE}.nii.gz")).header.get_zooms()[:3])
+    assert np.all(np.abs(grown - point) * zooms <= (2 + 5 + 1) * 3.0 + zooms)
+    # the same marks without the spread are the result served before it; with it again, the spread one
+    path, again = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point], "click_spread": 0})
+    assert again["nfe"] == 0 and np.array_equal(_array(path), ball)
+    path, again = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point]})
+    assert again["nfe"] == 0 and np.array_equal(_array(path), spread)
+
+
 @pytest.mark.parametrize(
     "params, named",
     [

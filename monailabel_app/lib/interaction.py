@@ -205,6 +205,7 @@ class CachedResult:
     marks: torch.Tensor
     image_outputs: dict[str, torch.Tensor] | None = None
     hints: torch.Tensor | None = None
+    spread: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -213,10 +214,12 @@ class CachedResult:
         return self.marks.nbytes + hints + image + sum(v.nbytes for v in self.outputs.values())
 
 
-def _marks_digest(marks: torch.Tensor, hints: torch.Tensor | None = None) -> tuple:
+def _marks_digest(marks: torch.Tensor, hints: torch.Tensor | None = None, spread: int = 0) -> tuple:
     digest = hashlib.sha1(marks.to(torch.int16).cpu().numpy().tobytes())
     if hints is not None:
         digest.update(b"hints" + hints.to(torch.int16).cpu().numpy().tobytes())
+    if spread:  # the same marks with another click_spread are another result
+        digest.update(b"spread%d" % spread)
     return tuple(marks.shape), digest.hexdigest()
 
 
@@ -237,16 +240,21 @@ class ResultCache:
         self._entries: OrderedDict[Hashable, OrderedDict[tuple, CachedResult]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, marks: torch.Tensor | None = None, hints: torch.Tensor | None = None) -> CachedResult | None:
-        """The result served with exactly ``marks`` (and ``hints``) for ``key`` if kept, else (or without
-        ``marks``) the latest."""
+    def get(self, key: Hashable, marks: torch.Tensor | None = None, hints: torch.Tensor | None = None,
+            spread: int = 0) -> CachedResult | None:
+        """The result served with exactly ``marks`` (and ``hints``, ``spread``) for ``key`` if kept, else (or
+        without ``marks``) the latest whose clicks spread by ``spread`` too or that has no marks (else the latest)."""
         with self._lock:
             history = self._entries.get(key)
             if not history:
                 return None
             self._entries.move_to_end(key)
-            exact = history.get(_marks_digest(marks, hints)) if marks is not None else None
-            return exact if exact is not None else next(reversed(history.values()))
+            exact = history.get(_marks_digest(marks, hints, spread)) if marks is not None else None
+            if exact is not None:
+                return exact
+            # a result whose clicks spread otherwise is no start for these: the latest that spread alike or has no marks
+            alike = (e for e in reversed(history.values()) if e.spread == spread or bool((e.marks == UNKNOWN).all()))
+            return next(alike, next(reversed(history.values())))
 
     def exact(self, key: Hashable, marks: torch.Tensor, hints: torch.Tensor | None = None) -> CachedResult | None:
         """The result served with exactly ``marks`` (and ``hints``) for ``key``, or None when not kept."""
@@ -257,7 +265,7 @@ class ResultCache:
         """Keep ``entry`` as the latest result of ``key``."""
         with self._lock:
             history = self._entries.setdefault(key, OrderedDict())
-            digest = _marks_digest(entry.marks, entry.hints)
+            digest = _marks_digest(entry.marks, entry.hints, entry.spread)
             history.pop(digest, None)
             history[digest] = entry
             self._entries.move_to_end(key)
@@ -302,13 +310,17 @@ class MarksOnImageGrid:
         return d
 
 
-def interaction_info(radius_default: int, reach_default: int) -> dict[str, Any]:
+def interaction_info(radius_default: int, reach_default: int, spread_default: int) -> dict[str, Any]:
     """What ``/info`` says about the interaction loop."""
     return {
         "points": "foreground / background: [[i, j, k], ...] voxels of the image that was sent",
         "label_in": {"values": dict(LABEL_IN_VALUES), "grid": "the image that was sent (same shape)"},
         "click_radius_default": radius_default,
         "click_reach_default": reach_default,
+        "click_spread_default": spread_default,
+        "spread": "the boundary also moves one voxel towards a click's class within click_spread voxels of it, "
+        "where the previous result's ensemble found that class at least as likely as at the voxels the click "
+        "corrected (medsegdiff.boundary_spread)",
         "hints": "a 2D network with guidance channels also reads each click's disc on click_reach slices each side "
         "beyond its ball, as guidance only (not forced); those slices are re-sampled too",
         "conditioning": "RePaint-style: marked voxels of every x_t are replaced by q(x_t | marked mask)",

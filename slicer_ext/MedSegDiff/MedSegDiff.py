@@ -31,7 +31,7 @@ from MedSegDiffWidgetLib import RefineSection, openSegmentEditor
 SERVER_URL_SETTING = "MedSegDiff/serverUrl"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
 UI_PARAMETERS = {"numInferenceSteps": "num_inference_steps", "numEnsemble": "num_ensemble", "seed": "seed",
-                 "clickRadius": "click_radius", "clickReach": "click_reach"}  # fmt: skip
+                 "clickRadius": "click_radius", "clickReach": "click_reach", "clickSpread": "click_spread"}  # fmt: skip
 
 
 class MedSegDiff(ScriptedLoadableModule):
@@ -64,6 +64,7 @@ class MedSegDiffParameterNode:
     maxEpochs: Annotated[int, WithinRange(1, 100000)] = 10
     clickRadius: Annotated[int, WithinRange(0, 100)] = 2
     clickReach: Annotated[int, WithinRange(0, 100)] = 0
+    clickSpread: Annotated[int, WithinRange(0, 100)] = 5
 
 
 class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

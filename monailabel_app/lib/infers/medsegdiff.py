@@ -31,6 +31,7 @@ from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedCompo
 from medsegdiff.device import select_device
 from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer, default_slice_batch_size, output_keys
 from medsegdiff.fusion import probabilities_to_labels
+from medsegdiff.boundary_spread import spread_along_boundary
 from medsegdiff.interaction import UNKNOWN, KnownRegion, keep_changes_near_marks
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
@@ -120,8 +121,8 @@ class MedSegDiffInfer(BasicInferTask):
         info["parameters"] = {p.name: _parameter_spec(p) for p in INFER_PARAMS}
         info["checkpoint"] = {**self.files.describe_current(), "spatial_dims": self.model_info.spatial_dims,
                               "views": list(self.model_info.views)}
-        default = {p.name: p.default for p in INFER_PARAMS if p.name in ("click_radius", "click_reach")}
-        info["interaction"] = interaction_info(default["click_radius"], default["click_reach"])
+        default = {p.name: p.default for p in INFER_PARAMS if p.name in ("click_radius", "click_reach", "click_spread")}
+        info["interaction"] = interaction_info(default["click_radius"], default["click_reach"], default["click_spread"])
         return info
 
     # ------------------------------------------------------------------ request
@@ -222,8 +223,10 @@ class MedSegDiffInfer(BasicInferTask):
         known = None if marks.is_empty() else KnownRegion(labels, hints)
         self._request.labels = labels.to(torch.int16)
         self._request.hints = None if hints is None else hints.to(torch.int16)
+        self._request.spread = 0 if marks.is_empty() else values["click_spread"]
         # marks served before (an undo, a redo) give that result back; other marks start from the latest result
-        cached = self.results.get(self._request.result_key, self._request.labels, self._request.hints)
+        cached = self.results.get(self._request.result_key, self._request.labels, self._request.hints,
+                                  self._request.spread)
         self._request.local = None
         self._request.cached = cached
         if cached is None:
@@ -267,12 +270,14 @@ class MedSegDiffInfer(BasicInferTask):
         outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in output_keys(data["pred"])}
         if self._request.local is not None:
             outputs = keep_changes_near_marks(outputs, *self._request.local)
+            outputs = spread_along_boundary(outputs, *self._request.local, self._request.spread)
             data["pred"] = {**data["pred"], **{k: v[0].to(data["pred"][k].device) for k, v in outputs.items()}}
         cached = self._request.cached
         # where this result differs from the one it started from: the image grid is resampled there only
         self._request.model_changed = None if cached is None else torch.stack(
             [(outputs[k] != cached.outputs[k]).any(dim=1)[0] for k in RESULT_KEYS]).any(dim=0)
-        self._request.entry = CachedResult(outputs, self._request.labels, hints=self._request.hints)
+        self._request.entry = CachedResult(outputs, self._request.labels, hints=self._request.hints,
+                                           spread=self._request.spread)
         self.results.put(self._request.result_key, self._request.entry)
         return data
 

@@ -58,7 +58,8 @@ class RefineSection:
     def _params(self):
         specs = self.widget.logic.serverInfo.parameters(self.widget.logic.model)
         node = self.widget._parameterNode
-        chosen = {"click_radius": int(node.clickRadius), "click_reach": int(node.clickReach)}
+        chosen = {"click_radius": int(node.clickRadius), "click_reach": int(node.clickReach),
+                  "click_spread": int(node.clickSpread)}
         return {name: value for name, value in chosen.items() if name in specs}
 
     def run(self, undo):

@@ -1,0 +1,78 @@
+"""medsegdiff.boundary_spread: a click moves the boundary one voxel around it, where the ensemble found that as likely."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medsegdiff.boundary_spread import spread_along_boundary
+from medsegdiff.interaction import UNKNOWN
+
+
+def _scene():
+    """5 x 9 grid: foreground rows 1-3, columns 0-2 (p 0.9); column 3 p 0.35 / 0.3 / 0.25; column 4 p 0.5; else 0.1.
+    A foreground click at (2, 3), where the previous result said background at p 0.3."""
+    p = torch.full((5, 9), 0.1)
+    p[1:4, 0:3] = 0.9
+    p[1:4, 3] = torch.tensor([0.35, 0.3, 0.25])
+    p[1:4, 4] = 0.5
+    previous = {"probs": p[None, None].clone(), "entropy": torch.full((1, 1, 5, 9), 0.7),
+                "variance": torch.full((1, 1, 5, 9), 0.2)}
+    marks = torch.full((1, 1, 5, 9), UNKNOWN)
+    marks[0, 0, 2, 3] = 1
+    changed = marks != UNKNOWN
+    outputs = {k: v.clone() for k, v in previous.items()}  # the re-sampling kept everything but the mark
+    outputs["probs"][0, 0, 2, 3], outputs["entropy"][0, 0, 2, 3] = 1.0, 0.0
+    return outputs, previous, marks, changed
+
+
+def _foreground(result):
+    return {tuple(v) for v in (result["probs"][0, 0] > 0.5).nonzero().tolist()}
+
+
+def test_the_boundary_moves_one_voxel_where_the_ensemble_was_at_least_as_sure():
+    outputs, previous, marks, changed = _scene()
+    before = _foreground(outputs)
+    # reach 1: of the voxels next to the new foreground and within 1 voxel of the click, (1, 3) at p 0.35 and
+    # (2, 4) at 0.5 are at least the click's 0.3; (3, 3) at 0.25 is not
+    assert _foreground(spread_along_boundary(outputs, previous, marks, changed, 1)) - before == {(1, 3), (2, 4)}
+    # reach 2 adds the diagonal neighbours (1, 4) and (3, 4) at p 0.5; column 5 is two voxels out: never
+    result = spread_along_boundary(outputs, previous, marks, changed, 2)
+    assert _foreground(result) - before == {(1, 3), (2, 4), (1, 4), (3, 4)}
+    # they get the class (one-hot) and keep the ensemble's uncertainty: a guess, not a mark
+    assert result["probs"][0, 0, 1, 4] == 1 and result["entropy"][0, 0, 1, 4] == pytest.approx(0.7)
+    assert torch.equal(result["variance"], outputs["variance"])
+    assert result["probs"][0, 0, 3, 3] == pytest.approx(0.25)
+    assert spread_along_boundary(outputs, previous, marks, changed, 0) is outputs
+
+
+def test_marked_voxels_keep_their_class_and_agreeing_clicks_spread_nothing():
+    outputs, previous, marks, changed = _scene()
+    marks[0, 0, 1, 4] = 0  # an earlier background click, not changed now
+    result = spread_along_boundary(outputs, previous, marks, changed, 2)
+    assert _foreground(result) - _foreground(outputs) == {(1, 3), (2, 4), (3, 4)}
+    # a click on a voxel the previous result already gave its class corrects nothing: nothing moves
+    marks = torch.full((1, 1, 5, 9), UNKNOWN)
+    marks[0, 0, 2, 1] = 1
+    same = spread_along_boundary(previous, previous, marks, marks != UNKNOWN, 3)
+    assert torch.equal(same["probs"], previous["probs"])
+
+
+def test_a_background_click_moves_the_boundary_inwards():
+    outputs, previous, marks, changed = _scene()
+    marks[0, 0, 2, 3] = UNKNOWN
+    marks[0, 0, 2, 2] = 0  # the foreground's edge voxel (p 0.9) is background
+    changed = marks != UNKNOWN
+    outputs = {k: v.clone() for k, v in previous.items()}
+    outputs["probs"][0, 0, 2, 2] = 0.0
+    # level: background probability 0.1 at the click; the foreground's voxels next to it all have background 0.1
+    result = spread_along_boundary(outputs, previous, marks, changed, 1)
+    assert _foreground(outputs) - _foreground(result) == {(1, 2), (2, 1), (3, 2)}
+
+
+def test_maps_must_match_and_reach_be_positive():
+    outputs, previous, marks, changed = _scene()
+    with pytest.raises(ValueError, match="reach must be"):
+        spread_along_boundary(outputs, previous, marks, changed, -1)
+    with pytest.raises(ValueError, match="changed must be"):
+        spread_along_boundary(outputs, previous, marks, changed[..., :4], 1)
