@@ -63,6 +63,8 @@ def test_info_declares_the_interaction(client):
     assert info["interaction"]["label_in"]["values"] == {"unknown": 0, "foreground": 1, "background": 2}
     reach = info["parameters"]["click_reach"]
     assert reach["min"] == 0 and info["interaction"]["click_reach_default"] == reach["default"]
+    spread = info["parameters"]["click_spread"]
+    assert spread["min"] == 0 and info["interaction"]["click_spread_default"] == spread["default"] == 5
 
 
 def test_empty_interaction_is_plain_inference_bit_for_bit(client, plain):
