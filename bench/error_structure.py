@@ -38,6 +38,7 @@ FIXED = (1, 5)
 
 DEEP_VOXELS = 3
 """The reference eroded this many voxels is "deep brain", the intensity the others are relative to."""
+INTENSITY_SETS = ("inner_shell", "outer_shell", "missed", "false_positive")
 
 
 def boundary_intensity(image: np.ndarray, label: np.ndarray, reference: np.ndarray) -> dict[str, float | None]:
@@ -62,7 +63,7 @@ def boundary_intensity(image: np.ndarray, label: np.ndarray, reference: np.ndarr
     sets = {"inner_shell": reference & ~ndimage.binary_erosion(reference),
             "outer_shell": ndimage.binary_dilation(reference) & ~reference,
             "missed": reference & ~label, "false_positive": label & ~reference}
-    return {name: float(np.median(image[m]) / scale) if m.any() else None for name, m in sets.items()}
+    return {name: float(np.median(image[sets[name]]) / scale) if sets[name].any() else None for name in INTENSITY_SETS}
 
 
 def error_structure(label: np.ndarray, reference: np.ndarray, fixed: tuple[int, ...] = FIXED) -> dict[str, Any]:
@@ -116,14 +117,17 @@ def run(ctx: Context) -> Section:
             _, _, result, _ = automatic_label(ctx, volume, network, seed, views(SERVED_RECIPE))
             auto = result["label"][0, 0].cpu().numpy().astype(np.uint8)
             ball = painted_ball(auto, reference, FIGURE_RADIUS, result["entropy"][0, 0].cpu().numpy())["dice"][-1]
+            try:
+                intensity = boundary_intensity(volume.image, auto, reference)
+            except ValueError:  # quick mode's thin slab has no deep brain
+                intensity = dict.fromkeys(INTENSITY_SETS)
             cases.append({"head": head, "seed": seed, "network": source, "dice": binary_dice(auto, reference),
-                          "dice_painted_balls": ball, **error_structure(auto, reference),
-                          "intensity": boundary_intensity(volume.image, auto, reference)})
+                          "dice_painted_balls": ball, **error_structure(auto, reference), "intensity": intensity})
     rows = [[c["head"], c["seed"], c["dice"], 100 * c["error_share"], c["largest"]["voxels"] if c["largest"] else 0,
              100 * c["largest"]["missed"] if c["largest"] else None, 100 * c["largest"]["share"] if c["largest"] else 0,
              c["largest"]["mean_depth"] if c["largest"] else None, c["largest"]["max_depth"] if c["largest"] else None,
              *(c["dice_fixed"][k] for k in FIXED), c["dice_painted_balls"],
-             *(c["intensity"][k] for k in ("inner_shell", "outer_shell", "missed", "false_positive"))] for c in cases]
+             *(c["intensity"][k] for k in INTENSITY_SETS)] for c in cases]
     table = md_table(["head", "seed", "Dice", "wrong % of reference", "largest error: voxels", "% of it missed", "% of wrong",
                       "mean depth vox", "max depth vox", *(f"Dice, {k} largest fixed" for k in FIXED),
                       f"Dice, {CLICKS} painted {FIGURE_RADIUS * SPACING_MM:g} mm balls", "reference inner shell",
