@@ -44,7 +44,7 @@ from medsegdiff.sampling import EnsembleSampler
 from .context import Context
 from .grid import GridVolume
 from .interactive_figure import plot_interaction
-from .models import INTERACTIVE_MODELS, MEMBERS_PER_VIEW, build, eval_members, guided, train, views
+from .models import INTERACTIVE_MODELS, MEMBERS_PER_VIEW, SERVED_RECIPE, build, eval_members, guided, train, views
 from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
 from .settings import SPACING_MM
@@ -57,7 +57,7 @@ __all__ = [
 CLICKS = 5
 RADII = (2, 3)
 """Click ball radii in model voxels (3 mm each) compared, for the model and the painted-ball baseline alike."""
-FIGURE_MODEL = "medsegdiff_triplanar_guided"
+FIGURE_MODEL = SERVED_RECIPE
 """The model the figure shows (the committed sample model's recipe), clicked as the infer task's defaults click
 (:data:`FIGURE_RADIUS`, :data:`FIGURE_REACH`)."""
 FIGURE_RADIUS = 2
@@ -284,12 +284,12 @@ def run(ctx: Context) -> Section:
                    "for the three-view one), the slices the click's ball (and hints) cross re-sampled",
         "reach_slices": REACH,
         "methods": {"medsegdiff": "RePaint-style conditioning only (any trained network), axial",
-                    "medsegdiff_triplanar_guided": "the committed model's recipe: three views; each click re-samples, "
-                                                   "along each view, the slices its ball crosses (the rest of each "
-                                                   "view's result kept, then pooled), with RePaint-style conditioning + "
-                                                   "the marks as guidance channels (trained with simulated clicks, "
-                                                   "half of them on the network's own errors); with 'hints': each "
-                                                   "click's disc also on the next slices as guidance only"},
+                    SERVED_RECIPE: "the committed model's recipe: three views, MSE + soft Dice; each click re-samples, "
+                                   "along each view, the slices its ball crosses (the rest of each view's result kept, "
+                                   "then pooled), with RePaint-style conditioning + the marks as guidance channels "
+                                   "(trained with simulated clicks, half of them on the network's own errors); with "
+                                   "'hints': each click's disc also on the next slices as guidance only; with 'boundary "
+                                   "moved': click_spread"},
         "per_head": per_head,
         "quick_note": "QUICK MODE: one head, a central slab, a barely trained network; numbers mean nothing" if s.quick else None,
     }

@@ -86,9 +86,11 @@ EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "meds
                "medsegdiff_scale03", "medsegdiff_scale01", "medsegdiff_triplanar", "medsegdiff_25d",
                "medsegdiff_triplanar_guided", "medsegdiff_dice", "medsegdiff_triplanar_guided_dice")
 """Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
-SERVED_RECIPE = "medsegdiff_triplanar_guided"
-"""The protocol model whose recipe the committed sample model follows (three views, guidance channels, MSE)."""
-INTERACTIVE_MODELS = ("medsegdiff", "medsegdiff_triplanar_guided")
+SERVED_RECIPE = "medsegdiff_triplanar_guided_dice"
+"""The protocol model whose recipe the committed sample model follows (three views, guidance channels, MSE + soft
+Dice: ``medsegdiff.sample_model.SAMPLE_DICE_WEIGHT``; until stop 29 the same with MSE alone,
+``medsegdiff_triplanar_guided``)."""
+INTERACTIVE_MODELS = ("medsegdiff", SERVED_RECIPE)
 """Models whose networks of each fold (seeds ``0..interactive_seeds - 1``) the interactive bench refines with
 (RePaint only, axial; the committed model's recipe: RePaint + guidance, automatic label over three views)."""
 

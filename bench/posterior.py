@@ -29,9 +29,9 @@ __all__ = ["MODELS_SWEPT", "hard_members", "run"]
 
 MODELS_SWEPT = ("medsegdiff", *SAVED_MODELS)
 """The axial x0 network, the ε and v objectives (which may need more steps) and the three-view network."""
-SERVED_SWEPT = (SERVED_RECIPE, "medsegdiff_triplanar_guided_dice")
-"""Swept with ``posterior_served_seeds`` seeds (the others: ``posterior_seeds``): the served recipe, whose default
-steps the sweep decides, and the same recipe trained with the Dice term (sharper members)."""
+SERVED_SWEPT = ("medsegdiff_triplanar_guided", SERVED_RECIPE)
+"""Swept with ``posterior_served_seeds`` seeds (the others: ``posterior_seeds``): the served recipe (MSE + soft
+Dice since stop 29), whose default steps the sweep decides, and the same recipe with MSE alone."""
 METRICS = ("dice", "hd95_lcc_mm", "auroc", "auroc_6mm", "disagreement_fraction", "pairwise_dice")
 
 

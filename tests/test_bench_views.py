@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.grid import GridVolume, unview_stack, view_stack  # noqa: E402
-from bench.interactive import REACH, fit_views, variants  # noqa: E402
-from bench.models import build, diffusion_config, predict, views, with_context  # noqa: E402
+from bench.interactive import REACH, SPREAD, fit_views, variants  # noqa: E402
+from bench.models import SERVED_RECIPE, build, diffusion_config, predict, views, with_context  # noqa: E402
+from monailabel_app.lib.params import INFER_PARAMS  # noqa: E402
 from bench.posterior import hard_members  # noqa: E402
 from medsegdiff.inferer import MedSegDiffInferer  # noqa: E402
 from medsegdiff.sampling import EnsembleSampler  # noqa: E402
@@ -78,9 +79,11 @@ def test_a_three_view_prediction_is_the_infer_tasks_result():
 
 
 def test_the_served_recipe_is_clicked_with_hints_on_a_volume_padded_as_the_infer_task_pads_it():
-    assert views("medsegdiff_triplanar_guided") == (2, 1, 0) and build("medsegdiff_triplanar_guided", 0).config["guidance_channels"] == 2
-    assert {reach for _, reach in variants("medsegdiff_triplanar_guided")} == {0, REACH}
-    assert {reach for _, reach in variants("medsegdiff")} == {0}
+    assert views(SERVED_RECIPE) == (2, 1, 0) and build(SERVED_RECIPE, 0).config["guidance_channels"] == 2
+    assert {reach for _, reach, _ in variants(SERVED_RECIPE)} == {0, REACH}
+    assert {spread for _, _, spread in variants(SERVED_RECIPE)} == {0, SPREAD}
+    assert SPREAD == next(p.default for p in INFER_PARAMS if p.name == "click_spread")  # the infer task's default
+    assert {(reach, spread) for _, reach, spread in variants("medsegdiff")} == {(0, 0)}
     label = np.zeros((16, 16, 6), np.uint8)
     label[4:9, 5:10, 1:5] = 1
     volume = GridVolume("toy", label.astype(np.float32), label, label, (3.0,) * 3, (16, 16, 6), 1)
