@@ -48,11 +48,13 @@ def plain(client):
 
 def _marks(label: np.ndarray, count: int = 3) -> tuple[list[list[int]], list[list[int]]]:
     """Foreground clicks where the plain label is background and background clicks where it is foreground, on
-    one axial slice through the middle of the head."""
+    one axial slice through the middle of the head, inside the box of the label on that slice (where an annotator
+    clicks; a click in the air by the image's border would make the image-grid box the whole image)."""
     k = label.shape[2] // 2
     rng = np.random.default_rng(0)
-    misses = np.argwhere(label[:, :, k] == 0)
     hits = np.argwhere(label[:, :, k] == 1)
+    (i0, j0), (i1, j1) = hits.min(axis=0), hits.max(axis=0)
+    misses = np.argwhere(label[i0:i1 + 1, j0:j1 + 1, k] == 0) + [i0, j0]
     pick = lambda voxels: [[int(i), int(j), k] for i, j in voxels[rng.choice(len(voxels), count, replace=False)]]  # noqa: E731
     return pick(misses), pick(hits)
 
