@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from medsegdiff.evaluation import binary_dice
+from medsegdiff.guidance import depth_inside
 
 from .context import Context
 from .interactive import CLICKS, FIGURE_RADIUS, automatic_label, fit_views, painted_ball, protocol_network
@@ -92,7 +93,7 @@ def error_structure(label: np.ndarray, reference: np.ndarray, fixed: tuple[int, 
         out["dice_fixed"] = {k: binary_dice(label.astype(np.uint8), reference.astype(np.uint8)) for k in fixed}
         return out
     largest = components == order[0]
-    depth = ndimage.distance_transform_edt(np.pad(largest, 1))[(slice(1, -1),) * largest.ndim][largest]
+    depth = depth_inside(largest)[largest]
     out["largest"] = {"voxels": int(largest.sum()), "missed": float(reference[largest].mean()),
                       "share": float(largest.sum() / wrong.sum()), "mean_depth": float(depth.mean()),
                       "max_depth": float(depth.max())}
@@ -123,11 +124,13 @@ def run(ctx: Context) -> Section:
                 intensity = dict.fromkeys(INTENSITY_SETS)
             cases.append({"head": head, "seed": seed, "network": source, "dice": binary_dice(auto, reference),
                           "dice_painted_balls": ball, **error_structure(auto, reference), "intensity": intensity})
-    rows = [[c["head"], c["seed"], c["dice"], 100 * c["error_share"], c["largest"]["voxels"] if c["largest"] else 0,
-             100 * c["largest"]["missed"] if c["largest"] else None, 100 * c["largest"]["share"] if c["largest"] else 0,
-             c["largest"]["mean_depth"] if c["largest"] else None, c["largest"]["max_depth"] if c["largest"] else None,
-             *(c["dice_fixed"][k] for k in FIXED), c["dice_painted_balls"],
-             *(c["intensity"][k] for k in INTENSITY_SETS)] for c in cases]
+    rows = []
+    for c in cases:
+        big = c["largest"] or {"voxels": 0, "missed": None, "share": 0.0, "mean_depth": None, "max_depth": None}
+        rows.append([c["head"], c["seed"], c["dice"], 100 * c["error_share"], big["voxels"],
+                     None if big["missed"] is None else 100 * big["missed"], 100 * big["share"], big["mean_depth"],
+                     big["max_depth"], *(c["dice_fixed"][k] for k in FIXED), c["dice_painted_balls"],
+                     *(c["intensity"][k] for k in INTENSITY_SETS)])
     table = md_table(["head", "seed", "Dice", "wrong % of reference", "largest error: voxels", "% of it missed", "% of wrong",
                       "mean depth vox", "max depth vox", *(f"Dice, {k} largest fixed" for k in FIXED),
                       f"Dice, {CLICKS} painted {FIGURE_RADIUS * SPACING_MM:g} mm balls", "reference inner shell",

@@ -64,10 +64,10 @@ FIGURE_RADIUS = 2
 REACH = 8
 """Slices of hints each side of a click's ball (3 mm each) a guided model is also measured with (0: none)."""
 FIGURE_REACH = 0
-FIGURE_SPREAD = 5
 SPREAD = 5
 """Voxels (3 mm each) around a click within which a guided model is also measured with the boundary moved (the
-infer task's default ``click_spread``; the figure shows it, :data:`FIGURE_SPREAD`)."""
+infer task's default ``click_spread``)."""
+FIGURE_SPREAD = SPREAD
 SLICE_AXIS = 2
 
 

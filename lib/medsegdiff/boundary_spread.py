@@ -70,8 +70,9 @@ def spread_along_boundary(
                 continue
             level = np.median(before[b, value][corrected])
             # only within reach (+ 1 for the shell's neighbourhood) of the corrected voxels: work in their box
+            where = np.argwhere(corrected)
             box = tuple(slice(max(int(lo) - reach - 1, 0), int(hi) + reach + 2)
-                        for lo, hi in zip(np.argwhere(corrected).min(axis=0), np.argwhere(corrected).max(axis=0)))
+                        for lo, hi in zip(where.min(axis=0), where.max(axis=0)))
             corrected_box, now_box = corrected[box], now[b][box] == value
             near = ndimage.distance_transform_edt(~corrected_box) <= reach
             shell = ndimage.binary_dilation(now_box, structure=structure) & ~now_box

@@ -33,7 +33,7 @@ from .interaction import UNKNOWN, KnownRegion, click_balls
 from .schedulers import RespacedScheduler
 
 __all__ = [
-    "GUIDANCE_CHANNELS", "guidance_maps", "largest_error_click", "SimulatedClicksd", "ErrorClicks", "ErrorClicksPrepareBatch",
+    "GUIDANCE_CHANNELS", "guidance_maps", "depth_inside", "largest_error_click", "SimulatedClicksd", "ErrorClicks", "ErrorClicksPrepareBatch",
 ]
 
 GUIDANCE_CHANNELS = 2
@@ -54,6 +54,12 @@ def guidance_maps(known: KnownRegion | None, image: torch.Tensor) -> torch.Tenso
     return torch.cat([labels > 0, labels == 0], dim=1).to(image.dtype)
 
 
+def depth_inside(region: np.ndarray) -> np.ndarray:
+    """Distance (voxels) of each voxel of the bool mask ``region`` to the nearest voxel outside it, the grid's
+    border counting as outside (0 outside ``region``; 1 for a one-voxel-thick rim)."""
+    return ndimage.distance_transform_edt(np.pad(region, 1))[(slice(1, -1),) * region.ndim]
+
+
 def largest_error_click(prediction: np.ndarray, reference: np.ndarray) -> tuple[tuple[int, ...], int] | None:
     """(voxel, reference class) of a corrective click: the centre of the largest error component; None if none.
 
@@ -67,7 +73,7 @@ def largest_error_click(prediction: np.ndarray, reference: np.ndarray) -> tuple[
         return None
     largest = 1 + int(np.argmax(ndimage.sum_labels(errors, components, range(1, count + 1))))
     region = components == largest
-    distance = ndimage.distance_transform_edt(np.pad(region, 1))[(slice(1, -1),) * region.ndim]
+    distance = depth_inside(region)
     deepest = np.argwhere(distance == distance.max())
     centroid = np.argwhere(region).mean(axis=0)
     voxel = tuple(int(v) for v in deepest[np.argmin(((deepest - centroid) ** 2).sum(axis=1))])
