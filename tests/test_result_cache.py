@@ -65,3 +65,12 @@ def test_least_recently_used_image_goes_first():
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError, match="max_keys"):
         ResultCache(max_keys=0)
+
+
+def test_image_outputs_count_the_memory_they_keep_alive():
+    # the probabilities are a view (channel 0) of one resampling of two channels: both stay in memory
+    resampled = torch.zeros(2, 10, 10, 10)
+    result = _result(1)
+    plain = result.nbytes
+    result.image_outputs = {"pred": resampled[:1], "uncertainty": resampled[1:].clone()}
+    assert result.nbytes - plain == 3 * 1000 * 4

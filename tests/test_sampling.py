@@ -11,7 +11,7 @@ from medsegdiff.diffusion import (
     labels_to_diffusion_target,
     make_scheduler,
 )
-from medsegdiff.fusion import fuse, majority_vote, probabilities_to_labels, staple
+from medsegdiff.fusion import class_distribution, fuse, majority_vote, probabilities_to_labels, staple
 from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
@@ -195,3 +195,15 @@ def test_background_channel_keeps_a_small_class_that_one_minus_sum_drops():
     torch.testing.assert_close(probs.flatten(), torch.tensor([0.4, 0.1]) / 0.7, atol=1e-4, rtol=0)
     target = labels_to_diffusion_target(torch.tensor([[[0, 2]]]), 2, background=True)
     assert target[0, :, 0].tolist() == [1, -1, -1] and target[0, :, 1].tolist() == [-1, -1, 1]
+
+
+def test_one_class_labels_equal_the_argmax_of_the_two_class_distribution():
+    # around 0.5 in float32 steps, the ends, and values a resampling can overshoot to
+    edge = torch.tensor([0.5, 0.0, 1.0, 1.5, -0.25, 1e-8])
+    steps = torch.arange(-32, 32, dtype=torch.float32)
+    around = torch.tensor(0.5) + steps * torch.finfo(torch.float32).eps / 2
+    probs = torch.cat([edge, around, torch.rand(1000, generator=torch.Generator().manual_seed(0))]).reshape(1, 1, -1)
+    dist = class_distribution(probs)
+    expected = dist.argmax(dim=1, keepdim=True)
+    assert torch.equal(probabilities_to_labels(probs), expected)
+    assert probabilities_to_labels(probs).dtype == torch.long

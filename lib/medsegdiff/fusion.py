@@ -38,9 +38,11 @@ def class_distribution(probs: torch.Tensor) -> torch.Tensor:
 
 def probabilities_to_labels(probs: torch.Tensor) -> torch.Tensor:
     """Fused foreground probabilities (B, C, *spatial) → integer labels (B, 1, *spatial), 0 = background."""
+    if probs.shape[1] == 1:
+        # argmax of (max(1 - p, 0), p) / sum with argmax's first-max ties: p > 1 - p, i.e. p > 0.5 in floating
+        # point too (1 - p is exact for p >= 0.5); no distribution built (a 1 mm head's label 5x faster)
+        return (probs > 0.5).long()
     dist = class_distribution(probs)
-    if dist.shape[1] == 2:  # argmax of two: the second only where strictly larger (argmax's first-max ties)
-        return (dist[:, 1:] > dist[:, :1]).long()
     # argmax over a contiguous last axis: 9x faster on CPU than over dim 1 of a volume, same first-max ties
     return dist.movedim(1, -1).contiguous().argmax(dim=-1).unsqueeze(1)
 

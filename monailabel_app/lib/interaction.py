@@ -209,7 +209,8 @@ class CachedResult:
 
     @property
     def nbytes(self) -> int:
-        image = sum(v.nbytes for v in (self.image_outputs or {}).values())
+        # what the image-grid tensors keep alive: a view of one resampling (the probabilities) holds all of it
+        image = sum(v.untyped_storage().nbytes() for v in (self.image_outputs or {}).values())
         hints = 0 if self.hints is None else self.hints.nbytes
         return self.marks.nbytes + hints + image + sum(v.nbytes for v in self.outputs.values())
 
@@ -287,8 +288,8 @@ class ResultCache:
 
 
 class MarksOnImageGrid:
-    """Post-transform: on the image grid, every marked voxel gets the marked class, a one-hot probability and
-    zero uncertainty (the resampling from the model grid would otherwise blur a mark's edge)."""
+    """Post-transform: on the image grid, every marked voxel gets the marked class, a one-hot probability (when
+    the request asked for the probabilities) and zero uncertainty (the resampling from the model grid would otherwise blur a mark's edge)."""
 
     def __init__(self, marks: ImageMarks, marked_class: int) -> None:
         self.marks, self.marked_class = marks, marked_class
@@ -304,9 +305,10 @@ class MarksOnImageGrid:
             index = (slice(None), *torch.as_tensor(voxels).T)
             d["pred"][index] = value
             d["uncertainty"][index] = 0.0
-            d["probability"][index] = 0.0
-            if value:
-                d["probability"][(value - 1, *index[1:])] = 1.0
+            if "probability" in d:  # asked for (output_probability)
+                d["probability"][index] = 0.0
+                if value:
+                    d["probability"][(value - 1, *index[1:])] = 1.0
         return d
 
 

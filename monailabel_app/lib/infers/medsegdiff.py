@@ -283,8 +283,10 @@ class MedSegDiffInfer(BasicInferTask):
 
     def _remember_image_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
         """Post-transform right after :class:`ToOriginalGridd`: keep this result's image-grid outputs for the next
-        interaction (copies: later transforms paint the marks into them)."""
-        self._request.entry.image_outputs = {k: data[k].as_tensor().detach().cpu().clone() for k in ("pred", "uncertainty")}
+        interaction (the uncertainty copied: :class:`MarksOnImageGrid` paints the marks into it; the probabilities
+        are replaced, not changed, by the labels)."""
+        pred, uncertainty = (data[k].as_tensor().detach().cpu() for k in ("pred", "uncertainty"))
+        self._request.entry.image_outputs = {"pred": pred, "uncertainty": uncertainty.clone()}
         return data
 
     def _get_network(self, device, data):
@@ -301,9 +303,10 @@ class MedSegDiffInfer(BasicInferTask):
             _split_outputs,
             self._request.to_image_grid,
             self._remember_image_outputs,
-            CopyItemsd(keys="pred", names="probability"),  # on the image's grid, for output_probability
-            ProbabilitiesToLabelsd(keys="pred"),
         ]
+        if self._request.values["output_probability"]:
+            transforms.append(CopyItemsd(keys="pred", names="probability"))  # on the image's grid
+        transforms.append(ProbabilitiesToLabelsd(keys="pred"))
         if self._request.values["largest_component"]:
             # leave-one-head-out bench: the same labels after this step (``dice_lcc`` / ``hd95_lcc_mm``)
             labels = sorted(self.model_info.labels.values())
