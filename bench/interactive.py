@@ -64,7 +64,7 @@ FIGURE_RADIUS = 2
 REACH = 8
 """Slices of hints each side of a click's ball (3 mm each) a guided model is also measured with (0: none)."""
 FIGURE_REACH = 0
-SPREAD = 5
+SPREAD = 3
 """Voxels (3 mm each) around a click within which a guided model is also measured with the boundary moved (the
 infer task's default ``click_spread``)."""
 FIGURE_SPREAD = SPREAD
@@ -251,8 +251,11 @@ def run(ctx: Context) -> Section:
         runs: dict[str, list[dict[str, Any]]] = {}
         for seed in range(s.interactive_seeds):
             for model in INTERACTIVE_MODELS:
+                pairs = variants(model)
+                if not pairs:  # BENCH_INTERACTIVE_VARIANTS names none of it: its networks are not even loaded
+                    continue
                 network = protocol_network(ctx, head, model, seed, data)
-                for (radius, reach, spread), m in refine(ctx, fit_views(volume, model), *network, seed=seed, pairs=variants(model),
+                for (radius, reach, spread), m in refine(ctx, fit_views(volume, model), *network, seed=seed, pairs=pairs,
                                                  slice_views=views(model)).items():
                     figure = m.pop("_figure")
                     if seed == 0:

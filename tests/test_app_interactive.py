@@ -66,7 +66,7 @@ def test_info_declares_the_interaction(client):
     reach = info["parameters"]["click_reach"]
     assert reach["min"] == 0 and info["interaction"]["click_reach_default"] == reach["default"]
     spread = info["parameters"]["click_spread"]
-    assert spread["min"] == 0 and info["interaction"]["click_spread_default"] == spread["default"] == 5
+    assert spread["min"] == 0 and info["interaction"]["click_spread_default"] == spread["default"] == 3
 
 
 def test_empty_interaction_is_plain_inference_bit_for_bit(client, plain):
@@ -162,14 +162,14 @@ def test_click_spread_moves_the_boundary_near_the_click_and_is_its_own_cached_re
     point = [int(edge[len(edge) // 2][0]), int(edge[len(edge) // 2][1]), k]
     path, narrow = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point], "click_spread": 0})
     ball = _array(path)
-    path, wide = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point]})  # the default, click_spread 5
+    path, wide = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point]})  # the default, click_spread 3
     spread = _array(path)
     assert wide["nfe"] > 0 and ball[tuple(point)] == 1 == spread[tuple(point)]
     grown = np.argwhere((spread == 1) & (ball == 0))
     assert len(grown) > 0 and not np.any((spread == 0) & (ball == 1))  # a foreground click only adds foreground
     # near the click: within click_radius + click_spread + 1 model voxels (3 mm each) plus one image voxel
     zooms = np.asarray(nib.load(str(monailabel_server.datastore / f"{IMAGE}.nii.gz")).header.get_zooms()[:3])
-    assert np.all(np.abs(grown - point) * zooms <= (2 + 5 + 1) * 3.0 + zooms)
+    assert np.all(np.abs(grown - point) * zooms <= (2 + 3 + 1) * 3.0 + zooms)
     # the same marks without the spread are the result served before it; with it again, the spread one
     path, again = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point], "click_spread": 0})
     assert again["nfe"] == 0 and np.array_equal(_array(path), ball)

@@ -227,10 +227,11 @@ INFER_PARAMS: tuple[Param, ...] = (
              "guidance channels reads the click as a hint (guidance only, not forced): a click can correct an error "
              "that spans more slices than its ball; those slices are re-sampled too (0, the default: the ball "
              "alone; the bench measured hints losing points on held-out heads with the committed model)"),
-    IntParam("click_spread", 5, 0, 20, "model-grid voxels around a click within which the boundary also moves one "
+    IntParam("click_spread", 3, 0, 20, "model-grid voxels around a click within which the boundary also moves one "
              "voxel towards the clicked class, where the previous result's ensemble found that class at least as "
-             "likely as at the voxels the click corrected (default 5: 15 mm, twice the Dice gain of 5 clicks in the "
-             "bench; 0: the ball and what the re-sampling connects to it)"),
+             "likely as at the voxels the click corrected (default 3: 9 mm, the widest the bench measured at or "
+             "above the painted ball at every click with the committed model's recipe; 0: the ball and what the "
+             "re-sampling connects to it)"),
     IntParam("marked_class", 1, 1, 255, "the label value foreground clicks and scribbles mark"),
 )
 """Parameters of ``POST /infer/<model>``."""

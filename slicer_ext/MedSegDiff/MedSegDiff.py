@@ -64,7 +64,7 @@ class MedSegDiffParameterNode:
     maxEpochs: Annotated[int, WithinRange(1, 100000)] = 10
     clickRadius: Annotated[int, WithinRange(0, 100)] = 2
     clickReach: Annotated[int, WithinRange(0, 100)] = 0
-    clickSpread: Annotated[int, WithinRange(0, 100)] = 5
+    clickSpread: Annotated[int, WithinRange(0, 100)] = 3
 
 
 class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
