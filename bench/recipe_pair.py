@@ -1,0 +1,89 @@
+"""The served recipe against the one it replaced, paired over the (held-out head, seed) cases both have.
+
+Reads the run folder's protocol cells (``BENCH_OUT``; e.g. ``bench/results/iter2400`` with
+``BENCH_ITERATIONS=2400``, the committed model's budget) of :data:`~bench.models.SERVED_RECIPE` and of
+:data:`PREVIOUS_RECIPE` and trains nothing. Reported per metric: each recipe's mean over the cases, the mean of
+the per-case differences (served − previous) with a 95 % t-interval over the cases, how many cases are lower, and
+the per-head means of each recipe. The cases are (head, seed) pairs: a seed's network of one fold is trained
+apart from the others, so seeds of one head are separate cases of that fold (the protocol's per-head interval
+averages them first; both are in the JSON).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .context import Context
+from .models import SERVED_RECIPE
+from .protocol import Cells, cell_key
+from .report import Section, finite, md_table
+from .stats import mean_sd, paired_difference
+
+__all__ = ["PREVIOUS_RECIPE", "METRICS", "pair_cells", "run"]
+
+PREVIOUS_RECIPE = "medsegdiff_triplanar_guided"
+"""The committed model's recipe before the Dice term (MSE alone)."""
+METRICS = {
+    "dice_lcc": "Dice (largest component)",
+    "hd95_lcc_mm": "HD95 mm (largest component)",
+    "auroc": "uncertainty AUROC, head",
+    "auroc_6mm": "AUROC within 6 mm",
+    "disagreement_fraction": "member disagreement / predictive entropy",
+    "ece_fg": "ECE (foreground)",
+}
+"""Cell metrics compared (``disagreement_fraction`` is under the cell's ``diversity``)."""
+
+
+def _value(cell: dict[str, Any], metric: str) -> float | None:
+    return cell.get(metric, (cell.get("diversity") or {}).get(metric))
+
+
+def pair_cells(served: dict[str, dict[str, Any]], previous: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``{case: cell}`` of each recipe (case ``head:seed``) → per metric the paired comparison over the cases both
+    have (``paired_difference`` of served − previous, the count of cases lower, the means) and per head the means."""
+    cases = sorted(set(served) & set(previous))
+    out: dict[str, Any] = {"cases": cases, "metrics": {}}
+    for metric in METRICS:
+        a = {c: _value(served[c], metric) for c in cases}
+        b = {c: _value(previous[c], metric) for c in cases}
+        diff = paired_difference(a, b)
+        heads = sorted({c.split(":")[0] for c in cases})
+        per_head = {h: {"served": mean_sd([a[c] for c in cases if c.startswith(f"{h}:")])["mean"],
+                        "previous": mean_sd([b[c] for c in cases if c.startswith(f"{h}:")])["mean"]} for h in heads}
+        out["metrics"][metric] = {
+            "served": mean_sd(list(a.values())), "previous": mean_sd(list(b.values())), "served_minus_previous": diff,
+            "cases_lower": int(np.sum(np.asarray(diff["differences"]) < 0)), "per_head": per_head,
+        }
+    return out
+
+
+def run(ctx: Context) -> Section:
+    store = Cells(ctx)
+    found: dict[str, dict[str, dict[str, Any]]] = {SERVED_RECIPE: {}, PREVIOUS_RECIPE: {}}
+    for head in ctx.settings.folds:
+        for seed in range(ctx.settings.seeds):
+            for recipe, cells in found.items():
+                cell = store.get(cell_key(head, recipe, seed))
+                if cell is not None:
+                    cells[f"{head}:{seed}"] = cell
+    paired = pair_cells(found[SERVED_RECIPE], found[PREVIOUS_RECIPE])
+    rows = []
+    for metric, name in METRICS.items():
+        m = paired["metrics"][metric]
+        d = m["served_minus_previous"]
+        interval = "–" if d["ci95"] is None else f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] {d['verdict']}"
+        rows.append([name, f"{m['previous']['mean']:.3f}", f"{m['served']['mean']:.3f}", f"{d['mean']:+.3f}", interval,
+                     f"{m['cases_lower']} of {len(paired['cases'])}"])
+    table = md_table([f"metric ({len(paired['cases'])} cases)", PREVIOUS_RECIPE, SERVED_RECIPE, "Δ", "95 % interval",
+                      "cases lower"], rows)
+    results = {"recipe_pair": paired, "served": SERVED_RECIPE, "previous": PREVIOUS_RECIPE,
+               "iterations": ctx.settings.iterations, "trains": "nothing: the run folder's cells only"}
+    return Section("recipe_pair", finite(results), table, [])
+
+
+if __name__ == "__main__":
+    from .run_all import main
+
+    raise SystemExit(main(["recipe_pair"]))
