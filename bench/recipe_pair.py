@@ -40,6 +40,10 @@ def _value(cell: dict[str, Any], metric: str) -> float | None:
     return cell.get(metric, (cell.get("diversity") or {}).get(metric))
 
 
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def pair_cells(served: dict[str, dict[str, Any]], previous: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``{case: cell}`` of each recipe (case ``head:seed``) → per metric the paired comparison over the cases both
     have (``paired_difference`` of served − previous, the count of cases lower, the means) and per head the means."""
@@ -74,7 +78,7 @@ def run(ctx: Context) -> Section:
         m = paired["metrics"][metric]
         d = m["served_minus_previous"]
         interval = "–" if d["ci95"] is None else f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] {d['verdict']}"
-        rows.append([name, f"{m['previous']['mean']:.3f}", f"{m['served']['mean']:.3f}", f"{d['mean']:+.3f}", interval,
+        rows.append([name, _fmt(m["previous"]["mean"]), _fmt(m["served"]["mean"]), _fmt(d["mean"], "+.3f"), interval,
                      f"{m['cases_lower']} of {len(paired['cases'])}"])
     table = md_table([f"metric ({len(paired['cases'])} cases)", PREVIOUS_RECIPE, SERVED_RECIPE, "Δ", "95 % interval",
                       "cases lower"], rows)

@@ -25,3 +25,12 @@ def test_pairs_only_the_cases_both_recipes_have():
     share = out["metrics"]["disagreement_fraction"]  # read from the cell's diversity
     assert share["served_minus_previous"]["mean"] == pytest.approx(0.8 / 3)
     assert share["served_minus_previous"]["verdict"] == "ahead" and share["cases_lower"] == 0
+
+
+def test_a_run_folder_without_cells_of_both_recipes_gives_a_table_of_dashes(tmp_path):
+    from bench.context import Context
+    from bench.recipe_pair import run
+
+    section = run(Context(tmp_path))  # no cells at all: nothing paired, nothing trained
+    assert section.results["recipe_pair"]["cases"] == []
+    assert "| Dice (largest component) | – | – | – | – | 0 of 0 |" in section.table
