@@ -289,7 +289,8 @@ class ResultCache:
 
 class MarksOnImageGrid:
     """Post-transform: on the image grid, every marked voxel gets the marked class, a one-hot probability (when
-    the request asked for the probabilities) and zero uncertainty (the resampling from the model grid would otherwise blur a mark's edge)."""
+    the request asked for the probabilities) and zero uncertainty (the resampling from the model grid would
+    otherwise blur a mark's edge)."""
 
     def __init__(self, marks: ImageMarks, marked_class: int) -> None:
         self.marks, self.marked_class = marks, marked_class
