@@ -204,7 +204,7 @@ def _clicks(inferer, image, network, result, reference, radius, reach=0, spread=
             # the infer task's locality rule: the label changes only as the click asks and where it reaches
             outputs = {k: resampled[k] for k in output_keys(resampled)}
             resampled = keep_changes_near_marks(outputs, result, marks, ball[None, None])
-            resampled = spread_along_boundary(resampled, result, marks, ball[None, None], spread)
+            resampled = spread_along_boundary(resampled, result, marks, ball[None, None], spread, image)
             resampled["label"] = probabilities_to_labels(resampled["probs"])
             result = resampled
             seconds.append(time.perf_counter() - start)

@@ -46,6 +46,22 @@ def test_the_boundary_moves_one_voxel_where_the_ensemble_was_at_least_as_sure():
     assert spread_along_boundary(outputs, previous, marks, changed, 0) is outputs
 
 
+def test_given_the_image_the_boundary_moves_only_over_tissue_like_the_corrected():
+    outputs, previous, marks, changed = _scene()
+    image = torch.ones(1, 1, 5, 9)
+    image[0, 0, 1, 3] = 2.0  # brighter than the corrected voxel (2, 3): outside its intensity range
+    before = _foreground(outputs)
+    assert _foreground(spread_along_boundary(outputs, previous, marks, changed, 1, image)) - before == {(2, 4)}
+    # two corrected voxels at 1.0 and 3.0: the range is their 10th-90th percentile, 1.2 .. 2.8
+    marks[0, 0, 3, 3], image[0, 0, 3, 3] = 1, 3.0
+    changed = marks != UNKNOWN
+    image[0, 0, 2, 4], image[0, 0, 1, 4] = 1.1, 2.5
+    grown = _foreground(spread_along_boundary(outputs, previous, marks, changed, 2, image)) - before
+    assert (1, 3) in grown and (1, 4) in grown and (2, 4) not in grown
+    with pytest.raises(ValueError, match="image must be"):
+        spread_along_boundary(outputs, previous, marks, changed, 1, image[..., :4])
+
+
 def test_marked_voxels_keep_their_class_and_agreeing_clicks_spread_nothing():
     outputs, previous, marks, changed = _scene()
     marks[0, 0, 1, 4] = 0  # an earlier background click, not changed now

@@ -323,7 +323,7 @@ def interaction_info(radius_default: int, reach_default: int, spread_default: in
         "click_spread_default": spread_default,
         "spread": "the boundary also moves one voxel towards a click's class within click_spread voxels of it, "
         "where the previous result's ensemble found that class at least as likely as at the voxels the click "
-        "corrected (medsegdiff.boundary_spread)",
+        "corrected and the image's intensity is within theirs (medsegdiff.boundary_spread)",
         "hints": "a 2D network with guidance channels also reads each click's disc on click_reach slices each side "
         "beyond its ball, as guidance only (not forced); those slices are re-sampled too",
         "conditioning": "RePaint-style: marked voxels of every x_t are replaced by q(x_t | marked mask)",

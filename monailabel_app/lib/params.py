@@ -229,8 +229,8 @@ INFER_PARAMS: tuple[Param, ...] = (
              "alone; the bench measured hints losing points on held-out heads with the committed model)"),
     IntParam("click_spread", 3, 0, 20, "model-grid voxels around a click within which the boundary also moves one "
              "voxel towards the clicked class, where the previous result's ensemble found that class at least as "
-             "likely as at the voxels the click corrected (default 3: 9 mm, the widest the bench measured at or "
-             "above the painted ball at every click with the committed model's recipe; 0: the ball and what the "
+             "likely as at the voxels the click corrected and the image is as bright as there (default 3: 9 mm, "
+             "wider spreads fell below the painted ball on some heads in the bench; 0: the ball and what the "
              "re-sampling connects to it)"),
     IntParam("marked_class", 1, 1, 255, "the label value foreground clicks and scribbles mark"),
 )

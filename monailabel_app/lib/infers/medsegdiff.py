@@ -270,7 +270,8 @@ class MedSegDiffInfer(BasicInferTask):
         outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in output_keys(data["pred"])}
         if self._request.local is not None:
             outputs = keep_changes_near_marks(outputs, *self._request.local)
-            outputs = spread_along_boundary(outputs, *self._request.local, self._request.spread)
+            image = torch.as_tensor(data["image"])[None].detach().cpu()  # the model-grid image that was sampled
+            outputs = spread_along_boundary(outputs, *self._request.local, self._request.spread, image)
             data["pred"] = {**data["pred"], **{k: v[0].to(data["pred"][k].device) for k, v in outputs.items()}}
         cached = self._request.cached
         # where this result differs from the one it started from: the image grid is resampled there only
