@@ -18,6 +18,7 @@ import numpy as np
 from .context import Context
 from .models import SERVED_RECIPE
 from .protocol import Cells, cell_key
+from .readme_cells import fmt
 from .report import Section, finite, md_table
 from .stats import mean_sd, paired_difference
 
@@ -40,20 +41,16 @@ def _value(cell: dict[str, Any], metric: str) -> float | None:
     return cell.get(metric, (cell.get("diversity") or {}).get(metric))
 
 
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "–" if value is None else format(value, spec)
-
-
 def pair_cells(served: dict[str, dict[str, Any]], previous: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``{case: cell}`` of each recipe (case ``head:seed``) → per metric the paired comparison over the cases both
     have (``paired_difference`` of served − previous, the count of cases lower, the means) and per head the means."""
     cases = sorted(set(served) & set(previous))
+    heads = sorted({c.split(":")[0] for c in cases})
     out: dict[str, Any] = {"cases": cases, "metrics": {}}
     for metric in METRICS:
         a = {c: _value(served[c], metric) for c in cases}
         b = {c: _value(previous[c], metric) for c in cases}
         diff = paired_difference(a, b)
-        heads = sorted({c.split(":")[0] for c in cases})
         per_head = {h: {"served": mean_sd([a[c] for c in cases if c.startswith(f"{h}:")])["mean"],
                         "previous": mean_sd([b[c] for c in cases if c.startswith(f"{h}:")])["mean"]} for h in heads}
         out["metrics"][metric] = {
@@ -78,7 +75,8 @@ def run(ctx: Context) -> Section:
         m = paired["metrics"][metric]
         d = m["served_minus_previous"]
         interval = "–" if d["ci95"] is None else f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] {d['verdict']}"
-        rows.append([name, _fmt(m["previous"]["mean"]), _fmt(m["served"]["mean"]), _fmt(d["mean"], "+.3f"), interval,
+        change = "–" if d["mean"] is None else f"{d['mean']:+.3f}"
+        rows.append([name, fmt(m["previous"]["mean"]), fmt(m["served"]["mean"]), change, interval,
                      f"{m['cases_lower']} of {len(paired['cases'])}"])
     table = md_table([f"metric ({len(paired['cases'])} cases)", PREVIOUS_RECIPE, SERVED_RECIPE, "Δ", "95 % interval",
                       "cases lower"], rows)
