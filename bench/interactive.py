@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsegdiff.boundary_spread import spread_along_boundary
+from medsegdiff.boundary_spread import doubt_like_corrected, spread_along_boundary
 from medsegdiff.evaluation import auroc, binary_dice
 from medsegdiff.inferer import MedSegDiffInferer, default_slice_batch_size, output_keys
 from medsegdiff.guidance import largest_error_click
@@ -50,7 +50,7 @@ from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
 __all__ = [
-    "CLICKS", "RADII", "REACH", "FIGURE_MODEL", "method_name", "variants", "fit_views", "dice_auc", "painted_ball",
+    "CLICKS", "RADII", "REACH", "SPREAD", "DOUBT", "FIGURE_MODEL", "method_name", "variants", "fit_views", "dice_auc", "painted_ball",
     "automatic_label", "protocol_network", "refine", "run",
 ]
 
@@ -68,28 +68,35 @@ SPREAD = 3
 """Voxels (3 mm each) around a click within which a guided model is also measured with the boundary moved (the
 infer task's default ``click_spread``)."""
 FIGURE_SPREAD = SPREAD
+DOUBT = 1
+"""Whether the guided model is also measured with the uncertainty raised on the voxels like the corrected ones
+(:func:`medsegdiff.boundary_spread.doubt_like_corrected`; the infer task's default ``click_doubt``)."""
+FIGURE_DOUBT = DOUBT
 SLICE_AXIS = 2
 
 
-def method_name(model: str, radius: int, reach: int = 0, spread: int = 0) -> str:
-    """The table's name of ``model`` clicked with balls of ``radius`` voxels, hints ``reach`` slices on and the
-    boundary moved ``spread`` voxels around each click (:func:`medsegdiff.boundary_spread.spread_along_boundary`)."""
+def method_name(model: str, radius: int, reach: int = 0, spread: int = 0, doubt: int = 0) -> str:
+    """The table's name of ``model`` clicked with balls of ``radius`` voxels, hints ``reach`` slices on, the
+    boundary moved ``spread`` voxels around each click (:func:`medsegdiff.boundary_spread.spread_along_boundary`)
+    and, with ``doubt``, the uncertainty raised on the voxels like the corrected ones
+    (:func:`medsegdiff.boundary_spread.doubt_like_corrected`)."""
     name = f"{model}, {radius * SPACING_MM:g} mm ball"
     name += f", hints {reach * SPACING_MM:g} mm on" if reach else ""
-    return name + (f", boundary moved {spread * SPACING_MM:g} mm around" if spread else "")
+    name += f", boundary moved {spread * SPACING_MM:g} mm around" if spread else ""
+    return name + (", voxels like the corrected flagged" if doubt else "")
 
 
-def variants(model: str) -> list[tuple[int, int, int]]:
-    """The (radius, reach, spread) triples ``model`` is clicked with: hints and the boundary spread only for a
-    network with guidance channels (the committed model's recipe); ``BENCH_INTERACTIVE_VARIANTS``
-    (``model:radius:reach:spread``, comma-separated) picks some instead."""
+def variants(model: str) -> list[tuple[int, int, int, int]]:
+    """The (radius, reach, spread, doubt) of each way ``model`` is clicked: hints, the boundary spread and the
+    doubt only for a network with guidance channels (the committed model's recipe); ``BENCH_INTERACTIVE_VARIANTS``
+    (``model:radius:reach:spread[:doubt]``, comma-separated) picks some instead."""
     chosen = os.environ.get("BENCH_INTERACTIVE_VARIANTS")
     if chosen:
         picked = [item.split(":") for item in chosen.split(",") if item.strip()]
-        return [tuple(int(v) for v in p[1:]) for p in picked if p[0] == model]
+        return [tuple(int(v) for v in [*p[1:], "0"][:4]) for p in picked if p[0] == model]
     reaches = (0, REACH) if guided(model) else (0,)
-    spread = [(FIGURE_RADIUS, 0, SPREAD)] if guided(model) else []
-    return [(radius, reach, 0) for radius in RADII for reach in reaches] + spread
+    spread = [(FIGURE_RADIUS, 0, SPREAD, 0), (FIGURE_RADIUS, 0, SPREAD, DOUBT)] if guided(model) else []
+    return [(radius, reach, 0, 0) for radius in RADII for reach in reaches] + spread
 
 
 def protocol_network(ctx: Context, head: str, model: str, seed: int, data) -> tuple[torch.nn.Module, str]:
@@ -158,10 +165,10 @@ def automatic_label(ctx: Context, volume, network: torch.nn.Module, seed: int = 
 
 
 def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: int = 0,
-           pairs: Sequence[tuple[int, int, int]] = ((2, 0, 0),), slice_views: Sequence[int] = (SLICE_AXIS,),
-           ) -> dict[tuple[int, int, int], dict[str, Any]]:
+           pairs: Sequence[tuple[int, int, int, int]] = ((2, 0, 0, 0),), slice_views: Sequence[int] = (SLICE_AXIS,),
+           ) -> dict[tuple[int, int, int, int], dict[str, Any]]:
     """Automatic label (sampled along each of ``slice_views``, as the infer task does for a checkpoint of several
-    views), then for each (radius, reach, spread) of ``pairs`` :data:`CLICKS` simulated clicks, each re-sampling
+    views), then for each (radius, reach, spread, doubt) of ``pairs`` :data:`CLICKS` simulated clicks, each re-sampling
     the slices its ball and hints cross along each view; the painted-ball baseline of the same radius into this
     automatic label."""
     reference = (volume.label > 0).astype(np.uint8)
@@ -169,18 +176,19 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: in
     auto = automatic["label"][0, 0].cpu().numpy().astype(np.uint8)
     entropy_before = automatic["entropy"][0, 0].cpu().numpy()
     runs = {}
-    for radius, reach, spread in pairs:
+    for radius, reach, spread, doubt in pairs:
         run = {"network": source, "automatic_seconds": auto_seconds,
-               **_clicks(inferer, image, network, automatic, reference, radius, reach, spread)}
+               **_clicks(inferer, image, network, automatic, reference, radius, reach, spread, doubt)}
         run["uncertainty_auroc"]["before"] = auroc(entropy_before, auto != reference)
         run["_figure"].update(image=volume.image, reference=reference, auto=auto)
-        runs[radius, reach, spread] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before)}
+        runs[radius, reach, spread, doubt] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before)}
     return runs
 
 
-def _clicks(inferer, image, network, result, reference, radius, reach=0, spread=0) -> dict[str, Any]:
+def _clicks(inferer, image, network, result, reference, radius, reach=0, spread=0, doubt=0) -> dict[str, Any]:
     """:data:`CLICKS` clicks of ``radius`` (hints ``reach`` slices on, the boundary moved ``spread`` voxels
-    around) from the automatic ``result``: Dice after each, seconds, AUROC after."""
+    around, with ``doubt`` the voxels like the corrected flagged) from the automatic ``result``: Dice after each,
+    seconds, AUROC after, and of the voxels at the maximum uncertainty after the clicks how many are wrong."""
     label = lambda out: out["label"][0, 0].cpu().numpy().astype(np.uint8)  # noqa: E731
     auto = label(result)
     marks = torch.full((1, 1, *reference.shape), UNKNOWN, dtype=torch.long)
@@ -205,6 +213,8 @@ def _clicks(inferer, image, network, result, reference, radius, reach=0, spread=
             outputs = {k: resampled[k] for k in output_keys(resampled)}
             resampled = keep_changes_near_marks(outputs, result, marks, ball[None, None])
             resampled = spread_along_boundary(resampled, result, marks, ball[None, None], spread, image)
+            if doubt:
+                resampled = doubt_like_corrected(resampled, result, marks, ball[None, None], image)
             resampled["label"] = probabilities_to_labels(resampled["probs"])
             result = resampled
             seconds.append(time.perf_counter() - start)
@@ -218,8 +228,18 @@ def _clicks(inferer, image, network, result, reference, radius, reach=0, spread=
         "seconds_per_interaction": float(np.mean(seconds)) if seconds else None,
         "clicks": clicks,
         "uncertainty_auroc": {"after": auroc(entropy_after, current != reference)},
+        "most_uncertain_after": _most_uncertain(entropy_after, current != reference),
         "_figure": {"model": current, "entropy": entropy_after, "clicks": clicks},
     }
+
+
+def _most_uncertain(entropy: np.ndarray, wrong: np.ndarray) -> dict[str, Any]:
+    """The voxels at the maximum uncertainty (normalised entropy 1, where a flag puts them): how many, the share
+    of them that are wrong, and the share of the wrong voxels among them."""
+    top = entropy >= 1.0
+    count = int(top.sum())
+    return {"voxels": count, "wrong_share": float((top & wrong).sum() / count) if count else None,
+            "of_wrong": float((top & wrong).sum() / wrong.sum()) if wrong.any() else None}
 
 
 def _mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -233,6 +253,8 @@ def _mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "dice_auc": mean([r["dice_auc"] for r in runs]),
         "seconds_per_interaction": mean(seconds),
         "uncertainty_auroc": {k: mean([r["uncertainty_auroc"][k] for r in runs]) for k in ("before", "after")},
+        "most_uncertain_after": {k: mean([r["most_uncertain_after"][k] for r in runs if r["most_uncertain_after"][k] is not None])
+                                 for k in ("voxels", "wrong_share", "of_wrong")},
         "painted_ball": {"dice": np.mean([r["painted_ball"]["dice"] for r in runs], axis=0).tolist(),
                          "dice_auc": mean([r["painted_ball"]["dice_auc"] for r in runs]),
                          "uncertainty_auroc_after": mean([r["painted_ball"]["uncertainty_auroc_after"] for r in runs])},
@@ -255,16 +277,16 @@ def run(ctx: Context) -> Section:
                 if not pairs:  # BENCH_INTERACTIVE_VARIANTS names none of it: its networks are not even loaded
                     continue
                 network = protocol_network(ctx, head, model, seed, data)
-                for (radius, reach, spread), m in refine(ctx, fit_views(volume, model), *network, seed=seed, pairs=pairs,
-                                                 slice_views=views(model)).items():
+                for how, m in refine(ctx, fit_views(volume, model), *network, seed=seed, pairs=pairs,
+                                     slice_views=views(model)).items():
                     figure = m.pop("_figure")
                     if seed == 0:
-                        pictures.setdefault(head, {})[method_name(model, radius, reach, spread)] = figure
-                    runs.setdefault(method_name(model, radius, reach, spread), []).append(m)
+                        pictures.setdefault(head, {})[method_name(model, *how)] = figure
+                    runs.setdefault(method_name(model, *how), []).append(m)
         per_head[head] = {"slices": int(volume.label.shape[2]),
                           "methods": {method: _mean_over_seeds(r) for method, r in runs.items()}}
     first = next(iter(pictures))
-    shown = method_name(FIGURE_MODEL, FIGURE_RADIUS, FIGURE_REACH, FIGURE_SPREAD)
+    shown = method_name(FIGURE_MODEL, FIGURE_RADIUS, FIGURE_REACH, FIGURE_SPREAD, FIGURE_DOUBT)
     shown = shown if shown in pictures[first] else next(iter(pictures[first]))  # BENCH_INTERACTIVE_VARIANTS
     figure = plot_interaction(pictures[first][shown], ctx.out_dir / "interactive.png", f"{first}, held out, {shown}, seed 0")
     rows = []
@@ -292,7 +314,7 @@ def run(ctx: Context) -> Section:
                                    "then pooled), with RePaint-style conditioning + the marks as guidance channels "
                                    "(trained with simulated clicks, half of them on the network's own errors); with "
                                    "'hints': each click's disc also on the next slices as guidance only; with 'boundary "
-                                   "moved': click_spread"},
+                                   "moved': click_spread; with 'flagged': click_doubt"},
         "per_head": per_head,
         "quick_note": "QUICK MODE: one head, a central slab, a barely trained network; numbers mean nothing" if s.quick else None,
     }

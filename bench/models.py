@@ -37,7 +37,7 @@ from medsegdiff.inferer import member_shares, slice_stack
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sample_model import SAMPLE_MODEL_2D, sample_diffusion_config
 from medsegdiff.sampling import EnsembleSampler
-from medsegdiff.training import train_on_arrays
+from medsegdiff.training import RandBoundaryShiftd, train_on_arrays
 
 from .grid import AXIAL, GridVolume, unview_stack
 
@@ -62,6 +62,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "medsegdiff_triplanar_guided": ({"guidance_channels": 2}, "sample"),
     "medsegdiff_dice": ({}, "sample"),
     "medsegdiff_triplanar_guided_dice": ({"guidance_channels": 2}, "sample"),
+    "medsegdiff_triplanar_guided_dice_shift": ({"guidance_channels": 2}, "sample"),
 }
 """Diffusion models of the protocol: ``MedSegDiffUNet`` arguments on top of ``PROTOCOL_NETWORK`` and the
 objective (``sample`` = x0 prediction, the sample model's; ``epsilon`` = the paper's; ``v_prediction``).
@@ -71,20 +72,26 @@ automatic result."""
 
 MASK_SCALES: dict[str, float] = {"medsegdiff_scale03": 0.3, "medsegdiff_scale01": 0.1}
 """Variants that diffuse the mask in [-b, b] (``DiffusionConfig.mask_scale``; the others: b = 1)."""
-DICE_WEIGHTS: dict[str, float] = {"medsegdiff_dice": 1.0, "medsegdiff_triplanar_guided_dice": 1.0}
+DICE_WEIGHTS: dict[str, float] = {"medsegdiff_dice": 1.0, "medsegdiff_triplanar_guided_dice": 1.0,
+                                   "medsegdiff_triplanar_guided_dice_shift": 1.0}
 """Variants trained with MSE + this weight x soft Dice on the predicted mask (``DiffusionConfig.dice_weight``;
 the others: MSE alone)."""
 VIEWS: dict[str, tuple[int, ...]] = {"medsegdiff_triplanar": (2, 1, 0), "medsegdiff_triplanar_guided": (2, 1, 0),
-                                     "medsegdiff_triplanar_guided_dice": (2, 1, 0)}
+                                     "medsegdiff_triplanar_guided_dice": (2, 1, 0),
+                                     "medsegdiff_triplanar_guided_dice_shift": (2, 1, 0)}
 """Variants trained on slices along several axes of the model grid (2 axial, 1 coronal, 0 sagittal) and applied
 along each of them, the ensemble's members shared out over the views (the others: axial only).
 ``medsegdiff_triplanar_guided`` is the committed sample model's recipe: three views and guidance channels."""
+BOUNDARY_SHIFTS: dict[str, float] = {"medsegdiff_triplanar_guided_dice_shift": 2 / 3}
+"""Variants trained with the label's boundary moved one voxel out or in with this probability
+(``medsegdiff.training.RandBoundaryShiftd``; the others: never)."""
 
 DIFFUSION_MODELS = tuple(VARIANTS)
 MODELS = (*DIFFUSION_MODELS, "plain_segmenter", "unet")
 EXPERIMENTS = ("medsegdiff_fused_skips", "medsegdiff_eps", "medsegdiff_v", "medsegdiff_guided",
                "medsegdiff_scale03", "medsegdiff_scale01", "medsegdiff_triplanar", "medsegdiff_25d",
-               "medsegdiff_triplanar_guided", "medsegdiff_dice", "medsegdiff_triplanar_guided_dice")
+               "medsegdiff_triplanar_guided", "medsegdiff_dice", "medsegdiff_triplanar_guided_dice",
+               "medsegdiff_triplanar_guided_dice_shift")
 """Issue-10 design experiments: trained only with ``BENCH_EXPERIMENTS=1`` (they share the run's cells)."""
 SERVED_RECIPE = "medsegdiff_triplanar_guided_dice"
 """The protocol model whose recipe the committed sample model follows (three views, guidance channels, MSE + soft
@@ -201,6 +208,8 @@ def train(
             network.train()
             spent[0] += time.perf_counter() - start
 
+    if model in BOUNDARY_SHIFTS:
+        extra_augmentations = [*extra_augmentations, RandBoundaryShiftd(prob=BOUNDARY_SHIFTS[model])]
     start = time.perf_counter()
     if model == "unet":
         losses = train_segmenter(network, images, labels, iterations, BATCH_SIZE, LEARNING_RATE, seed, device, callback)

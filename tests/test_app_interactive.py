@@ -10,6 +10,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
@@ -67,6 +68,7 @@ def test_info_declares_the_interaction(client):
     assert reach["min"] == 0 and info["interaction"]["click_reach_default"] == reach["default"]
     spread = info["parameters"]["click_spread"]
     assert spread["min"] == 0 and info["interaction"]["click_spread_default"] == spread["default"] == 3
+    assert info["interaction"]["click_doubt_default"] is info["parameters"]["click_doubt"]["default"] is True
 
 
 def test_empty_interaction_is_plain_inference_bit_for_bit(client, plain):
@@ -175,6 +177,30 @@ def test_click_spread_moves_the_boundary_near_the_click_and_is_its_own_cached_re
     assert again["nfe"] == 0 and np.array_equal(_array(path), ball)
     path, again = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point]})
     assert again["nfe"] == 0 and np.array_equal(_array(path), spread)
+
+
+def test_click_doubt_raises_the_uncertainty_far_from_the_click_and_keeps_the_label(monailabel_server, client):
+    fresh = {**FAST, "seed": 15}  # a seed of its own: the automatic result of this test is sampled here
+    path, _ = client.infer(MODEL, IMAGE, fresh)
+    label = _array(path)
+    k = label.shape[2] // 2
+    # a foreground click three voxels outside the automatic label, middle axial slice: it corrects voxels the
+    # ensemble called background for sure, as a held-out head's missed rim (the voxels like them are many)
+    outside = np.argwhere(np.isclose(ndimage.distance_transform_edt(label[:, :, k] == 0), 3))
+    point = [int(outside[len(outside) // 2][0]), int(outside[len(outside) // 2][1]), k]
+    # the two clicks start from the same cached automatic result: click_doubt changes how a click is applied only
+    path, _ = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point], "click_doubt": False})
+    plain_label, plain = _array(path), _array(client.download_label(IMAGE, "uncertainty"))
+    path, second = client.infer(MODEL, IMAGE, {**fresh, "foreground": [point]})  # the default: click_doubt true
+    flagged_label, flagged = _array(path), _array(client.download_label(IMAGE, "uncertainty"))
+    assert second["nfe"] > 0  # another result of the same marks, not the one without the flags
+    assert np.array_equal(flagged_label, plain_label)  # the label is the same; only the uncertainty rises
+    assert not np.any(flagged < plain - 1e-5) and flagged[tuple(point)] == 0  # the mark stays certain
+    raised = np.argwhere(flagged > plain + 1e-3)
+    # voxels like the corrected ones far beyond the spread's reach (click_radius + click_spread + 1 model voxels)
+    zooms = np.asarray(nib.load(str(monailabel_server.datastore / f"{IMAGE}.nii.gz")).header.get_zooms()[:3])
+    far = np.linalg.norm((raised - point) * zooms, axis=1) > (2 + 3 + 1) * 3.0 + zooms.max()
+    assert far.sum() > 10
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.grid import GridVolume, unview_stack, view_stack  # noqa: E402
-from bench.interactive import REACH, SPREAD, fit_views, variants  # noqa: E402
+from bench.interactive import DOUBT, REACH, SPREAD, fit_views, variants  # noqa: E402
 from bench.models import SERVED_RECIPE, build, diffusion_config, predict, views, with_context  # noqa: E402
 from monailabel_app.lib.params import INFER_PARAMS  # noqa: E402
 from bench.posterior import hard_members  # noqa: E402
@@ -80,10 +80,12 @@ def test_a_three_view_prediction_is_the_infer_tasks_result():
 
 def test_the_served_recipe_is_clicked_with_hints_on_a_volume_padded_as_the_infer_task_pads_it():
     assert views(SERVED_RECIPE) == (2, 1, 0) and build(SERVED_RECIPE, 0).config["guidance_channels"] == 2
-    assert {reach for _, reach, _ in variants(SERVED_RECIPE)} == {0, REACH}
-    assert {spread for _, _, spread in variants(SERVED_RECIPE)} == {0, SPREAD}
+    assert {reach for _, reach, _, _ in variants(SERVED_RECIPE)} == {0, REACH}
+    assert {spread for _, _, spread, _ in variants(SERVED_RECIPE)} == {0, SPREAD}
+    assert {doubt for _, _, _, doubt in variants(SERVED_RECIPE)} == {0, DOUBT}
     assert SPREAD == next(p.default for p in INFER_PARAMS if p.name == "click_spread")  # the infer task's default
-    assert {(reach, spread) for _, reach, spread in variants("medsegdiff")} == {(0, 0)}
+    assert DOUBT == next(p.default for p in INFER_PARAMS if p.name == "click_doubt")
+    assert {(reach, spread, doubt) for _, reach, spread, doubt in variants("medsegdiff")} == {(0, 0, 0)}
     label = np.zeros((16, 16, 6), np.uint8)
     label[4:9, 5:10, 1:5] = 1
     volume = GridVolume("toy", label.astype(np.float32), label, label, (3.0,) * 3, (16, 16, 6), 1)

@@ -92,3 +92,51 @@ def test_maps_must_match_and_reach_be_positive():
         spread_along_boundary(outputs, previous, marks, changed, -1)
     with pytest.raises(ValueError, match="changed must be"):
         spread_along_boundary(outputs, previous, marks, changed[..., :4], 1)
+
+
+def _doubt_scene():
+    """7 x 15 grid: foreground rows 1-5, columns 0-9 (p 0.9), else p 0.1 but for the voxels named below; a
+    foreground click at (3, 10), where the previous result said background at p 0.3. Image 1 everywhere but
+    (5, 10)."""
+    p = torch.full((7, 15), 0.1)
+    p[1:6, 0:10] = 0.9
+    p[1, 10], p[2, 10], p[3, 10], p[4, 10], p[5, 10] = 0.35, 0.35, 0.3, 0.25, 0.5
+    p[0, 2] = 0.4  # just outside the foreground, far from the click, as likely as the corrected voxel
+    p[3, 13] = 0.6  # likelier still, but not next to the foreground
+    previous = {"probs": p[None, None].clone(), "entropy": torch.full((1, 1, 7, 15), 0.2)}
+    marks = torch.full((1, 1, 7, 15), UNKNOWN)
+    marks[0, 0, 3, 10] = 1
+    outputs = {k: v.clone() for k, v in previous.items()}
+    outputs["probs"][0, 0, 3, 10], outputs["entropy"][0, 0, 3, 10] = 1.0, 0.0
+    image = torch.ones(1, 1, 7, 15)
+    image[0, 0, 5, 10] = 2.0  # unlike the corrected voxel
+    return outputs, previous, marks, marks != UNKNOWN, image
+
+
+def test_doubt_flags_the_voxels_anywhere_like_the_corrected_and_changes_nothing_else():
+    from medsegdiff.boundary_spread import doubt_like_corrected
+
+    outputs, previous, marks, changed, image = _doubt_scene()
+    result = doubt_like_corrected(outputs, previous, marks, changed, image)
+    flagged = {tuple(v) for v in (result["entropy"][0, 0] != outputs["entropy"][0, 0]).nonzero().tolist()}
+    # next to the foreground, at least p 0.3 and intensity 1: (1, 10), (2, 10) by the click and (0, 2) far away;
+    # not (4, 10) (p 0.25), (5, 10) (brighter), (3, 13) (not next to the foreground) nor the mark itself
+    assert flagged == {(1, 10), (2, 10), (0, 2)}
+    assert result["entropy"][0, 0, 0, 2] == 1.0
+    assert torch.equal(result["probs"], outputs["probs"])  # the label stays the annotator's and the ensemble's
+    # without the image the brighter (5, 10) is alike too
+    without_image = doubt_like_corrected(outputs, previous, marks, changed)
+    assert without_image["entropy"][0, 0, 5, 10] == 1.0
+
+
+def test_doubt_needs_a_correction_and_matching_maps():
+    from medsegdiff.boundary_spread import doubt_like_corrected
+
+    outputs, previous, marks, changed, image = _doubt_scene()
+    assert doubt_like_corrected(outputs, previous, marks, torch.zeros_like(changed), image) is outputs
+    agreeing = torch.full_like(marks, UNKNOWN)
+    agreeing[0, 0, 3, 3] = 1  # foreground already: corrects nothing, flags nothing
+    same = doubt_like_corrected(previous, previous, agreeing, agreeing != UNKNOWN, image)
+    assert torch.equal(same["entropy"], previous["entropy"])
+    with pytest.raises(ValueError, match="image must be"):
+        doubt_like_corrected(outputs, previous, marks, changed, image[..., :4])

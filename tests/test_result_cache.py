@@ -24,20 +24,22 @@ def test_marks_served_before_give_their_own_result_others_the_latest():
     assert cache.get("other") is None
 
 
-def test_the_same_marks_with_another_click_spread_are_another_result_started_from_one_that_spread_alike():
+def test_the_same_marks_with_other_click_settings_are_another_result_started_from_one_alike():
     cache = ResultCache()
     automatic = CachedResult({"probs": torch.zeros((1, 1, 10))}, torch.full((1, 1, 10), -1, dtype=torch.int16))
     ball = _result(1)
     cache.put("image", automatic)
     cache.put("image", ball)
     # the click again with click_spread 6: not served before; it starts from the automatic result, not the ball's
-    assert cache.get("image", ball.marks, spread=6) is automatic
+    assert cache.get("image", ball.marks, click_settings=(6, False)) is automatic
     spread = _result(1)
-    spread.spread = 6
+    spread.click_settings = (6, False)
     cache.put("image", spread)
-    assert cache.get("image", spread.marks, spread=6) is spread
+    assert cache.get("image", spread.marks, click_settings=(6, False)) is spread
     assert cache.get("image", ball.marks) is ball  # not replaced by the spread one
-    assert cache.get("image", _result(2).marks, spread=6) is spread  # a new click: from the latest that spread alike
+    # a new click: from the latest with the same settings; with click_doubt too, another result again
+    assert cache.get("image", _result(2).marks, click_settings=(6, False)) is spread
+    assert cache.get("image", spread.marks, click_settings=(6, True)) is automatic
 
 
 def test_byte_budget_drops_the_oldest_results_first_and_keeps_the_newest():

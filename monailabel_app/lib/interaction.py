@@ -205,7 +205,8 @@ class CachedResult:
     marks: torch.Tensor
     image_outputs: dict[str, torch.Tensor] | None = None
     hints: torch.Tensor | None = None
-    spread: int = 0
+    click_settings: Hashable = 0
+    """How its clicks changed the result besides the marks (``(click_spread, click_doubt)``; 0: no marks)."""
 
     @property
     def nbytes(self) -> int:
@@ -215,12 +216,12 @@ class CachedResult:
         return self.marks.nbytes + hints + image + sum(v.nbytes for v in self.outputs.values())
 
 
-def _marks_digest(marks: torch.Tensor, hints: torch.Tensor | None = None, spread: int = 0) -> tuple:
+def _marks_digest(marks: torch.Tensor, hints: torch.Tensor | None = None, click_settings: Hashable = 0) -> tuple:
     digest = hashlib.sha1(marks.to(torch.int16).cpu().numpy().tobytes())
     if hints is not None:
         digest.update(b"hints" + hints.to(torch.int16).cpu().numpy().tobytes())
-    if spread:  # the same marks with another click_spread are another result
-        digest.update(b"spread%d" % spread)
+    if click_settings:  # the same marks with another click_spread or click_doubt are another result
+        digest.update(f"settings{click_settings!r}".encode())
     return tuple(marks.shape), digest.hexdigest()
 
 
@@ -242,19 +243,21 @@ class ResultCache:
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, marks: torch.Tensor | None = None, hints: torch.Tensor | None = None,
-            spread: int = 0) -> CachedResult | None:
-        """The result served with exactly ``marks`` (and ``hints``, ``spread``) for ``key`` if kept, else (or
-        without ``marks``) the latest whose clicks spread by ``spread`` too or that has no marks (else the latest)."""
+            click_settings: Hashable = 0) -> CachedResult | None:
+        """The result served with exactly ``marks`` (and ``hints``, ``click_settings``) for ``key`` if kept, else
+        (or without ``marks``) the latest whose clicks had the same ``click_settings`` or that has no marks (else
+        the latest)."""
         with self._lock:
             history = self._entries.get(key)
             if not history:
                 return None
             self._entries.move_to_end(key)
-            exact = history.get(_marks_digest(marks, hints, spread)) if marks is not None else None
+            exact = history.get(_marks_digest(marks, hints, click_settings)) if marks is not None else None
             if exact is not None:
                 return exact
-            # a result whose clicks spread otherwise is no start for these: the latest that spread alike or has no marks
-            alike = (e for e in reversed(history.values()) if e.spread == spread or bool((e.marks == UNKNOWN).all()))
+            # a result whose clicks spread or flagged otherwise is no start for these: the latest alike or with no marks
+            alike = (e for e in reversed(history.values())
+                     if e.click_settings == click_settings or bool((e.marks == UNKNOWN).all()))
             return next(alike, next(reversed(history.values())))
 
     def exact(self, key: Hashable, marks: torch.Tensor, hints: torch.Tensor | None = None) -> CachedResult | None:
@@ -266,7 +269,7 @@ class ResultCache:
         """Keep ``entry`` as the latest result of ``key``."""
         with self._lock:
             history = self._entries.setdefault(key, OrderedDict())
-            digest = _marks_digest(entry.marks, entry.hints, entry.spread)
+            digest = _marks_digest(entry.marks, entry.hints, entry.click_settings)
             history.pop(digest, None)
             history[digest] = entry
             self._entries.move_to_end(key)
@@ -313,7 +316,7 @@ class MarksOnImageGrid:
         return d
 
 
-def interaction_info(radius_default: int, reach_default: int, spread_default: int) -> dict[str, Any]:
+def interaction_info(radius_default: int, reach_default: int, spread_default: int, doubt_default: bool) -> dict[str, Any]:
     """What ``/info`` says about the interaction loop."""
     return {
         "points": "foreground / background: [[i, j, k], ...] voxels of the image that was sent",
@@ -321,9 +324,13 @@ def interaction_info(radius_default: int, reach_default: int, spread_default: in
         "click_radius_default": radius_default,
         "click_reach_default": reach_default,
         "click_spread_default": spread_default,
+        "click_doubt_default": doubt_default,
         "spread": "the boundary also moves one voxel towards a click's class within click_spread voxels of it, "
         "where the previous result's ensemble found that class at least as likely as at the voxels the click "
         "corrected and the image's intensity is within theirs (medsegdiff.boundary_spread)",
+        "doubt": "with click_doubt, the uncertainty of an interaction's result is raised to its maximum on the "
+        "voxels anywhere like the ones the click corrected: just outside the region of the clicked class, at least "
+        "as likely of it in the previous result and as bright; the label does not change (medsegdiff.boundary_spread)",
         "hints": "a 2D network with guidance channels also reads each click's disc on click_reach slices each side "
         "beyond its ball, as guidance only (not forced); those slices are re-sampled too",
         "conditioning": "RePaint-style: marked voxels of every x_t are replaced by q(x_t | marked mask)",

@@ -232,6 +232,10 @@ INFER_PARAMS: tuple[Param, ...] = (
              "likely as at the voxels the click corrected and the image is as bright as there (default 3: 9 mm, "
              "wider spreads fell below the painted ball on some heads in the bench; 0: the ball and what the "
              "re-sampling connects to it)"),
+    BoolParam("click_doubt", True, "true: after a click, the uncertainty is raised to its maximum on the voxels "
+              "anywhere in the image like the ones the click corrected (just outside the region of the clicked "
+              "class, at least as likely of it and as bright as there): where the same error is probably repeated. "
+              "The label does not change; false: the ensemble's entropy alone"),
     IntParam("marked_class", 1, 1, 255, "the label value foreground clicks and scribbles mark"),
 )
 """Parameters of ``POST /infer/<model>``."""

@@ -31,7 +31,7 @@ from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedCompo
 from medsegdiff.device import select_device
 from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer, default_slice_batch_size, output_keys
 from medsegdiff.fusion import probabilities_to_labels
-from medsegdiff.boundary_spread import spread_along_boundary
+from medsegdiff.boundary_spread import doubt_like_corrected, spread_along_boundary
 from medsegdiff.interaction import UNKNOWN, KnownRegion, keep_changes_near_marks
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
@@ -121,8 +121,9 @@ class MedSegDiffInfer(BasicInferTask):
         info["parameters"] = {p.name: _parameter_spec(p) for p in INFER_PARAMS}
         info["checkpoint"] = {**self.files.describe_current(), "spatial_dims": self.model_info.spatial_dims,
                               "views": list(self.model_info.views)}
-        default = {p.name: p.default for p in INFER_PARAMS if p.name in ("click_radius", "click_reach", "click_spread")}
-        info["interaction"] = interaction_info(default["click_radius"], default["click_reach"], default["click_spread"])
+        default = {p.name: p.declared() for p in INFER_PARAMS}
+        info["interaction"] = interaction_info(default["click_radius"], default["click_reach"], default["click_spread"],
+                                               default["click_doubt"])
         return info
 
     # ------------------------------------------------------------------ request
@@ -224,9 +225,11 @@ class MedSegDiffInfer(BasicInferTask):
         self._request.labels = labels.to(torch.int16)
         self._request.hints = None if hints is None else hints.to(torch.int16)
         self._request.spread = 0 if marks.is_empty() else values["click_spread"]
+        self._request.doubt = not marks.is_empty() and values["click_doubt"]
+        self._request.click_settings = 0 if marks.is_empty() else (values["click_spread"], values["click_doubt"])
         # marks served before (an undo, a redo) give that result back; other marks start from the latest result
         cached = self.results.get(self._request.result_key, self._request.labels, self._request.hints,
-                                  self._request.spread)
+                                  self._request.click_settings)
         self._request.local = None
         self._request.cached = cached
         if cached is None:
@@ -272,13 +275,15 @@ class MedSegDiffInfer(BasicInferTask):
             outputs = keep_changes_near_marks(outputs, *self._request.local)
             image = torch.as_tensor(data["image"])[None].detach().cpu()  # the model-grid image that was sampled
             outputs = spread_along_boundary(outputs, *self._request.local, self._request.spread, image)
+            if self._request.doubt:
+                outputs = doubt_like_corrected(outputs, *self._request.local, image)
             data["pred"] = {**data["pred"], **{k: v[0].to(data["pred"][k].device) for k, v in outputs.items()}}
         cached = self._request.cached
         # where this result differs from the one it started from: the image grid is resampled there only
         self._request.model_changed = None if cached is None else torch.stack(
             [(outputs[k] != cached.outputs[k]).any(dim=1)[0] for k in RESULT_KEYS]).any(dim=0)
         self._request.entry = CachedResult(outputs, self._request.labels, hints=self._request.hints,
-                                           spread=self._request.spread)
+                                           click_settings=self._request.click_settings)
         self.results.put(self._request.result_key, self._request.entry)
         return data
 
