@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from medsegdiff.boundary_spread import doubt_like_corrected, spread_along_boundary
-from medsegdiff.evaluation import auroc, binary_dice
+from medsegdiff.evaluation import auroc, binary_dice, surface_band
 from medsegdiff.inferer import MedSegDiffInferer, default_slice_batch_size, output_keys
 from medsegdiff.guidance import largest_error_click
 from medsegdiff.fusion import probabilities_to_labels
@@ -44,6 +44,7 @@ from medsegdiff.sampling import EnsembleSampler
 from .context import Context
 from .grid import GridVolume
 from .interactive_figure import plot_interaction
+from .judge import BAND_MM
 from .models import INTERACTIVE_MODELS, MEMBERS_PER_VIEW, SERVED_RECIPE, build, eval_members, guided, train, views
 from .protocol import Cells, cell_key, fold_data, run_cell
 from .report import Section, finite, md_table
@@ -147,7 +148,9 @@ def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: 
             ball = click_balls(reference.shape, [click[0]], radius).numpy()
             painted[ball], entropy[ball] = click[1], 0.0
         dice.append(binary_dice(painted, reference))
-    return {"dice": dice, "dice_auc": dice_auc(dice), "uncertainty_auroc_after": auroc(entropy, painted != reference)}
+    band = surface_band(reference, (SPACING_MM,) * 3, BAND_MM)
+    return {"dice": dice, "dice_auc": dice_auc(dice), "uncertainty_auroc_after": auroc(entropy, painted != reference),
+            "uncertainty_auroc_after_6mm": auroc(entropy[band], (painted != reference)[band])}
 
 
 def automatic_label(ctx: Context, volume, network: torch.nn.Module, seed: int = 0,
@@ -180,6 +183,8 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: in
         run = {"network": source, "automatic_seconds": auto_seconds,
                **_clicks(inferer, image, network, automatic, reference, radius, reach, spread, doubt)}
         run["uncertainty_auroc"]["before"] = auroc(entropy_before, auto != reference)
+        band = surface_band(reference, (SPACING_MM,) * 3, BAND_MM)
+        run["uncertainty_auroc"]["before_6mm"] = auroc(entropy_before[band], (auto != reference)[band])
         run["_figure"].update(image=volume.image, reference=reference, auto=auto)
         runs[radius, reach, spread, doubt] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before)}
     return runs
@@ -191,6 +196,7 @@ def _clicks(inferer, image, network, result, reference, radius, reach=0, spread=
     seconds, AUROC after, and of the voxels at the maximum uncertainty after the clicks how many are wrong."""
     label = lambda out: out["label"][0, 0].cpu().numpy().astype(np.uint8)  # noqa: E731
     auto = label(result)
+    band = surface_band(reference, (SPACING_MM,) * 3, BAND_MM)  # within 6 mm of the reference surface
     marks = torch.full((1, 1, *reference.shape), UNKNOWN, dtype=torch.long)
     hints = marks.clone()
     current, dice, seconds, clicks = auto.copy(), [binary_dice(auto, reference)], [], []
@@ -227,7 +233,8 @@ def _clicks(inferer, image, network, result, reference, radius, reach=0, spread=
         "dice_auc": dice_auc(dice),
         "seconds_per_interaction": float(np.mean(seconds)) if seconds else None,
         "clicks": clicks,
-        "uncertainty_auroc": {"after": auroc(entropy_after, current != reference)},
+        "uncertainty_auroc": {"after": auroc(entropy_after, current != reference),
+                              "after_6mm": auroc(entropy_after[band], (current != reference)[band])},
         "most_uncertain_after": _most_uncertain(entropy_after, current != reference),
         "_figure": {"model": current, "entropy": entropy_after, "clicks": clicks},
     }
@@ -252,12 +259,14 @@ def _mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "dice_gain_sd": float(np.std([r["dice"][-1] - r["dice"][0] for r in runs], ddof=1)) if len(runs) > 1 else None,
         "dice_auc": mean([r["dice_auc"] for r in runs]),
         "seconds_per_interaction": mean(seconds),
-        "uncertainty_auroc": {k: mean([r["uncertainty_auroc"][k] for r in runs]) for k in ("before", "after")},
+        "uncertainty_auroc": {k: mean([r["uncertainty_auroc"][k] for r in runs])
+                              for k in ("before", "after", "before_6mm", "after_6mm")},
         "most_uncertain_after": {k: mean([r["most_uncertain_after"][k] for r in runs if r["most_uncertain_after"][k] is not None])
                                  for k in ("voxels", "wrong_share", "of_wrong")},
         "painted_ball": {"dice": np.mean([r["painted_ball"]["dice"] for r in runs], axis=0).tolist(),
                          "dice_auc": mean([r["painted_ball"]["dice_auc"] for r in runs]),
-                         "uncertainty_auroc_after": mean([r["painted_ball"]["uncertainty_auroc_after"] for r in runs])},
+                         **{k: mean([r["painted_ball"][k] for r in runs])
+                            for k in ("uncertainty_auroc_after", "uncertainty_auroc_after_6mm")}},
         "per_seed": runs,
     }
 

@@ -34,3 +34,22 @@ def test_a_run_folder_without_cells_of_both_recipes_gives_a_table_of_dashes(tmp_
     section = run(Context(tmp_path))  # no cells at all: nothing paired, nothing trained
     assert section.results["recipe_pair"]["cases"] == []
     assert "| Dice (largest component) | – | – | – | – | 0 of 0 |" in section.table
+
+
+def test_a_candidate_with_cells_is_paired_against_the_served_recipe(tmp_path):
+    from bench.context import Context
+    from bench.models import SERVED_RECIPE
+    from bench.protocol import Cells, cell_key
+    from bench.recipe_pair import CANDIDATES, run
+
+    ctx = Context(tmp_path)
+    cells = Cells(ctx)
+    head = ctx.settings.folds[0]
+    cells.put(cell_key(head, SERVED_RECIPE, 0), _cell(0.93, 0.6))
+    cells.put(cell_key(head, CANDIDATES[0], 0), _cell(0.90, 0.7))
+    section = run(ctx)
+    pair = section.results["candidates"][CANDIDATES[0]]
+    assert pair["cases"] == [f"{head}:0"]
+    assert pair["metrics"]["dice_lcc"]["served_minus_previous"]["differences"] == pytest.approx([-0.03])
+    assert f"| Dice (largest component) | 0.930 | 0.900 | -0.030 |" in section.table.replace("−", "-")
+    assert section.results["recipe_pair"]["cases"] == []  # no cells of the previous recipe

@@ -75,3 +75,41 @@ def test_a_change_on_the_model_grids_border_resamples_everything(grids):
     assert transform.resampled_box == "all" and torch.equal(partial["pred"].as_tensor(), full["pred"].as_tensor())
     with pytest.raises(ValueError, match="go together"):
         ToOriginalGridd(keys="pred", changed=changed)
+
+
+def test_paint_model_voxels_paints_the_image_voxels_inside_each_flagged_model_voxel():
+    from medsegdiff.partial_resample import paint_model_voxels
+
+    model_affine = np.diag([3.0, 3.0, 3.0, 1.0])  # model voxel m is centred at 3m mm, its cell 3m - 1.5 .. 3m + 1.5
+    image_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    image_affine[0, 0], image_affine[0, 3] = -1.0, 20.0  # image axis 0 flipped: image index i is at 20 - i mm
+    mask = np.zeros((6, 6, 6), bool)
+    mask[2, 1, 4] = True  # centre (6, 3, 12) mm: image voxels 20 - i in 4.5..7.5, j in 1.5..4.5, k in 10.5..13.5
+    target = torch.zeros(1, 21, 18, 18)
+    paint_model_voxels(target, mask, model_affine, image_affine, 1.0)
+    expected = torch.zeros(1, 21, 18, 18)
+    expected[0, 13:16, 2:5, 11:14] = 1.0
+    assert torch.equal(target, expected)
+    assert paint_model_voxels(target, np.zeros((6, 6, 6), bool), model_affine, image_affine, 5.0) is target
+
+
+def test_paint_model_voxels_on_an_oblique_grid_paints_the_voxels_nearest_to_a_flagged_model_voxel():
+    from medsegdiff.partial_resample import paint_model_voxels
+
+    angle = np.deg2rad(20.0)
+    rotation = np.eye(4)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    model_affine = rotation @ np.diag([3.0, 3.0, 3.0, 1.0])
+    model_affine[:3, 3] = [10.0, 2.0, 0.0]
+    image_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    mask = np.zeros((5, 5, 4), bool)
+    mask[1, 2, 1] = mask[3, 3, 2] = True
+    target = torch.zeros(2, 24, 20, 14)
+    paint_model_voxels(target, mask, model_affine, image_affine, 0.5)
+    # every image voxel by hand: its centre in model index space, rounded to the nearest model voxel
+    to_model = np.linalg.inv(model_affine)
+    for i, j, k in np.ndindex(24, 20, 14):
+        m = np.floor(to_model[:3, :3] @ [i, j, k] + to_model[:3, 3] + 0.5).astype(int)
+        inside = np.all(m >= 0) and np.all(m < mask.shape) and mask[tuple(m)]
+        assert target[0, i, j, k] == target[1, i, j, k] == (0.5 if inside else 0.0)
+    assert 10 < int((target[0] > 0).sum()) < 2 * 27 + 20  # two cells of 3 x 3 x 3 mm

@@ -6,7 +6,8 @@ cores). Linear interpolation reads the 2 x 2 x 2 model voxels around a sample po
 sample point lies outside the changed model box widened by one voxel reads nothing that changed: it keeps the
 previous image-grid value. :func:`image_box` finds the image-grid box holding every voxel that may read a change;
 :func:`resample_into` resamples that box alone (``SpatialResample`` on a cropped destination grid) and pastes it
-into the previous image-grid outputs.
+into the previous image-grid outputs. :func:`paint_model_voxels` sets a value on the image voxels inside scattered
+model voxels (the uncertainty a click flags all over the head) without resampling anything.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from monai.transforms import SpatialResample
 
 from .windows import Box
 
-__all__ = ["image_box", "resample_into"]
+__all__ = ["image_box", "resample_into", "paint_model_voxels"]
 
 
 def image_box(
@@ -63,3 +64,38 @@ def resample_into(
     part = resample(source, dst_affine=crop_affine, spatial_size=size)
     out[(slice(None), *box)] = part.as_tensor().to(out.dtype)
     return out
+
+
+def paint_model_voxels(
+    target: torch.Tensor, mask: np.ndarray, model_affine: np.ndarray, image_affine: np.ndarray, value: float
+) -> torch.Tensor:
+    """``target`` (ch, *image grid) with ``value`` on every image voxel whose nearest model voxel (the one
+    nearest-neighbour resampling reads) is in ``mask`` (*model grid, bool). In place; also returned.
+
+    Axis-aligned grids (any flips, permutations and spacings) gather the mask with one index array per axis;
+    oblique ones map the image voxels' centres slab by slab.
+    """
+    if not mask.any():
+        return target
+    to_model = np.linalg.inv(np.asarray(model_affine, np.float64)) @ np.asarray(image_affine, np.float64)
+    shape = tuple(target.shape[1:])
+    padded = np.pad(mask, [(0, 1)] * mask.ndim)  # index n along an axis: outside the model grid, never painted
+
+    def nearest(coordinates: np.ndarray, axis: int) -> np.ndarray:
+        index = np.floor(coordinates + 0.5).astype(np.int64)
+        index[(index < 0) | (index >= mask.shape[axis])] = mask.shape[axis]
+        return index
+
+    rotation = to_model[:3, :3]
+    if np.count_nonzero(np.abs(rotation) > 1e-9) == 3:  # each model axis along one image axis
+        source = [int(np.flatnonzero(np.abs(row) > 1e-9)[0]) for row in rotation]  # model axis j ← image axis
+        index = [nearest(rotation[j, a] * np.arange(shape[a]) + to_model[j, 3], j) for j, a in enumerate(source)]
+        painted = padded[np.ix_(*index)].transpose(np.argsort(source))
+        target[:, torch.from_numpy(np.ascontiguousarray(painted))] = value
+        return target
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape[1:]], indexing="ij"), axis=-1).astype(np.float64)
+    for i in range(shape[0]):  # one image slab at a time: bounded memory on a 1 mm head
+        points = np.concatenate([np.full(grid.shape[:-1] + (1,), float(i)), grid], axis=-1) @ rotation.T + to_model[:3, 3]
+        painted = padded[tuple(nearest(points[..., j], j) for j in range(3))]
+        target[:, i][:, torch.from_numpy(painted)] = value
+    return target

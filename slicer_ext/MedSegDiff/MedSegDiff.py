@@ -1,6 +1,5 @@
-"""MedSegDiff: diffusion segmentation with uncertainty from a MONAI Label server, inside 3D Slicer.
-
-Module / thin Widget / Test. The Logic is ``MedSegDiffSceneLib`` (scene and server, no Qt: tested on Slicer's
+"""MedSegDiff: diffusion segmentation with uncertainty from a MONAI Label server, inside 3D Slicer. Module / thin
+Widget / Test. The Logic is ``MedSegDiffSceneLib`` (scene and server, no Qt: tested on Slicer's
 libraries); ``MedSegDiffLib`` needs no Slicer at all. A ``qt.QTimer`` drives the background work (``BackgroundWork``).
 """
 
@@ -65,6 +64,7 @@ class MedSegDiffParameterNode:
     clickRadius: Annotated[int, WithinRange(0, 100)] = 2
     clickReach: Annotated[int, WithinRange(0, 100)] = 0
     clickSpread: Annotated[int, WithinRange(0, 100)] = 3
+    clickDoubt: bool = True  # click_doubt: the uncertainty overlay flags voxels like the ones a Refine corrected
 
 
 class MedSegDiffWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):

@@ -32,6 +32,7 @@ from medsegdiff.device import select_device
 from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer, default_slice_batch_size, output_keys
 from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.boundary_spread import doubt_like_corrected, spread_along_boundary
+from medsegdiff.partial_resample import paint_model_voxels
 from medsegdiff.interaction import UNKNOWN, KnownRegion, keep_changes_near_marks
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
@@ -271,20 +272,35 @@ class MedSegDiffInfer(BasicInferTask):
         result); the model-grid result is cached with its marks for the next interaction on this image."""
         data = super().run_inferer(data, convert_to_batch, device)
         outputs = {k: torch.as_tensor(data["pred"][k])[None].detach().cpu() for k in output_keys(data["pred"])}
+        unflagged, self._request.flagged = outputs, None
         if self._request.local is not None:
             outputs = keep_changes_near_marks(outputs, *self._request.local)
             image = torch.as_tensor(data["image"])[None].detach().cpu()  # the model-grid image that was sampled
-            outputs = spread_along_boundary(outputs, *self._request.local, self._request.spread, image)
+            outputs = unflagged = spread_along_boundary(outputs, *self._request.local, self._request.spread, image)
             if self._request.doubt:
                 outputs = doubt_like_corrected(outputs, *self._request.local, image)
+                flagged = (outputs["entropy"] != unflagged["entropy"])[0, 0]
+                self._request.flagged = flagged.numpy() if flagged.any() else None
             data["pred"] = {**data["pred"], **{k: v[0].to(data["pred"][k].device) for k, v in outputs.items()}}
         cached = self._request.cached
-        # where this result differs from the one it started from: the image grid is resampled there only
+        # where this result differs from the one it started from: the image grid is resampled there only (the
+        # voxels the click flagged all over the head are painted onto it instead, _paint_flags)
         self._request.model_changed = None if cached is None else torch.stack(
-            [(outputs[k] != cached.outputs[k]).any(dim=1)[0] for k in RESULT_KEYS]).any(dim=0)
+            [(unflagged[k] != cached.outputs[k]).any(dim=1)[0] for k in RESULT_KEYS]).any(dim=0)
         self._request.entry = CachedResult(outputs, self._request.labels, hints=self._request.hints,
                                            click_settings=self._request.click_settings)
         self.results.put(self._request.result_key, self._request.entry)
+        return data
+
+    def _paint_flags(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Post-transform right after :class:`ToOriginalGridd`: the maximum uncertainty on the image voxels inside
+        the model voxels this click flagged (``click_doubt``), which lie all over the head: painting them costs
+        little, resampling the whole head would cost 0.4 s on a 1 mm head."""
+        flagged = self._request.flagged
+        if flagged is not None:
+            ref = data["image"]
+            paint_model_voxels(data["uncertainty"].as_tensor(), flagged, ref.affine.cpu().numpy(),
+                               np.asarray(ref.meta["original_affine"]), 1.0)
         return data
 
     def _remember_image_outputs(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +324,7 @@ class MedSegDiffInfer(BasicInferTask):
         transforms = [
             _split_outputs,
             self._request.to_image_grid,
+            self._paint_flags,
             self._remember_image_outputs,
         ]
         if self._request.values["output_probability"]:

@@ -59,7 +59,7 @@ class RefineSection:
         specs = self.widget.logic.serverInfo.parameters(self.widget.logic.model)
         node = self.widget._parameterNode
         chosen = {"click_radius": int(node.clickRadius), "click_reach": int(node.clickReach),
-                  "click_spread": int(node.clickSpread)}
+                  "click_spread": int(node.clickSpread), "click_doubt": bool(node.clickDoubt)}
         return {name: value for name, value in chosen.items() if name in specs}
 
     def run(self, undo):
