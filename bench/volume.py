@@ -133,21 +133,24 @@ def run(ctx: Context) -> Section:
         "model": ctx.model_source,
         "inferer_batching": _batching(ctx),
         "volume_interaction": out.get("interaction"),
+        "volume_interaction_without_doubt": out.get("interaction_without_doubt"),
     }
     table = md_table(
         ["volume", "path", "seconds", "peak RSS MB", "peak over pre-request MB", "Dice", "entropy AUROC"],
         [[description, out["volume_path"].split(" (")[0], out["seconds"], out["peak_rss_mb"],
           results["peak_increase_mb"], out.get("dice"), out.get("auroc")]],
     )
-    clicked = out.get("interaction") or {}
-    if clicked.get("clicks"):
-        phases = clicked["phases_mean"]
+    rows = []
+    for key, how in (("interaction", "defaults"), ("interaction_without_doubt", "click_doubt false, right after")):
+        clicked = out.get(key) or {}
+        if clicked.get("clicks"):
+            phases = clicked["phases_mean"]
+            rows.append([f"{description}, {how}", clicked["clicks"], clicked["seconds_per_interaction"], phases["pre"],
+                         phases["infer"], phases["post"], phases["write"]])
+    if rows:
         table += "\n\n" + md_table(
             ["interaction through the infer task (same volume, click at the largest error)", "clicks", "s / request",
-             "pre s", "sampling s", "post s", "write s"],
-            [[description, clicked["clicks"], clicked["seconds_per_interaction"], phases["pre"], phases["infer"],
-              phases["post"], phases["write"]]],
-        )
+             "pre s", "sampling s", "post s", "write s"], rows)
     table += "\n\n" + md_table(
         ["MedSegDiffInferer batching (Colin27 central slices)", "s / slice", "speed-up vs (2 slices, 1 member)"],
         [[f"{b['slice_batch_size']} slice(s) x {b['member_batch_size']} member(s) per pass, DDIM {b['steps']}",
@@ -179,6 +182,9 @@ def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[s
     peak = peak_rss_mb()  # of the plain request: the clicks that follow are timed, not weighed
     info = {
         "interaction": _interaction(task, payload["image"], label, uncertainty, payload["reference"], payload.get("clicks", 0)),
+        # the same clicks without the flags of click_doubt, right after: what the flags cost, side by side
+        "interaction_without_doubt": _interaction(task, payload["image"], label, uncertainty, payload["reference"],
+                                                  payload.get("clicks", 0), {"click_doubt": False}),
         "peak_rss_mb": peak,
         "seconds": seconds,
         "rss_before_mb": before,
@@ -190,13 +196,13 @@ def _infer_task(payload: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[s
 
 
 def _interaction(task, image: str, label: np.ndarray, uncertainty: np.ndarray, reference_path: str, clicks: int = 0,
-                 ) -> dict[str, Any]:
+                 params: dict[str, Any] | None = None) -> dict[str, Any]:
     """After the plain request: ``clicks`` (default :data:`INTERACTION_CLICKS`) requests, each adding a click at the
     centre of the largest error (as the interactive bench clicks), the whole request timed and its phases (MONAI
     Label's ``latencies``: pre-transforms, sampling, post-transforms, writing the files). Dice after each click,
     beside the painted-ball baseline: the same click rule painting a ball of the infer task's default click
     radius (in mm) into the label, no model. The entropy's AUROC for the wrong voxels over the head before the
-    clicks and after the last one."""
+    clicks and after the last one. ``params``: more parameters of every click request."""
     from lib.infers.medsegdiff import UNCERTAINTY_FILE_KEY
 
     from medsegdiff.evaluation import auroc, binary_dice
@@ -224,7 +230,7 @@ def _interaction(task, image: str, label: np.ndarray, uncertainty: np.ndarray, r
             break
         marks["foreground" if click[1] else "background"].append([int(v) for v in click[0]])
         start = time.perf_counter()
-        label_file, result = task({"image": image, **marks})
+        label_file, result = task({"image": image, **marks, **(params or {})})
         seconds = time.perf_counter() - start
         current = np.asanyarray(nib.load(label_file).dataobj) > 0
         uncertainty = np.asanyarray(nib.load(result[UNCERTAINTY_FILE_KEY]).dataobj)
