@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from medsegdiff.evaluation import binary_dice
+from medsegdiff.evaluation import binary_dice, surface_band
 from medsegdiff.guidance import depth_inside
 
 from .context import Context
 from .interactive import CLICKS, FIGURE_RADIUS, automatic_label, fit_views, painted_ball, protocol_network
+from .judge import BAND_MM
 from .models import SERVED_RECIPE, views
 from .protocol import fold_data
 from .report import Section, finite, md_table
@@ -113,11 +114,12 @@ def run(ctx: Context) -> Section:
         data = fold_data(ctx, head)
         volume = fit_views(data[2], SERVED_RECIPE)
         reference = (volume.label > 0).astype(np.uint8)
+        band = surface_band(reference, (SPACING_MM,) * 3, BAND_MM)
         for seed in range(s.interactive_seeds):
             network, source = protocol_network(ctx, head, SERVED_RECIPE, seed, data)
             _, _, result, _ = automatic_label(ctx, volume, network, seed, views(SERVED_RECIPE))
             auto = result["label"][0, 0].cpu().numpy().astype(np.uint8)
-            ball = painted_ball(auto, reference, FIGURE_RADIUS, result["entropy"][0, 0].cpu().numpy())["dice"][-1]
+            ball = painted_ball(auto, reference, FIGURE_RADIUS, result["entropy"][0, 0].cpu().numpy(), band)["dice"][-1]
             try:
                 intensity = boundary_intensity(volume.image, auto, reference)
             except ValueError:  # quick mode's thin slab has no deep brain

@@ -136,7 +136,8 @@ def dice_auc(dice: list[float]) -> float:
     return float(np.trapz(dice) / (len(dice) - 1))
 
 
-def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: np.ndarray) -> dict[str, Any]:
+def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: np.ndarray, band: np.ndarray,
+                 ) -> dict[str, Any]:
     """The no-model baseline: each click paints a ball of ``radius`` into the label (Dice after each); the
     automatic ``entropy`` with the painted voxels at zero (as the infer task gives marks) scores the wrong voxels
     left after the clicks (``uncertainty_auroc_after``): how the AUROC moves when errors are fixed and nothing
@@ -148,7 +149,6 @@ def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: 
             ball = click_balls(reference.shape, [click[0]], radius).numpy()
             painted[ball], entropy[ball] = click[1], 0.0
         dice.append(binary_dice(painted, reference))
-    band = surface_band(reference, (SPACING_MM,) * 3, BAND_MM)
     return {"dice": dice, "dice_auc": dice_auc(dice), "uncertainty_auroc_after": auroc(entropy, painted != reference),
             "uncertainty_auroc_after_6mm": auroc(entropy[band], (painted != reference)[band])}
 
@@ -178,25 +178,25 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: in
     inferer, image, automatic, auto_seconds = automatic_label(ctx, volume, network, seed, slice_views)
     auto = automatic["label"][0, 0].cpu().numpy().astype(np.uint8)
     entropy_before = automatic["entropy"][0, 0].cpu().numpy()
+    band = surface_band(reference, (SPACING_MM,) * 3, BAND_MM)  # within 6 mm of the reference surface
     runs = {}
     for radius, reach, spread, doubt in pairs:
         run = {"network": source, "automatic_seconds": auto_seconds,
-               **_clicks(inferer, image, network, automatic, reference, radius, reach, spread, doubt)}
+               **_clicks(inferer, image, network, automatic, reference, band, radius, reach, spread, doubt)}
         run["uncertainty_auroc"]["before"] = auroc(entropy_before, auto != reference)
-        band = surface_band(reference, (SPACING_MM,) * 3, BAND_MM)
         run["uncertainty_auroc"]["before_6mm"] = auroc(entropy_before[band], (auto != reference)[band])
         run["_figure"].update(image=volume.image, reference=reference, auto=auto)
-        runs[radius, reach, spread, doubt] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before)}
+        runs[radius, reach, spread, doubt] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before, band)}
     return runs
 
 
-def _clicks(inferer, image, network, result, reference, radius, reach=0, spread=0, doubt=0) -> dict[str, Any]:
+def _clicks(inferer, image, network, result, reference, band, radius, reach=0, spread=0, doubt=0) -> dict[str, Any]:
     """:data:`CLICKS` clicks of ``radius`` (hints ``reach`` slices on, the boundary moved ``spread`` voxels
     around, with ``doubt`` the voxels like the corrected flagged) from the automatic ``result``: Dice after each,
-    seconds, AUROC after, and of the voxels at the maximum uncertainty after the clicks how many are wrong."""
+    seconds, AUROC after (over the volume and over ``band``, the voxels near the reference surface), and of the
+    voxels at the maximum uncertainty after the clicks how many are wrong."""
     label = lambda out: out["label"][0, 0].cpu().numpy().astype(np.uint8)  # noqa: E731
     auto = label(result)
-    band = surface_band(reference, (SPACING_MM,) * 3, BAND_MM)  # within 6 mm of the reference surface
     marks = torch.full((1, 1, *reference.shape), UNKNOWN, dtype=torch.long)
     hints = marks.clone()
     current, dice, seconds, clicks = auto.copy(), [binary_dice(auto, reference)], [], []

@@ -64,7 +64,7 @@ def pair_cells(served: dict[str, dict[str, Any]], previous: dict[str, dict[str, 
     return out
 
 
-def _table(paired: dict[str, Any], reference: str, recipe: str) -> list[str]:
+def _table(paired: dict[str, Any], reference: str, recipe: str) -> str:
     rows = []
     for metric, name in METRICS.items():
         m = paired["metrics"][metric]

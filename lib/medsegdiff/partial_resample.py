@@ -94,8 +94,9 @@ def paint_model_voxels(
         target[:, torch.from_numpy(np.ascontiguousarray(painted))] = value
         return target
     grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape[1:]], indexing="ij"), axis=-1).astype(np.float64)
+    slab = grid @ rotation[:, 1:].T + to_model[:3, 3]  # model coordinates of image slab 0
     for i in range(shape[0]):  # one image slab at a time: bounded memory on a 1 mm head
-        points = np.concatenate([np.full(grid.shape[:-1] + (1,), float(i)), grid], axis=-1) @ rotation.T + to_model[:3, 3]
+        points = slab + i * rotation[:, 0]
         painted = padded[tuple(nearest(points[..., j], j) for j in range(3))]
         target[:, i][:, torch.from_numpy(painted)] = value
     return target

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.config import KeysCollection
 from monai.transforms import (
     Compose,
+    MapTransform,
     RandAdjustContrastd,
     RandAffined,
     RandBiasFieldd,
@@ -24,9 +26,7 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
     RandomizableTransform,
-    MapTransform,
 )
-from monai.config import KeysCollection
 from monai.transforms.utils_morphological_ops import dilate, erode
 from monai.utils import convert_to_tensor, set_determinism
 

@@ -122,7 +122,7 @@ class MedSegDiffInfer(BasicInferTask):
         info["parameters"] = {p.name: _parameter_spec(p) for p in INFER_PARAMS}
         info["checkpoint"] = {**self.files.describe_current(), "spatial_dims": self.model_info.spatial_dims,
                               "views": list(self.model_info.views)}
-        default = {p.name: p.declared() for p in INFER_PARAMS}
+        default = {name: spec["default"] for name, spec in info["parameters"].items()}
         info["interaction"] = interaction_info(default["click_radius"], default["click_reach"], default["click_spread"],
                                                default["click_doubt"])
         return info
@@ -225,8 +225,6 @@ class MedSegDiffInfer(BasicInferTask):
         known = None if marks.is_empty() else KnownRegion(labels, hints)
         self._request.labels = labels.to(torch.int16)
         self._request.hints = None if hints is None else hints.to(torch.int16)
-        self._request.spread = 0 if marks.is_empty() else values["click_spread"]
-        self._request.doubt = not marks.is_empty() and values["click_doubt"]
         self._request.click_settings = 0 if marks.is_empty() else (values["click_spread"], values["click_doubt"])
         # marks served before (an undo, a redo) give that result back; other marks start from the latest result
         cached = self.results.get(self._request.result_key, self._request.labels, self._request.hints,
@@ -276,8 +274,9 @@ class MedSegDiffInfer(BasicInferTask):
         if self._request.local is not None:
             outputs = keep_changes_near_marks(outputs, *self._request.local)
             image = torch.as_tensor(data["image"])[None].detach().cpu()  # the model-grid image that was sampled
-            outputs = unflagged = spread_along_boundary(outputs, *self._request.local, self._request.spread, image)
-            if self._request.doubt:
+            spread, doubt = self._request.click_settings or (0, False)
+            outputs = unflagged = spread_along_boundary(outputs, *self._request.local, spread, image)
+            if doubt:
                 outputs = doubt_like_corrected(outputs, *self._request.local, image)
                 flagged = (outputs["entropy"] != unflagged["entropy"])[0, 0]
                 self._request.flagged = flagged.numpy() if flagged.any() else None
