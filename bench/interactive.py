@@ -40,6 +40,7 @@ from medsegdiff.interaction import (
 )
 from medsegdiff.sample_model import sample_diffusion_config
 from medsegdiff.sampling import EnsembleSampler
+from medsegdiff.uncertainty import shown_uncertainty
 
 from .context import Context
 from .grid import GridVolume
@@ -51,7 +52,7 @@ from .report import Section, finite, md_table
 from .settings import SPACING_MM
 
 __all__ = [
-    "CLICKS", "RADII", "REACH", "SPREAD", "DOUBT", "FIGURE_MODEL", "method_name", "variants", "fit_views", "dice_auc", "painted_ball",
+    "CLICKS", "RADII", "REACH", "SPREAD", "DOUBT", "MARGIN", "FIGURE_MODEL", "shifted", "method_name", "variants", "fit_views", "dice_auc", "painted_ball",
     "automatic_label", "protocol_network", "refine", "run",
 ]
 
@@ -73,6 +74,10 @@ DOUBT = 1
 """Whether the guided model is also measured with the uncertainty raised on the voxels like the corrected ones
 (:func:`medsegdiff.boundary_spread.doubt_like_corrected`; the infer task's default ``click_doubt``)."""
 FIGURE_DOUBT = DOUBT
+MARGIN = 1
+"""Model voxels the uncertainty lets the boundary move (the infer task's default ``uncertainty_margin``,
+:func:`medsegdiff.uncertainty.shown_uncertainty`): every AUROC is also reported on that map (``*_shifted``), with
+the marked voxels at zero as the infer task shows them."""
 SLICE_AXIS = 2
 
 
@@ -136,21 +141,34 @@ def dice_auc(dice: list[float]) -> float:
     return float(np.trapz(dice) / (len(dice) - 1))
 
 
+def shifted(outputs: dict[str, torch.Tensor], marked: np.ndarray | None = None) -> np.ndarray:
+    """The uncertainty the infer task shows of model-grid ``outputs`` (``probs``, ``entropy``): the boundary
+    shifted :data:`MARGIN` voxels both ways, the ``marked`` voxels at zero."""
+    out = shown_uncertainty(outputs["probs"].cpu(), outputs["entropy"].cpu(), MARGIN)[0, 0].numpy().copy()
+    if marked is not None:
+        out[marked] = 0.0
+    return out
+
+
 def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: np.ndarray, band: np.ndarray,
-                 ) -> dict[str, Any]:
+                 shown: np.ndarray) -> dict[str, Any]:
     """The no-model baseline: each click paints a ball of ``radius`` into the label (Dice after each); the
     automatic ``entropy`` with the painted voxels at zero (as the infer task gives marks) scores the wrong voxels
-    left after the clicks (``uncertainty_auroc_after``): how the AUROC moves when errors are fixed and nothing
-    else changes."""
-    painted, dice, entropy = auto.copy(), [binary_dice(auto, reference)], entropy.copy()
+    left after the clicks (``uncertainty_auroc_after``; ``*_shifted``: the automatic result's ``shown`` map, the
+    boundary shifted, instead): how the AUROC moves when errors are fixed and nothing else changes."""
+    painted, dice, marked = auto.copy(), [binary_dice(auto, reference)], np.zeros(auto.shape, dtype=bool)
     for _ in range(CLICKS):
         click = largest_error_click(painted, reference)
         if click is not None:
             ball = click_balls(reference.shape, [click[0]], radius).numpy()
-            painted[ball], entropy[ball] = click[1], 0.0
+            painted[ball], marked[ball] = click[1], True
         dice.append(binary_dice(painted, reference))
-    return {"dice": dice, "dice_auc": dice_auc(dice), "uncertainty_auroc_after": auroc(entropy, painted != reference),
-            "uncertainty_auroc_after_6mm": auroc(entropy[band], (painted != reference)[band])}
+    wrong, out = painted != reference, {"dice": dice, "dice_auc": dice_auc(dice)}
+    for suffix, uncertainty in (("", entropy), ("_shifted", shown)):
+        uncertainty = np.where(marked, 0.0, uncertainty)
+        out[f"uncertainty_auroc_after{suffix}"] = auroc(uncertainty, wrong)
+        out[f"uncertainty_auroc_after_6mm{suffix}"] = auroc(uncertainty[band], wrong[band])
+    return out
 
 
 def automatic_label(ctx: Context, volume, network: torch.nn.Module, seed: int = 0,
@@ -177,16 +195,17 @@ def refine(ctx: Context, volume, network: torch.nn.Module, source: str, seed: in
     reference = (volume.label > 0).astype(np.uint8)
     inferer, image, automatic, auto_seconds = automatic_label(ctx, volume, network, seed, slice_views)
     auto = automatic["label"][0, 0].cpu().numpy().astype(np.uint8)
-    entropy_before = automatic["entropy"][0, 0].cpu().numpy()
+    entropy_before, shown_before = automatic["entropy"][0, 0].cpu().numpy(), shifted(automatic)
     band = surface_band(reference, (SPACING_MM,) * 3, BAND_MM)  # within 6 mm of the reference surface
     runs = {}
     for radius, reach, spread, doubt in pairs:
         run = {"network": source, "automatic_seconds": auto_seconds,
                **_clicks(inferer, image, network, automatic, reference, band, radius, reach, spread, doubt)}
-        run["uncertainty_auroc"]["before"] = auroc(entropy_before, auto != reference)
-        run["uncertainty_auroc"]["before_6mm"] = auroc(entropy_before[band], (auto != reference)[band])
+        for suffix, shown in (("", entropy_before), ("_shifted", shown_before)):
+            run["uncertainty_auroc"][f"before{suffix}"] = auroc(shown, auto != reference)
+            run["uncertainty_auroc"][f"before_6mm{suffix}"] = auroc(shown[band], (auto != reference)[band])
         run["_figure"].update(image=volume.image, reference=reference, auto=auto)
-        runs[radius, reach, spread, doubt] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before, band)}
+        runs[radius, reach, spread, doubt] = {**run, "painted_ball": painted_ball(auto, reference, radius, entropy_before, band, shown_before)}
     return runs
 
 
@@ -228,15 +247,16 @@ def _clicks(inferer, image, network, result, reference, band, radius, reach=0, s
             clicks.append({"voxel": list(voxel), "foreground": bool(value), "value": int(value)})
         dice.append(binary_dice(current, reference))
     entropy_after = result["entropy"][0, 0].cpu().numpy()
+    shown, wrong = shifted(result, marks[0, 0].numpy() != UNKNOWN), current != reference
     return {
         "dice": dice,
         "dice_auc": dice_auc(dice),
         "seconds_per_interaction": float(np.mean(seconds)) if seconds else None,
         "clicks": clicks,
-        "uncertainty_auroc": {"after": auroc(entropy_after, current != reference),
-                              "after_6mm": auroc(entropy_after[band], (current != reference)[band])},
-        "most_uncertain_after": _most_uncertain(entropy_after, current != reference),
-        "_figure": {"model": current, "entropy": entropy_after, "clicks": clicks},
+        "uncertainty_auroc": {"after": auroc(entropy_after, wrong), "after_6mm": auroc(entropy_after[band], wrong[band]),
+                              "after_shifted": auroc(shown, wrong), "after_6mm_shifted": auroc(shown[band], wrong[band])},
+        "most_uncertain_after": _most_uncertain(entropy_after, wrong),
+        "_figure": {"model": current, "entropy": shown, "clicks": clicks},
     }
 
 
@@ -260,13 +280,13 @@ def _mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "dice_auc": mean([r["dice_auc"] for r in runs]),
         "seconds_per_interaction": mean(seconds),
         "uncertainty_auroc": {k: mean([r["uncertainty_auroc"][k] for r in runs])
-                              for k in ("before", "after", "before_6mm", "after_6mm")},
+                              for k in (f"{w}{b}{s}" for w in ("before", "after") for b in ("", "_6mm") for s in ("", "_shifted"))},
         "most_uncertain_after": {k: mean([r["most_uncertain_after"][k] for r in runs if r["most_uncertain_after"][k] is not None])
                                  for k in ("voxels", "wrong_share", "of_wrong")},
         "painted_ball": {"dice": np.mean([r["painted_ball"]["dice"] for r in runs], axis=0).tolist(),
                          "dice_auc": mean([r["painted_ball"]["dice_auc"] for r in runs]),
                          **{k: mean([r["painted_ball"][k] for r in runs])
-                            for k in ("uncertainty_auroc_after", "uncertainty_auroc_after_6mm")}},
+                            for k in (f"uncertainty_auroc_after{b}{s}" for b in ("", "_6mm") for s in ("", "_shifted"))}},
         "per_seed": runs,
     }
 

@@ -14,7 +14,6 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
 
 from medsegdiff.evaluation import (
@@ -30,16 +29,12 @@ from medsegdiff.evaluation import (
     surface_band,
 )
 from medsegdiff.metrics import dice_per_class, hd95_per_class
-from medsegdiff.uncertainty import widen_to_neighbours
 
 from .grid import GridVolume
 
 __all__ = ["BAND_MM", "judge", "largest_component"]
 
 BAND_MM = 6.0
-MARGINS = (0, 1, 2)
-"""Margins (model voxels) of :func:`~medsegdiff.uncertainty.widen_to_neighbours` scored under ``widened``: the
-entropy of the model-grid mean, widened, then taken to the native grid (as the app resamples its uncertainty)."""
 
 
 def _entropy(dist: np.ndarray) -> np.ndarray:
@@ -94,12 +89,6 @@ def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> 
         "brier": brier(prob[fg], reference[fg]),
         "nll": nll(prob[fg], reference[fg]),
     })
-    grid_entropy = torch.from_numpy(_entropy(mean)[None, None].astype(np.float32))
-    out["widened"] = {}
-    for margin in MARGINS:
-        widened = volume.to_native(widen_to_neighbours(grid_entropy, margin)[0].numpy())[0]
-        out["widened"][str(margin)] = {"auroc": auroc(widened[head], errors[head]),
-                                       "auroc_6mm": auroc(widened[band], errors[band])}
     if members.shape[0] >= 2:
         grid_labels = members.argmax(axis=1) > 0  # (N, H, W, Z)
         grid_reference = volume.label > 0

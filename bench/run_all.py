@@ -29,7 +29,7 @@ from .settings import CAVEAT
 __all__ = ["SECTIONS", "CONTRACT", "main"]
 
 SECTIONS = ("training_speed", "sampling_cost", "volume", "acceptance", "protocol", "experiments", "posterior", "tissue", "active_learning",
-            "interactive", "error_structure", "recipe_pair", "widened")
+            "interactive", "error_structure", "recipe_pair", "boundary_shift")
 
 CONTRACT: dict[str, str] = {
     "nfe_ratio": "sampling_cost",

@@ -203,6 +203,26 @@ def test_click_doubt_raises_the_uncertainty_far_from_the_click_and_keeps_the_lab
     assert far.sum() > 10
 
 
+def test_uncertainty_margin_widens_the_map_and_a_click_updates_it_as_a_whole_resampling_would(client):
+    fresh = {**FAST, "seed": 17, "click_doubt": False}  # a seed of its own; no flags (painted, not resampled)
+    path, _ = client.infer(MODEL, IMAGE, {**fresh, "uncertainty_margin": 0})
+    label, unwidened = _array(path), _array(client.download_label(IMAGE, "uncertainty"))
+    path, widened_result = client.infer(MODEL, IMAGE, fresh)  # the default margin, 1 voxel: the same sampled result
+    widened = _array(client.download_label(IMAGE, "uncertainty"))
+    assert widened_result["nfe"] == 0 and np.array_equal(_array(path), label)  # the label does not change
+    # the voxels just outside the label (within 3 mm: one model voxel) become uncertain: its boundary may move there
+    rim = ndimage.binary_dilation(label > 0, iterations=3) & (label == 0)
+    assert np.median(widened[rim]) > np.median(unwidened[rim]) + 0.05
+    point, wide = [[int(c) for c in np.argwhere(rim)[len(np.argwhere(rim)) // 2]]], {**fresh, "uncertainty_margin": 3}
+    client.infer(MODEL, IMAGE, wide)
+    client.infer(MODEL, IMAGE, {**wide, "foreground": point})  # the image grid updated as far as the click reached
+    clicked = _array(client.download_label(IMAGE, "uncertainty"))
+    client.infer(MODEL, IMAGE, {**fresh, "foreground": point, "uncertainty_margin": 0})
+    _, again = client.infer(MODEL, IMAGE, {**wide, "foreground": point})  # another margin before: resampled whole
+    assert again["nfe"] == 0 and again["interaction"]["image_grid_box"] == "all"
+    assert np.allclose(_array(client.download_label(IMAGE, "uncertainty")), clicked, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     "params, named",
     [

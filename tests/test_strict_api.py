@@ -185,7 +185,7 @@ def test_slicer_plugin_request_segments_the_head(monailabel_server, slicer_resul
     assert label.shape == image.shape
     assert result["params"] == {**FAST, "sampler": "ddim", "seed": 0, "device": "auto", "fusion": "mean", "eta": 0.0,
                                 "largest_component": True, "output_probability": False, "foreground": [], "background": [],
-                                "click_radius": 2, "click_reach": 0, "click_spread": 3, "click_doubt": True, "marked_class": 1}
+                                "click_radius": 2, "click_reach": 0, "click_spread": 3, "click_doubt": True, "uncertainty_margin": 1, "marked_class": 1}
     # the plugin's keys nobody here reads are reported, not refused (the label comes back as NIfTI uint8)
     assert result["ignored_parameters"] == ["client_id", "result_dtype", "result_extension"]
     if not monailabel_server.trained_checkpoint:

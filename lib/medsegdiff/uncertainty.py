@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from .fusion import class_distribution
 
-__all__ = ["predictive_entropy", "member_variance", "widen_to_neighbours", "uncertainty_summary"]
+__all__ = ["predictive_entropy", "member_variance", "with_boundary_shifts", "shown_uncertainty", "widen_mask", "uncertainty_summary"]
 
 
 def predictive_entropy(mean_probs: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -31,24 +31,46 @@ def member_variance(member_probs: torch.Tensor) -> torch.Tensor:
     return member_probs.var(dim=0, unbiased=False).mean(dim=1, keepdim=True)
 
 
-def widen_to_neighbours(uncertainty: torch.Tensor, margin: int) -> torch.Tensor:
-    """Each voxel's uncertainty raised to the largest within ``margin`` voxels (a (2 margin + 1)-wide cube).
-
-    An ensemble is most uncertain on its own boundary, while a reference drawn with another convention may end
-    a voxel further in or out; widening the uncertain band by ``margin`` voxels covers where the boundary could
-    be. Works for (B, 1, H, W) and (B, 1, H, W, D); ``margin`` 0 returns the input.
-
-    Raises:
-        ValueError: ``margin`` is negative or the map is not 4D / 5D.
-    """
+def _grow(maps: torch.Tensor, margin: int) -> torch.Tensor:
+    """The largest value within ``margin`` voxels (a (2 margin + 1)-wide cube) of (B, C, H, W[, D]) maps."""
     if margin < 0:
         raise ValueError(f"margin must be ≥ 0 voxels, got {margin}")
-    if uncertainty.ndim not in (4, 5):
-        raise ValueError(f"uncertainty must be (B, 1, H, W) or (B, 1, H, W, D), got shape {tuple(uncertainty.shape)}")
+    if maps.ndim not in (4, 5):
+        raise ValueError(f"maps must be (B, C, H, W) or (B, C, H, W, D), got shape {tuple(maps.shape)}")
     if margin == 0:
-        return uncertainty
-    pool = F.max_pool2d if uncertainty.ndim == 4 else F.max_pool3d
-    return pool(uncertainty, kernel_size=2 * margin + 1, stride=1, padding=margin)
+        return maps
+    pool = F.max_pool2d if maps.ndim == 4 else F.max_pool3d
+    return pool(maps, kernel_size=2 * margin + 1, stride=1, padding=margin)
+
+
+def with_boundary_shifts(probs: torch.Tensor, margin: int) -> torch.Tensor:
+    """The mean of the fused foreground probabilities ``probs`` (B, C, H, W[, D]) and two copies of them with every
+    class's boundary moved ``margin`` voxels: out (the largest probability within ``margin`` voxels, a grey
+    dilation) and in (the smallest, a grey erosion).
+
+    A reference drawn by another tool may end a voxel further in or out than the ensemble's boundary; the entropy
+    of this mean is high on both sides of the boundary as well as on it. ``margin`` 0 returns ``probs``.
+
+    Raises:
+        ValueError: ``margin`` is negative or ``probs`` is not 4D / 5D.
+    """
+    grown = _grow(probs, margin)  # checks margin and shape
+    return probs if margin == 0 else (-_grow(-probs, margin) + probs + grown) / 3.0
+
+
+def shown_uncertainty(probs: torch.Tensor, entropy: torch.Tensor, margin: int) -> torch.Tensor:
+    """The uncertainty an annotator is shown (B, 1, *spatial): the predictive entropy of ``probs`` with their
+    boundary shifted ``margin`` voxels both ways (:func:`with_boundary_shifts`), except where ``entropy`` is at
+    its maximum, 1 (the voxels a click flagged), which stay there. ``margin`` 0: ``entropy`` as it is."""
+    if margin == 0:
+        return entropy
+    return torch.where(entropy >= 1.0, entropy, predictive_entropy(with_boundary_shifts(probs, margin)))
+
+
+def widen_mask(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """A bool mask (*spatial, 2D or 3D) grown by ``margin`` voxels: the voxels whose :func:`shown_uncertainty` a
+    change of ``mask``'s voxels can reach."""
+    return _grow(mask[None, None].float(), margin)[0, 0] > 0
 
 
 def uncertainty_summary(uncertainty: torch.Tensor, threshold: float = 0.5) -> dict[str, float]:

@@ -207,6 +207,8 @@ class CachedResult:
     hints: torch.Tensor | None = None
     click_settings: Hashable = 0
     """How its clicks changed the result besides the marks (``(click_spread, click_doubt)``; 0: no marks)."""
+    image_margin: int | None = None
+    """The ``uncertainty_margin`` its image-grid uncertainty was widened by (another margin resamples it all)."""
 
     @property
     def nbytes(self) -> int:

@@ -236,6 +236,11 @@ INFER_PARAMS: tuple[Param, ...] = (
               "anywhere in the image like the ones the click corrected (just outside the region of the clicked "
               "class, at least as likely of it and as bright as there): where the same error is probably repeated. "
               "The label does not change; false: the ensemble's entropy alone"),
+    IntParam("uncertainty_margin", 1, 0, 3, "model-grid voxels by which the uncertainty shown allows the boundary "
+             "to move: the entropy of the fused probabilities averaged with two copies of them whose boundary is "
+             "moved that far out and in, since a reference drawn by another tool may end a voxel further in or out "
+             "than the ensemble's boundary (1, the default: see the README's 'Boundary-shifted uncertainty'; 0: the "
+             "ensemble's entropy as it is). The label does not change"),
     IntParam("marked_class", 1, 1, 255, "the label value foreground clicks and scribbles mark"),
 )
 """Parameters of ``POST /infer/<model>``."""

@@ -36,6 +36,7 @@ from medsegdiff.partial_resample import paint_model_voxels
 from medsegdiff.interaction import UNKNOWN, KnownRegion, keep_changes_near_marks
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import ProbabilitiesToLabelsd, ToOriginalGridd, inference_transforms, min_volume_size
+from medsegdiff.uncertainty import shown_uncertainty, widen_mask
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.cache import CacheTransformDatad
@@ -281,11 +282,14 @@ class MedSegDiffInfer(BasicInferTask):
                 flagged = (outputs["entropy"] != unflagged["entropy"])[0, 0]
                 self._request.flagged = flagged.numpy() if flagged.any() else None
             data["pred"] = {**data["pred"], **{k: v[0].to(data["pred"][k].device) for k, v in outputs.items()}}
-        cached = self._request.cached
+        cached, margin = self._request.cached, self._request.values["uncertainty_margin"]
         # where this result differs from the one it started from: the image grid is resampled there only (the
-        # voxels the click flagged all over the head are painted onto it instead, _paint_flags)
-        self._request.model_changed = None if cached is None else torch.stack(
-            [(unflagged[k] != cached.outputs[k]).any(dim=1)[0] for k in RESULT_KEYS]).any(dim=0)
+        # voxels the click flagged all over the head are painted onto it instead, _paint_flags); the uncertainty
+        # shown has the boundary shifted by the margin, so a change reaches that far (the cache keeps the ensemble's)
+        self._request.model_changed = None if cached is None else widen_mask(torch.stack(
+            [(unflagged[k] != cached.outputs[k]).any(dim=1)[0] for k in RESULT_KEYS]).any(dim=0), margin)
+        shown = shown_uncertainty(outputs["probs"], outputs["entropy"], margin)[0]
+        data["pred"] = {**data["pred"], "entropy": shown.to(data["pred"]["entropy"].device)}
         self._request.entry = CachedResult(outputs, self._request.labels, hints=self._request.hints,
                                            click_settings=self._request.click_settings)
         self.results.put(self._request.result_key, self._request.entry)
@@ -308,6 +312,7 @@ class MedSegDiffInfer(BasicInferTask):
         are replaced, not changed, by the labels)."""
         pred, uncertainty = (data[k].as_tensor().detach().cpu() for k in ("pred", "uncertainty"))
         self._request.entry.image_outputs = {"pred": pred, "uncertainty": uncertainty.clone()}
+        self._request.entry.image_margin = self._request.values["uncertainty_margin"]
         return data
 
     def _get_network(self, device, data):
@@ -315,7 +320,9 @@ class MedSegDiffInfer(BasicInferTask):
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         cached, changed = self._request.cached, self._request.model_changed
-        previous = None if cached is None or changed is None else cached.image_outputs
+        if cached is None or changed is None or cached.image_margin != self._request.values["uncertainty_margin"]:
+            cached = changed = None  # no image-grid outputs to start from: resample all
+        previous = None if cached is None else cached.image_outputs
         self._request.to_image_grid = ToOriginalGridd(
             keys=["pred", "uncertainty"], ref_key="image", mode="bilinear",
             previous=previous, changed=None if previous is None else changed,
