@@ -11,7 +11,7 @@ from .models import SERVED_RECIPE
 from .readme_cells import delta, fmt, met, results
 
 __all__ = ["SERVED_RECIPE", "TISSUE_RECIPES", "UNCERTAINTY_BASELINES", "all_targets", "acceptance_targets",
-           "interactive_targets", "request_target", "served_targets", "targets", "tissue_target"]
+           "interactive_targets", "request_target", "served_targets", "shifted_targets", "targets", "tissue_target"]
 
 UNCERTAINTY_BASELINES = ("unet_softmax", "mc_dropout", "deep_ensemble")
 """The uncertainty baselines issue 11 names (the plain segmenter is the no-diffusion ablation)."""
@@ -54,6 +54,24 @@ def served_targets(report: dict[str, Any]) -> list[list[str]]:
         [f"{name}: uncertainty AUROC ≥ 0.90 over the head", fmt(auroc), met(auroc is not None and auroc >= 0.90)],
         [f"{name}: AUROC ≥ 0.80 within 6 mm of the surface", fmt(band), met(band is not None and band >= 0.80)],
         [f"{name}: member disagreement ≥ 50 % of the predictive entropy", fmt(share), met(share is not None and share >= 0.5)],
+    ]
+
+
+def shifted_targets(report: dict[str, Any]) -> list[list[str]]:
+    """The uncertainty targets on the map the infer task shows (bench ``boundary_shift``: the boundary shifted by
+    its default margin, 1 voxel), for the recipe the committed model follows."""
+    section = results(report, "boundary_shift")
+    shifted = ((section or {}).get("boundary_shift") or {}).get(SERVED_RECIPE)
+    if not shifted:
+        return []
+    head, band = shifted["auroc"]["1"], shifted["auroc_6mm"]["1"]
+    name = (f"{SERVED_RECIPE}, the uncertainty as the infer task shows it (boundary shifted 1 voxel; "
+            f"{head['cases']} cases, {section['iterations']} iterations)")
+    return [
+        [f"{name}: uncertainty AUROC ≥ 0.90 over the head", f"{fmt(head['mean'])} (unshifted {fmt(shifted['auroc']['0']['mean'])})",
+         met(head["mean"] is not None and head["mean"] >= 0.90)],
+        [f"{name}: AUROC ≥ 0.80 within 6 mm of the surface", f"{fmt(band['mean'])} (unshifted {fmt(shifted['auroc_6mm']['0']['mean'])})",
+         met(band["mean"] is not None and band["mean"] >= 0.80)],
     ]
 
 
@@ -173,4 +191,5 @@ def targets(report: dict[str, Any]) -> list[list[str]]:
 
 def all_targets(report: dict[str, Any]) -> list[list[str]]:
     """Every target row of the README's table, in its order."""
-    return targets(report) + served_targets(report) + acceptance_targets(report) + interactive_targets(report)
+    return (targets(report) + served_targets(report) + shifted_targets(report) + acceptance_targets(report)
+            + interactive_targets(report))

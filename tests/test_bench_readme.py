@@ -88,6 +88,20 @@ def test_the_served_recipes_targets_follow_its_numbers():
     assert table.served_targets({"sections": {}}) == []
 
 
+def test_the_shifted_uncertainty_targets_read_margin_one_of_the_served_recipe():
+    def rows(head, band):
+        scores = {"auroc": {"0": {"mean": 0.87}, "1": {"mean": head, "cases": 9}, "2": {"mean": 0.99}},
+                  "auroc_6mm": {"0": {"mean": 0.72}, "1": {"mean": band, "cases": 9}, "2": {"mean": 0.99}}}
+        report = {"sections": {"boundary_shift": {"results": {"iterations": 300, "boundary_shift": {table.SERVED_RECIPE: scores}}}}}
+        return [(row[0].split(": ", 1)[1], row[1], row[2]) for row in table.shifted_targets(report)]
+
+    (head, measured, met), (_, _, band_met) = rows(0.905, 0.79)
+    assert head == "uncertainty AUROC ≥ 0.90 over the head" and measured == "0.905 (unshifted 0.870)"
+    assert met == "yes" and band_met == "**no**"
+    assert [r[2] for r in rows(0.899, 0.80)] == ["**no**", "yes"]
+    assert table.shifted_targets({"sections": {}}) == []
+
+
 def test_acceptance_targets_follow_the_numbers():
     results = {"dice": 0.951, "hd95_mm": 10.4, "uncertainty_auroc_head": 0.91, "uncertainty_auroc_6mm": 0.79,
                "seconds": 12.0, "dice_per_click": [0.951, 0.955, 0.953], "painted_ball_dice_per_click": [0.951, 0.954, 0.954],
