@@ -62,7 +62,9 @@ class Settings:
     default_steps: int = 2  # the app's default num_inference_steps
     diversity_steps: tuple[int, ...] = (2, 10)  # DDIM steps x eta of the member-diversity sweep
     diversity_etas: tuple[float, ...] = (0.0, 0.5, 1.0)
-    interactive_seeds: int = 3  # seeds of each fold's networks the interactive bench refines with
+    # seeds of each fold's networks the interactive bench refines with (BENCH_INTERACTIVE_SEEDS: fewer, e.g. where
+    # only some seeds' networks are saved)
+    interactive_seeds: int = int(os.environ.get("BENCH_INTERACTIVE_SEEDS", "3"))
     posterior_sweep: tuple[tuple[int, float], ...] = ((2, 0.0), (10, 0.0), (10, 1.0))  # (DDIM steps, eta)
     posterior_seeds: int = 1  # seeds of each saved network the sampler sweep samples again
     posterior_served_seeds: int = 3  # ... of the served recipe and its Dice-term variant (posterior.SERVED_SWEPT)
