@@ -60,6 +60,12 @@ def shift_scores(volume: GridVolume, members: np.ndarray) -> dict[str, dict[str,
     return out
 
 
+def _test_volume(ctx: Context, head: str) -> GridVolume:
+    """The held-out head as the protocol judged it (quick mode: its central slab)."""
+    volume = ctx.grid(head)
+    return volume.central_slab(ctx.settings.eval_slab) if ctx.settings.eval_slab else volume
+
+
 def _key(head: str, model: str, seed: int) -> str:
     return f"{cell_key(head, model, seed)}__shift"
 
@@ -72,7 +78,7 @@ def _work(ctx: Context, cells: Cells) -> None:
             key = cell_key(head, SERVED_RECIPE, seed)
             if cells.network_path(key).is_file() and cells.get(_key(head, SERVED_RECIPE, seed)) is None and cells.claim(_key(head, SERVED_RECIPE, seed)):
                 print(f"[bench] boundary_shift worker {os.getpid()}: {key}", flush=True)
-                volume = ctx.grid(head) if volume is None else volume
+                volume = _test_volume(ctx, head) if volume is None else volume
                 network = build(SERVED_RECIPE, seed).to(ctx.device)
                 network.load_state_dict(torch.load(cells.network_path(key), map_location=ctx.device))
                 out = predict(SERVED_RECIPE, network.eval(), volume, steps=s.eval_steps,
@@ -81,7 +87,7 @@ def _work(ctx: Context, cells: Cells) -> None:
         maps = [cells.map_path(cell_key(head, "unet", seed)) for seed in range(s.ensemble_size)]
         maps = [m for m in maps if m.is_file()]
         if maps and cells.get(_key(head, "deep_ensemble", 0)) is None and cells.claim(_key(head, "deep_ensemble", 0)):
-            volume = ctx.grid(head) if volume is None else volume
+            volume = _test_volume(ctx, head) if volume is None else volume
             members = [np.load(m)["members"].astype(np.float32) for m in maps]
             for seed, one in enumerate(members):
                 cells.put(_key(head, "unet_softmax", seed), {"head": head, "seed": seed, "shift": shift_scores(volume, one)})

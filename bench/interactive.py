@@ -151,11 +151,11 @@ def shifted(outputs: dict[str, torch.Tensor], marked: np.ndarray | None = None) 
 
 
 def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: np.ndarray, band: np.ndarray,
-                 shown: np.ndarray) -> dict[str, Any]:
+                 shown: np.ndarray | None = None) -> dict[str, Any]:
     """The no-model baseline: each click paints a ball of ``radius`` into the label (Dice after each); the
     automatic ``entropy`` with the painted voxels at zero (as the infer task gives marks) scores the wrong voxels
-    left after the clicks (``uncertainty_auroc_after``; ``*_shifted``: the automatic result's ``shown`` map, the
-    boundary shifted, instead): how the AUROC moves when errors are fixed and nothing else changes."""
+    left after the clicks (``uncertainty_auroc_after``; ``*_shifted``, when given: the automatic result's ``shown``
+    map, the boundary shifted, instead): how the AUROC moves when errors are fixed and nothing else changes."""
     painted, dice, marked = auto.copy(), [binary_dice(auto, reference)], np.zeros(auto.shape, dtype=bool)
     for _ in range(CLICKS):
         click = largest_error_click(painted, reference)
@@ -164,7 +164,7 @@ def painted_ball(auto: np.ndarray, reference: np.ndarray, radius: int, entropy: 
             painted[ball], marked[ball] = click[1], True
         dice.append(binary_dice(painted, reference))
     wrong, out = painted != reference, {"dice": dice, "dice_auc": dice_auc(dice)}
-    for suffix, uncertainty in (("", entropy), ("_shifted", shown)):
+    for suffix, uncertainty in (("", entropy), ("_shifted", shown))[: 1 if shown is None else 2]:
         uncertainty = np.where(marked, 0.0, uncertainty)
         out[f"uncertainty_auroc_after{suffix}"] = auroc(uncertainty, wrong)
         out[f"uncertainty_auroc_after_6mm{suffix}"] = auroc(uncertainty[band], wrong[band])
