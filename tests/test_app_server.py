@@ -165,7 +165,7 @@ def test_infer_returns_label_on_the_image_grid_and_echoes_parameters(monailabel_
     assert result["params"] == {
         **FAST, "sampler": "ddim", "seed": 0, "device": "auto", "fusion": "mean", "eta": 0.0, "largest_component": True,
         "output_probability": False, "foreground": [], "background": [], "click_radius": 2, "click_reach": 0, "click_spread": 3, "click_doubt": True,
-        "marked_class": 1,
+        "uncertainty_margin": 1, "marked_class": 1,
     }
     # a seed no other test asks for, so the server samples instead of returning a cached result of this image
     _, fresh = client.infer(MODEL, "robex_head", {**FAST, "seed": 4711})
