@@ -73,9 +73,7 @@ def _pick(strategy: str, st: dict[str, Any], pool: GridVolume, units: list[tuple
 
 def _one_run(ctx: Context, strategy: str, seed: int, network, diffusion) -> list[dict[str, Any]]:
     s = ctx.settings
-    start, pool, test = ctx.grid(START_HEAD), ctx.grid(POOL_HEAD), ctx.grid(TEST_HEAD)
-    if s.eval_slab:  # quick mode: a central slab of the test head
-        test = test.central_slab(s.eval_slab)
+    start, pool, test = ctx.grid(START_HEAD), ctx.grid(POOL_HEAD), ctx.test_volume(TEST_HEAD)
     units = slabs(pool.image.shape[2], s.al_slab)
     rng = np.random.default_rng(seed)
 

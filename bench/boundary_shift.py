@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsegdiff.evaluation import auroc, surface_band
+from medsegdiff.evaluation import auroc
 from medsegdiff.uncertainty import predictive_entropy, with_boundary_shifts
 
 from .context import Context
 from .grid import GridVolume
-from .judge import BAND_MM
+from .judge import native_errors
 from .models import SERVED_RECIPE, build, eval_members, predict, views
 from .protocol import Cells, cell_key, compute_cells, module_main
 from .readme_cells import fmt
@@ -46,24 +46,13 @@ def shift_scores(volume: GridVolume, members: np.ndarray) -> dict[str, dict[str,
     """Member class distributions (N, K, H, W, Z) of ``volume`` → per margin the AUROC of the boundary-shifted
     entropy for the wrong voxels over the head and within :data:`~bench.judge.BAND_MM` of the reference."""
     mean = members.mean(axis=0)
-    native = volume.to_native(mean, fill=[1.0] + [0.0] * (mean.shape[0] - 1))
-    label = native.argmax(axis=0) > 0
-    reference = volume.native_label > 0
-    errors = label != reference
-    head = (volume.native_head if volume.native_head is not None else np.ones_like(reference)) | reference | label
-    band = surface_band(reference, volume.native_spacing, BAND_MM)
+    _, _, _, errors, head, band = native_errors(volume, mean)
     foreground = torch.from_numpy(np.ascontiguousarray(mean[None, 1:], dtype=np.float32))
     out = {}
     for margin in MARGINS:
         shown = volume.to_native(predictive_entropy(with_boundary_shifts(foreground, margin))[0].numpy())[0]
         out[str(margin)] = {"auroc": auroc(shown[head], errors[head]), "auroc_6mm": auroc(shown[band], errors[band])}
     return out
-
-
-def _test_volume(ctx: Context, head: str) -> GridVolume:
-    """The held-out head as the protocol judged it (quick mode: its central slab)."""
-    volume = ctx.grid(head)
-    return volume.central_slab(ctx.settings.eval_slab) if ctx.settings.eval_slab else volume
 
 
 def _key(head: str, model: str, seed: int) -> str:
@@ -78,7 +67,7 @@ def _work(ctx: Context, cells: Cells) -> None:
             key = cell_key(head, SERVED_RECIPE, seed)
             if cells.network_path(key).is_file() and cells.get(_key(head, SERVED_RECIPE, seed)) is None and cells.claim(_key(head, SERVED_RECIPE, seed)):
                 print(f"[bench] boundary_shift worker {os.getpid()}: {key}", flush=True)
-                volume = _test_volume(ctx, head) if volume is None else volume
+                volume = ctx.test_volume(head) if volume is None else volume
                 network = build(SERVED_RECIPE, seed).to(ctx.device)
                 network.load_state_dict(torch.load(cells.network_path(key), map_location=ctx.device))
                 out = predict(SERVED_RECIPE, network.eval(), volume, steps=s.eval_steps,
@@ -87,7 +76,7 @@ def _work(ctx: Context, cells: Cells) -> None:
         maps = [cells.map_path(cell_key(head, "unet", seed)) for seed in range(s.ensemble_size)]
         maps = [m for m in maps if m.is_file()]
         if maps and cells.get(_key(head, "deep_ensemble", 0)) is None and cells.claim(_key(head, "deep_ensemble", 0)):
-            volume = _test_volume(ctx, head) if volume is None else volume
+            volume = ctx.test_volume(head) if volume is None else volume
             members = [np.load(m)["members"].astype(np.float32) for m in maps]
             for seed, one in enumerate(members):
                 cells.put(_key(head, "unet_softmax", seed), {"head": head, "seed": seed, "shift": shift_scores(volume, one)})

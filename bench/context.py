@@ -57,6 +57,11 @@ class Context:
     def grid(self, name: str) -> GridVolume:
         return to_model_grid(self.scan(name))
 
+    def test_volume(self, name: str) -> GridVolume:
+        """A held-out head as every section judges it: the whole head (quick mode: its central slab)."""
+        volume = self.grid(name)
+        return volume.central_slab(self.settings.eval_slab) if self.settings.eval_slab else volume
+
     def sample_datastore(self) -> Path:
         """The sample datastore: ``data/sample_datastore`` when complete, else a fresh one in a temp folder."""
         if "datastore" not in self.shared:

@@ -32,7 +32,7 @@ from medsegdiff.metrics import dice_per_class, hd95_per_class
 
 from .grid import GridVolume
 
-__all__ = ["BAND_MM", "judge", "largest_component"]
+__all__ = ["BAND_MM", "native_errors", "judge", "largest_component"]
 
 BAND_MM = 6.0
 
@@ -50,13 +50,22 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == 1 + int(np.argmax(sizes))
 
 
+def native_errors(volume: GridVolume, mean: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The mean class distribution ``mean`` (K, H, W, Z) of ``volume`` on its native grid, and there the label,
+    the reference, the wrong voxels, the head region the AUROC is taken over and the voxels within
+    :data:`BAND_MM` of the reference surface."""
+    native = volume.to_native(mean, fill=[1.0] + [0.0] * (mean.shape[0] - 1))
+    label = native.argmax(axis=0) > 0
+    reference = volume.native_label > 0
+    head = volume.native_head if volume.native_head is not None else np.ones_like(reference)
+    band = surface_band(reference, volume.native_spacing, BAND_MM)
+    return native, label, reference, label != reference, head | reference | label, band
+
+
 def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> dict[str, Any]:
     """Scores of member class distributions ``members`` (N, K, H, W, Z) of ``volume`` (binary task)."""
     mean = members.mean(axis=0)
-    background = [1.0] + [0.0] * (mean.shape[0] - 1)
-    native = volume.to_native(mean, fill=background)
-    label = native.argmax(axis=0) > 0
-    reference = volume.native_label > 0
+    native, label, reference, errors, head, band = native_errors(volume, mean)
     spacing = volume.native_spacing
     out: dict[str, Any] = {
         "dice": dice_per_class(label.astype(np.uint8), reference.astype(np.uint8))[0],
@@ -69,10 +78,6 @@ def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> 
         return out
     entropy = _entropy(native)
     prob = 1.0 - native[0]
-    errors = label != reference
-    head = volume.native_head if volume.native_head is not None else np.ones_like(reference)
-    head = head | reference | label
-    band = surface_band(reference, spacing, BAND_MM)
     fg = foreground_region(label, reference)
     reliability_fg, reliability_6mm = reliability(prob[fg], reference[fg]), reliability(prob[band], reference[band])
     out.update({

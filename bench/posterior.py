@@ -54,9 +54,7 @@ def _evaluate(ctx: Context, cells: Cells, head: str, model: str, seed: int, step
     network = build(model, seed).to(ctx.device)
     network.load_state_dict(torch.load(cells.network_path(cell_key(head, model, seed)), map_location=ctx.device))
     network.eval()
-    volume = ctx.grid(head)
-    if s.eval_slab:
-        volume = volume.central_slab(s.eval_slab)
+    volume = ctx.test_volume(head)
     members = eval_members(len(views(model)), s.eval_members)
     out = predict(model, network, volume, steps=steps, members=members, seed=seed, eta=eta)
     return {"head": head, "model": model, "seed": seed, "steps": steps, "eta": eta, "seconds": out["seconds"],

@@ -59,9 +59,7 @@ def fold_data(ctx: Context, test: str) -> tuple[np.ndarray, np.ndarray, Any, lis
     pairs = [ctx.grid(name).slices() for name in s.folds if name != test]
     images = np.concatenate([p[0] for p in pairs])
     labels = np.concatenate([p[1] for p in pairs])
-    volume = ctx.grid(test)
-    if s.eval_slab:
-        volume = volume.central_slab(s.eval_slab)
+    volume = ctx.test_volume(test)
     fraction = (volume.label > 0).mean(axis=(0, 1))
     candidates = np.flatnonzero(fraction >= 0.05)
     picks = np.linspace(0, len(candidates) - 1, s.val_slices + 2).round().astype(int)[1:-1]

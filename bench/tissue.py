@@ -75,9 +75,7 @@ def _cell(ctx: Context, train_on: str, test: str, model: str, seed: int) -> dict
     network = build(model, seed).to(ctx.device)
     kind = TRAINED_AS[model]
     trained = train(kind, network, images, labels, s.iterations, seed, ctx.device)
-    volume = ctx.grid(test)
-    if s.eval_slab:  # quick mode: a central slab
-        volume = volume.central_slab(s.eval_slab)
+    volume = ctx.test_volume(test)
     out = predict(kind, network, volume, steps=s.eval_steps, members=s.eval_members, seed=seed)
     mean = out["members"].mean(axis=0)
     native = volume.to_native(mean, fill=[1.0] + [0.0] * len(CLASSES)).argmax(axis=0).astype(np.uint8)
