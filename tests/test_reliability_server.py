@@ -22,7 +22,7 @@ import pytest
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_reliability_validation import BAD_IMAGES, PNG_BYTES, make_bad_image  # noqa: E402
+from bad_volumes import BAD_IMAGES, PNG_BYTES, make_bad_image  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
