@@ -18,7 +18,7 @@ from typing import Any
 
 from .context import Context
 from .models import EXPERIMENTS, MEMBERS_PER_VIEW
-from .protocol import Cells, cell_key, fold_data, run_cell, run_workers
+from .protocol import Cells, cell_key, fold_data, run_cell, run_workers, worker_count
 from .protocol_report import RELIABILITY_REGIONS, format_difference, plot_reliability
 from .report import Section, finite, md_table
 from .settings import partial_run
@@ -66,7 +66,7 @@ def run(ctx: Context) -> Section:
         raise ValueError(f"BENCH_EXPERIMENT_SEEDS must be 1..{s.seeds} (the protocol's seeds), got {seeds}")
     store = Cells(ctx)
     wanted = ",".join(f"{v}:{seed}" for v in VARIANTS_COMPARED for seed in range(seeds))
-    workers = 1 if s.quick or ctx.device.type != "cpu" else int(os.environ.get("BENCH_WORKERS", "2"))
+    workers = worker_count(ctx)
     partial = partial_run()  # summarise, train nothing
     if workers > 1 and not partial:
         os.environ["BENCH_EXPERIMENTS"] = "1"  # the workers' cell plan must hold the experiments

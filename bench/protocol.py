@@ -35,7 +35,7 @@ from .report import Section, finite
 from .settings import REPO, partial_run
 from .protocol_report import RELIABILITY_REGIONS, plot_curves, plot_reliability, summarise, tables, uncertainty_cells
 
-__all__ = ["run", "fold_data", "cell_key", "selected", "Cells", "run_cell", "run_workers"]
+__all__ = ["run", "fold_data", "cell_key", "selected", "Cells", "run_cell", "run_workers", "worker_count", "compute_cells", "module_main"]
 
 
 SAVED_MODELS = ("medsegdiff_eps", "medsegdiff_v", *VIEWS)
@@ -222,11 +222,16 @@ def run_workers(ctx: Context, cells: Cells, workers: int, only: str | None = Non
         print(f"[bench] protocol workers exited with {codes}; the main process computes what is missing", flush=True)
 
 
+def worker_count(ctx: Context) -> int:
+    """Worker processes of a cell-sharing section: ``BENCH_WORKERS``, else 2 on a CPU (1 in quick mode or on a GPU)."""
+    return int(os.environ.get("BENCH_WORKERS", "1" if ctx.settings.quick or ctx.device.type != "cpu" else "2"))
+
+
 def run(ctx: Context) -> Section:
     s = ctx.settings
     cells = Cells(ctx)
     partial = partial_run()
-    workers = int(os.environ.get("BENCH_WORKERS", "1" if s.quick or ctx.device.type != "cpu" else "2"))
+    workers = worker_count(ctx)
     if workers > 1 and not partial:
         run_workers(ctx, cells, workers)
     models = protocol_models(s.experiments)
@@ -279,11 +284,11 @@ def run(ctx: Context) -> Section:
 
 
 def compute_cells(ctx: Context, cells: Cells, work_on: Callable[[Context, Cells], None], module: str) -> None:
-    """A cell-sharing section's cells: ``BENCH_WORKERS`` worker processes of ``module`` (2 on a CPU) compute them,
+    """A cell-sharing section's cells: :func:`worker_count` worker processes of ``module`` compute them,
     then this process whatever they left; nothing under ``BENCH_PARTIAL=1`` (summarise only)."""
     if partial_run():
         return
-    workers = 1 if ctx.settings.quick or ctx.device.type != "cpu" else int(os.environ.get("BENCH_WORKERS", "2"))
+    workers = worker_count(ctx)
     if workers > 1:
         run_workers(ctx, cells, workers, module=module)
     work_on(ctx, cells)

@@ -211,9 +211,15 @@ def test_quick_bench_writes_every_contract_key_and_resumes(tmp_path):
     missing = [k for k in (*CONTRACT, "device", "torch", "cpu_count", "mode") if k not in report]
     assert not missing, f"latest.json lacks {missing}"
     assert report["mode"] == "quick" and report["torch"] == torch.__version__
-    # the protocol cells were computed by the two worker processes, not by the main one
-    workers = {line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("[bench] protocol worker")}
-    assert len(workers) == 2 and "[bench] protocol: test" not in proc.stdout, workers
+    # the protocol cells were computed by the two worker processes, not by the main one; so were the cells of the
+    # sections with many cells that share them (experiments, posterior), by two workers of their own
+    lines = proc.stdout.splitlines()
+    for section in ("protocol", "experiments", "posterior"):
+        start = lines.index(f"[bench] {section} …")
+        end = next(i for i in range(start, len(lines)) if lines[i].startswith(f"[bench] {section}: "))
+        workers = {line.split(":")[0].split()[-1] for line in lines[start:end] if " worker " in line}
+        assert len(workers) == 2, (section, workers)
+    assert "[bench] protocol: test" not in proc.stdout
     assert set(report["sections"]) == set(SECTIONS)
     assert not [name for name, s in report["sections"].items() if "error" in s]
     _check_sampling(report)
