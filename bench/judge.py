@@ -62,7 +62,7 @@ def native_errors(volume: GridVolume, mean: np.ndarray) -> tuple[np.ndarray, ...
     return native, label, reference, label != reference, head | reference | label, band
 
 
-def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> dict[str, Any]:
+def judge(volume: GridVolume, members: np.ndarray) -> dict[str, Any]:
     """Scores of member class distributions ``members`` (N, K, H, W, Z) of ``volume`` (binary task)."""
     mean = members.mean(axis=0)
     native, label, reference, errors, head, band = native_errors(volume, mean)
@@ -74,8 +74,6 @@ def judge(volume: GridVolume, members: np.ndarray, uncertainty: bool = True) -> 
     largest = largest_component(label)  # the app's default post-processing for a one-class model
     out["dice_lcc"] = dice_per_class(largest.astype(np.uint8), reference.astype(np.uint8))[0]
     out["hd95_lcc_mm"] = hd95_per_class(largest.astype(np.uint8), reference.astype(np.uint8), 1, spacing)[0]
-    if not uncertainty:
-        return out
     entropy = _entropy(native)
     prob = 1.0 - native[0]
     fg = foreground_region(label, reference)
