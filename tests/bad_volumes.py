@@ -78,19 +78,19 @@ def write_nrrd(path: Path, data: np.ndarray, affine_ras: np.ndarray | None = Non
     return path
 
 
-def _write(path: Path, data: bytes) -> Path:
+def write_bytes(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
 
 
-def _huge_header(path: Path) -> Path:
+def huge_header(path: Path) -> Path:
     """A 1000³ int16 header followed by 10 data bytes (what a 2 GB volume cut at the start looks like)."""
     header = nib.Nifti1Header()
     header.set_data_shape((1000, 1000, 1000))
     header.set_data_dtype(np.int16)
     header.set_sform(affine_for(), code=1)
     header["vox_offset"] = 352
-    return _write(path, header.binaryblock + b"\x00" * 4 + b"\x01" * 10)
+    return write_bytes(path, header.binaryblock + b"\x00" * 4 + b"\x01" * 10)
 
 
 def _degenerate(matrix) -> np.ndarray:
@@ -104,7 +104,7 @@ def _cut(data: bytes, fraction: float) -> bytes:
 
 
 def _cut_file(path: Path, fraction: float) -> Path:
-    return _write(path, _cut(path.read_bytes(), fraction))
+    return write_bytes(path, _cut(path.read_bytes(), fraction))
 
 
 def _nan_volume(value: float) -> np.ndarray:
@@ -115,38 +115,38 @@ def _nan_volume(value: float) -> np.ndarray:
 
 BAD_IMAGES = {
     # name: (builder(tmp) -> path, expected fragment of the message, HTTP status)
-    "text_file": (lambda t: _write(t / "notes.nii.gz", b"patient notes: scan tomorrow\n" * 20), "text file", 422),
-    "png_renamed": (lambda t: _write(t / "scan.nii.gz", PNG_BYTES), "PNG image", 422),
-    "png_renamed_nii": (lambda t: _write(t / "scan.nii", PNG_BYTES), "PNG image", 422),
+    "text_file": (lambda t: write_bytes(t / "notes.nii.gz", b"patient notes: scan tomorrow\n" * 20), "text file", 422),
+    "png_renamed": (lambda t: write_bytes(t / "scan.nii.gz", PNG_BYTES), "PNG image", 422),
+    "png_renamed_nii": (lambda t: write_bytes(t / "scan.nii", PNG_BYTES), "PNG image", 422),
     "random_bytes": (
-        lambda t: _write(t / "random.nii.gz", np.random.default_rng(0).bytes(4096)),
+        lambda t: write_bytes(t / "random.nii.gz", np.random.default_rng(0).bytes(4096)),
         "not a gzip-compressed NIfTI",
         422,
     ),
-    "empty_file": (lambda t: _write(t / "empty.nii.gz", b""), "empty file", 422),
+    "empty_file": (lambda t: write_bytes(t / "empty.nii.gz", b""), "empty file", 422),
     "gzip_named_nii": (
-        lambda t: _write(t / "scan.nii", gzip.compress(nifti_bytes(head_phantom()))),
+        lambda t: write_bytes(t / "scan.nii", gzip.compress(nifti_bytes(head_phantom()))),
         "name it .nii.gz",
         422,
     ),
-    "unsupported_suffix": (lambda t: _write(t / "scan.png", PNG_BYTES), "unsupported file type", 422),
+    "unsupported_suffix": (lambda t: write_bytes(t / "scan.png", PNG_BYTES), "unsupported file type", 422),
     "truncated_gzip": (
-        lambda t: _write(t / "cut.nii.gz", _cut(gzip.compress(nifti_bytes(head_phantom())), 0.6)),
+        lambda t: write_bytes(t / "cut.nii.gz", _cut(gzip.compress(nifti_bytes(head_phantom())), 0.6)),
         "truncated",
         422,
     ),
     "truncated_data": (  # a complete gzip stream whose NIfTI holds half the voxels its header declares
-        lambda t: _write(t / "short.nii.gz", gzip.compress(_cut(nifti_bytes(head_phantom()), 0.5))),
+        lambda t: write_bytes(t / "short.nii.gz", gzip.compress(_cut(nifti_bytes(head_phantom()), 0.5))),
         "is truncated: the header declares 6144 bytes of voxel data but the file holds only",
         422,
     ),
-    "truncated_nii": (lambda t: _write(t / "cut.nii", _cut(nifti_bytes(head_phantom()), 0.7)), "truncated", 422),
+    "truncated_nii": (lambda t: write_bytes(t / "cut.nii", _cut(nifti_bytes(head_phantom()), 0.7)), "truncated", 422),
     "four_d": (lambda t: write_nifti(t / "series.nii.gz", np.stack([head_phantom()] * 3, axis=-1)), "4D volume", 422),
     "two_d": (lambda t: write_nifti(t / "slice.nii.gz", head_phantom()[:, :, 5]), "2D image", 422),
     "single_slice": (lambda t: write_nifti(t / "slice.nii.gz", head_phantom()[:, :, 5:6]), "2D image", 422),
     "one_voxel": (lambda t: write_nifti(t / "voxel.nii.gz", np.ones((1, 1, 1), np.int16)), "single voxel", 422),
     "too_thin": (lambda t: write_nifti(t / "thin.nii.gz", head_phantom()[:, :, :2]), "too thin", 422),
-    "huge_header": (lambda t: _huge_header(t / "huge.nii"), "1,000,000,000 voxels", 413),
+    "huge_header": (lambda t: huge_header(t / "huge.nii"), "1,000,000,000 voxels", 413),
     "all_zero": (lambda t: write_nifti(t / "zero.nii.gz", np.zeros(SHAPE, np.int16)), "every voxel is zero", 422),
     "constant": (lambda t: write_nifti(t / "const.nii.gz", np.full(SHAPE, 7, np.int16)), "constant image", 422),
     "nan_voxel": (lambda t: write_nifti(t / "nan.nii.gz", _nan_volume(np.nan)), "1 NaN", 422),
@@ -166,14 +166,14 @@ BAD_IMAGES = {
         "unsupported voxel type",
         422,
     ),
-    "nrrd_text": (lambda t: _write(t / "scan.nrrd", b"just some text\n"), "not a NRRD image", 422),
+    "nrrd_text": (lambda t: write_bytes(t / "scan.nrrd", b"just some text\n"), "not a NRRD image", 422),
     "nrrd_truncated": (
         lambda t: _cut_file(write_nrrd(t / "cut.nrrd", head_phantom(), encoding="raw"), 0.8),
         "truncated",
         422,
     ),
     "nrrd_detached": (
-        lambda t: _write(
+        lambda t: write_bytes(
             t / "scan.nrrd",
             b"NRRD0004\ntype: short\ndimension: 3\nsizes: 4 4 4\nencoding: raw\ndata file: scan.raw\n\n",
         ),
@@ -181,7 +181,7 @@ BAD_IMAGES = {
         422,
     ),
     "nrrd_multicomponent": (
-        lambda t: _write(
+        lambda t: write_bytes(
             t / "seg.nrrd",
             b"NRRD0004\ntype: uchar\ndimension: 4\nsizes: 3 16 16 12\nkinds: list domain domain domain\n"
             b"space: left-posterior-superior\nspace directions: none (1,0,0) (0,1,0) (0,0,2)\n"
@@ -241,9 +241,9 @@ BAD_LABELS = {
         lambda t: write_nifti(t / "l.nii.gz", label_for(head_phantom()).astype(np.float32) * 0.5),
         "non-integer values (e.g. 0.5)",
     ),
-    "text_label": (lambda t: _write(t / "l.nii.gz", b"label\n" * 10), "text file"),
+    "text_label": (lambda t: write_bytes(t / "l.nii.gz", b"label\n" * 10), "text file"),
     "truncated_label": (
-        lambda t: _write(t / "l.nii.gz", _cut(gzip.compress(nifti_bytes(label_for(head_phantom()))), 0.5)),
+        lambda t: write_bytes(t / "l.nii.gz", _cut(gzip.compress(nifti_bytes(label_for(head_phantom()))), 0.5)),
         "truncated",
     ),
     "four_d_label": (lambda t: write_nifti(t / "l.nii.gz", np.stack([label_for(head_phantom())] * 2, -1)), "4D volume"),

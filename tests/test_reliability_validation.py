@@ -19,8 +19,8 @@ from lib.validation import (  # noqa: E402
 )
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bad_volumes import (  # noqa: E402
-    BAD_IMAGES, BAD_LABELS, SHAPE, SPACING, VALID_IMAGES, _huge_header, _write, affine_for, head_phantom, label_for,
-    make_bad_image, nifti_bytes, rotation, write_nifti, write_nrrd,
+    BAD_IMAGES, BAD_LABELS, SHAPE, SPACING, VALID_IMAGES, affine_for, head_phantom, huge_header, label_for,
+    make_bad_image, nifti_bytes, rotation, write_bytes, write_nifti, write_nrrd,
 )
 
 
@@ -45,7 +45,7 @@ def test_valid_image_passes(case, tmp_path):
 
 
 def test_huge_header_is_refused_fast_without_allocating(tmp_path):
-    path = _huge_header(tmp_path / "huge.nii")
+    path = huge_header(tmp_path / "huge.nii")
     start = time.perf_counter()
     with pytest.raises(TooLargeError) as info:
         validate_image_file(path)
@@ -64,7 +64,7 @@ def test_voxel_and_upload_limits_come_from_the_environment(tmp_path, monkeypatch
         validate_image_file(path)
     monkeypatch.delenv("MEDSEGDIFF_MAX_VOXELS")
     monkeypatch.setenv("MEDSEGDIFF_MAX_UPLOAD_MB", "1")
-    big = _write(tmp_path / "big.nii", nifti_bytes(np.arange(300_000, dtype=np.float32).reshape(100, 100, 30)))
+    big = write_bytes(tmp_path / "big.nii", nifti_bytes(np.arange(300_000, dtype=np.float32).reshape(100, 100, 30)))
     with pytest.raises(TooLargeError, match="upload limit of 1.0 MiB"):
         validate_image_file(big)
     assert validate_image_file(path, max_bytes=10**6).shape == SHAPE
@@ -233,6 +233,6 @@ def test_infer_image_must_be_a_datastore_id_or_an_upload(tmp_path, monkeypatch):
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the endpoint saves uploaded files
     upload = write_nifti(tmp_path / "tmpabc.nii.gz", head_phantom())
     assert validate_infer_image(str(upload), []) == str(upload)
-    _write(tmp_path / "tmpbad.nii.gz", b"text\n")
+    write_bytes(tmp_path / "tmpbad.nii.gz", b"text\n")
     with pytest.raises(ValidationError, match="uploaded image"):
         validate_infer_image(str(tmp_path / "tmpbad.nii.gz"), [])
