@@ -11,6 +11,16 @@ protocol's training iterations (every model). The protocol and active-learning s
 
 import os
 
+SHELL_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+"""The shell's ``OMP_WAIT_POLICY`` (None: unset), before the bench's default below: what the server would run with."""
+
+AS_SERVED = "BENCH_AS_SERVED"
+"""Set to 1 in a worker that times the infer task as the server runs it (``bench.machine.run_worker(served=True)``):
+it keeps the shell's OpenMP environment instead of the bench's default."""
+
 # On a shared CPU (other jobs on the same cores) OpenMP's default spin-waiting makes torch 2-15x slower and
 # erratic; passive waiting keeps the timings about the model. Set before torch loads; an explicit value wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The server sets nothing, and on an idle machine passive waiting can cost it 2x (stop 34: a whole Colin27 head
+# 21-31 s against 14-16 s), so a worker timing the infer task runs without this default.
+if os.environ.get(AS_SERVED) != "1":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

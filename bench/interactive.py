@@ -32,7 +32,7 @@ import torch
 
 from medsegdiff.boundary_spread import doubt_like_corrected, spread_along_boundary
 from medsegdiff.evaluation import auroc, binary_dice, surface_band
-from medsegdiff.inferer import MedSegDiffInferer, default_slice_batch_size, output_keys
+from medsegdiff.inferer import MedSegDiffInferer, output_keys
 from medsegdiff.guidance import largest_error_click
 from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.interaction import (
@@ -177,8 +177,7 @@ def automatic_label(ctx: Context, volume, network: torch.nn.Module, seed: int = 
     the infer task batches): the inferer, the image tensor, the inferer's outputs and the seconds it took."""
     s = ctx.settings
     sampler = EnsembleSampler(sample_diffusion_config(), "ddim", s.eval_steps, eval_members(len(slice_views), s.eval_members))
-    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, slice_batch_size=default_slice_batch_size(ctx.device),
-                                views=tuple(slice_views))
+    inferer = MedSegDiffInferer(sampler, seed=seed, slice_axis=SLICE_AXIS, views=tuple(slice_views))
     image = torch.from_numpy(np.ascontiguousarray(volume.image))[None, None].float().to(ctx.device)
     start = time.perf_counter()
     result = inferer(image, network)

@@ -11,7 +11,7 @@ disagreement fraction of the entropy are computed on the 3 mm model grid (one re
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -32,7 +32,7 @@ from medsegdiff.metrics import dice_per_class, hd95_per_class
 
 from .grid import GridVolume
 
-__all__ = ["BAND_MM", "native_errors", "judge", "largest_component"]
+__all__ = ["BAND_MM", "NativeErrors", "native_errors", "judge", "largest_component"]
 
 BAND_MM = 6.0
 
@@ -50,16 +50,31 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return components == 1 + int(np.argmax(sizes))
 
 
-def native_errors(volume: GridVolume, mean: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The mean class distribution ``mean`` (K, H, W, Z) of ``volume`` on its native grid, and there the label,
-    the reference, the wrong voxels, the head region the AUROC is taken over and the voxels within
-    :data:`BAND_MM` of the reference surface."""
+class NativeErrors(NamedTuple):
+    """A prediction of a test head on its native grid, as :func:`judge` and the boundary-shift bench score it."""
+
+    distribution: np.ndarray
+    """The mean class distribution (K, X, Y, Z)."""
+    label: np.ndarray
+    """Foreground: the distribution's argmax > 0."""
+    reference: np.ndarray
+    errors: np.ndarray
+    """``label != reference``."""
+    head: np.ndarray
+    """The region AUROC is taken over: the head, the reference and the label."""
+    band: np.ndarray
+    """The voxels within :data:`BAND_MM` of the reference surface."""
+
+
+def native_errors(volume: GridVolume, mean: np.ndarray) -> NativeErrors:
+    """The mean class distribution ``mean`` (K, H, W, Z) of ``volume`` on its native grid, with its label, errors and
+    the regions the uncertainty is judged over."""
     native = volume.to_native(mean, fill=[1.0] + [0.0] * (mean.shape[0] - 1))
     label = native.argmax(axis=0) > 0
     reference = volume.native_label > 0
     head = volume.native_head if volume.native_head is not None else np.ones_like(reference)
     band = surface_band(reference, volume.native_spacing, BAND_MM)
-    return native, label, reference, label != reference, head | reference | label, band
+    return NativeErrors(native, label, reference, label != reference, head | reference | label, band)
 
 
 def judge(volume: GridVolume, members: np.ndarray) -> dict[str, Any]:

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
+from . import AS_SERVED, SHELL_OMP_WAIT_POLICY
 from .settings import REPO, SETTINGS
 
-__all__ = ["environment", "synchronize", "peak_rss_mb", "current_rss_mb", "run_worker", "worker_main"]
+__all__ = ["environment", "synchronize", "peak_rss_mb", "current_rss_mb", "run_worker", "served_environment", "worker_main"]
 
 
 def _cpu_model() -> str:
@@ -74,8 +75,11 @@ def current_rss_mb() -> float:
     return peak_rss_mb()
 
 
-def run_worker(module: str, payload: dict[str, Any], timeout: float = 1800.0) -> dict[str, Any]:
+def run_worker(module: str, payload: dict[str, Any], timeout: float = 1800.0, served: bool = False) -> dict[str, Any]:
     """Run ``python -m <module> --worker IN OUT`` in a fresh process (clean peak-memory figures).
+
+    ``served``: the worker gets the environment the server would have, the shell's (``OMP_WAIT_POLICY`` as the
+    shell set it or unset, not the bench's passive default): for timings of the infer task as it is served.
 
     Raises:
         RuntimeError: the worker failed; the message carries the end of its output.
@@ -86,6 +90,7 @@ def run_worker(module: str, payload: dict[str, Any], timeout: float = 1800.0) ->
         proc = subprocess.run(
             [sys.executable, "-m", module, "--worker", str(source), str(target)],
             cwd=REPO,
+            env=served_environment() if served else None,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -94,6 +99,15 @@ def run_worker(module: str, payload: dict[str, Any], timeout: float = 1800.0) ->
             tail = (proc.stdout + proc.stderr)[-3000:]
             raise RuntimeError(f"{module} worker failed (exit {proc.returncode}):\n{tail}")
         return json.loads(target.read_text())
+
+
+def served_environment() -> dict[str, str]:
+    """This process's environment with the shell's ``OMP_WAIT_POLICY`` instead of the bench's default."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if SHELL_OMP_WAIT_POLICY is not None:
+        env["OMP_WAIT_POLICY"] = SHELL_OMP_WAIT_POLICY
+    env[AS_SERVED] = "1"
+    return env
 
 
 def worker_main(work: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:

@@ -10,12 +10,16 @@ be imported or run, ``MedSegDiffInferer`` with the same pre-processing runs inst
 Then :data:`INTERACTION_CLICKS` requests each add a click at the centre of the largest error, timed with their
 phases (``volume_interaction``): what an annotator waits for per click, less the HTTP transfer.
 
-On a CPU the task runs two slices x all members per network pass; ``inferer_batching`` times
-``MedSegDiffInferer`` on central Colin27 slices with that setting, with one member per pass, and with 16 slices.
+The task runs 16 slices x all members per network pass; ``inferer_batching`` times ``MedSegDiffInferer`` on
+central Colin27 slices with that setting and with 2 slices (all members, or one) per pass.
+
+Every timing here runs in the worker, with the OpenMP environment the server would have (the shell's), not the
+bench's passive-waiting default (``bench/__init__.py``): on an idle machine that default can double the seconds.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -63,40 +67,43 @@ def _write_input(ctx: Context) -> tuple[Path, Path, str]:
 INTERACTION_CLICKS = 3
 """Clicks after the plain request, each a request of its own (the marks so far), as an annotator refines."""
 BATCHINGS = ((2, 1), (2, None), (16, None))
-"""(slices per batch, members per batch; None = all) of the batching comparison; (2, None) is the task's CPU setting."""
+"""(slices per batch, members per batch; None = all) of the batching comparison; (16, None) is the infer task's
+setting (on every device since stop 34; (2, None) was its CPU setting before)."""
 
 
-def _batching(ctx: Context) -> list[dict[str, Any]]:
-    """Seconds per slice of ``MedSegDiffInferer`` on central Colin27 slices for each of :data:`BATCHINGS`.
-
-    Two rounds in opposite orders, mean per setting (the machine's load drifts).
-    """
+def _batching(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """In the served worker: seconds per slice of ``MedSegDiffInferer`` on central Colin27 slices for each of
+    :data:`BATCHINGS`. Two rounds in opposite orders, mean per setting (the machine's load drifts)."""
     import torch
 
+    from medsegdiff.checkpoint import load_checkpoint
     from medsegdiff.inferer import MedSegDiffInferer
+    from medsegdiff.sample_data import LOADERS
     from medsegdiff.sampling import EnsembleSampler
 
-    network, diffusion, _ = ctx.model
-    volume = ctx.grid("colin27")
-    count = 2 if ctx.settings.quick else 6
+    from .grid import to_model_grid
+
+    network, diffusion, _ = load_checkpoint(payload["model"], payload["device"])
+    volume = to_model_grid(LOADERS["load_colin27"]())
+    settings = payload["batching"]
+    count, steps, members = settings["slices"], settings["steps"], settings["members"]
     centre = int(np.argmax((volume.label > 0).sum(axis=(0, 1))))
     image = torch.from_numpy(np.ascontiguousarray(volume.image[:, :, centre - count // 2 : centre - count // 2 + count]))
-    image = image[None, None].to(ctx.device)
-    steps = ctx.settings.default_steps if not ctx.settings.quick else 2
+    image = image[None, None].to(payload["device"])
     seconds: dict[tuple, list[float]] = {b: [] for b in BATCHINGS}
     for order in (BATCHINGS, BATCHINGS[::-1]):
-        for slices, members in order:
-            sampler = EnsembleSampler(diffusion, "ddim", steps, ctx.settings.members, member_batch_size=members)
+        for slices, per_pass in order:
+            sampler = EnsembleSampler(diffusion, "ddim", steps, members, member_batch_size=per_pass)
             inferer = MedSegDiffInferer(sampler, slice_batch_size=slices)
             start = time.perf_counter()
             inferer(image, network)
-            synchronize(ctx.device)
-            seconds[(slices, members)].append((time.perf_counter() - start) / count)
+            synchronize(payload["device"])
+            seconds[(slices, per_pass)].append((time.perf_counter() - start) / count)
     base = float(np.mean(seconds[BATCHINGS[0]]))
     return [
-        {"slice_batch_size": slices, "member_batch_size": members or ctx.settings.members, "steps": steps,
+        {"slice_batch_size": slices, "member_batch_size": per_pass or members, "steps": steps,
          "slices": count, "seconds_per_slice": float(np.mean(v)), "speedup_vs_task_cpu_setting": base / float(np.mean(v))}
-        for (slices, members), v in seconds.items()
+        for (slices, per_pass), v in seconds.items()
     ]
 
 
@@ -110,16 +117,19 @@ def run(ctx: Context) -> Section:
         "device": ctx.device.type,
         "app_dir": str(REPO / "monailabel_app"),
         "tmp": str(ctx.tmp / "volume_worker"),
+        "batching": {"slices": 2 if ctx.settings.quick else 6, "members": ctx.settings.members,
+                     "steps": ctx.settings.default_steps if not ctx.settings.quick else 2},
     }
     try:
-        out = run_worker("bench.volume", {**payload, "path": "infer_task"})
+        out = run_worker("bench.volume", {**payload, "path": "infer_task"}, served=True)
     except Exception as e:  # noqa: BLE001 - the app is being written; fall back and say why
         reason = str(e).strip().splitlines()[-1][:300] if str(e).strip() else e.__class__.__name__
-        out = run_worker("bench.volume", {**payload, "path": "inferer"})
+        out = run_worker("bench.volume", {**payload, "path": "inferer"}, served=True)
         out["volume_path"] += f" (the infer task failed: {reason})"
     results = {
         "volume_seconds": out["seconds"],
         "volume_peak_mb": out["peak_rss_mb"],
+        "omp_wait_policy": out["omp_wait_policy"],
         "volume_path": out["volume_path"],
         "image": description,
         "shape": out["shape"],
@@ -131,7 +141,7 @@ def run(ctx: Context) -> Section:
         "dice_vs_reference": out.get("dice"),
         "uncertainty_auroc_native": out.get("auroc"),
         "model": ctx.model_source,
-        "inferer_batching": _batching(ctx),
+        "inferer_batching": out["inferer_batching"],
         "volume_interaction": out.get("interaction"),
         "volume_interaction_without_doubt": out.get("interaction_without_doubt"),
     }
@@ -315,11 +325,14 @@ def _work(payload: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": info.get("peak_rss_mb", peak),
         "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if payload["device"] == "cuda" else None,
         "shape": list(label.shape),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),  # the server's, not the bench's default
         "dice": dice_per_class(label.astype(np.uint8), reference.astype(np.uint8))[0],
         "hd95_mm": hd95_per_class(label.astype(np.uint8), reference.astype(np.uint8), 1, spacing)[0],
         "auroc": auroc(uncertainty, label != reference),
         "auroc_head": auroc(uncertainty[head], (label != reference)[head]),
         "auroc_6mm": auroc(uncertainty[band], (label != reference)[band]),
+        # after the request and its peak memory: the batching comparison, in the same (served) environment
+        "inferer_batching": _batching(payload) if payload.get("batching") else None,
     }
 
 

@@ -19,6 +19,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench import SHELL_OMP_WAIT_POLICY  # noqa: E402
 from bench.active_learning import STRATEGIES, region_score, slabs  # noqa: E402
 from bench.grid import GridVolume  # noqa: E402
 from bench.judge import largest_component  # noqa: E402
@@ -194,6 +195,10 @@ def _check_acceptance(report: dict) -> None:
     # of the file as stored (FSL's MNI152 is stored LAS: a label left unflipped scores lower than its own copy)
     assert acceptance["dice_per_click"][0] == pytest.approx(acceptance["dice"], abs=2e-4)
     assert acceptance["painted_ball_dice_per_click"][0] == pytest.approx(acceptance["dice"], abs=2e-4)
+    # the infer task was timed with the OpenMP environment the server would have (the shell's), not the bench's
+    served = SHELL_OMP_WAIT_POLICY or "default"
+    assert acceptance["omp_wait_policy"] == served
+    assert report["sections"]["volume"]["results"]["omp_wait_policy"] == served
 
 
 @pytest.mark.slow

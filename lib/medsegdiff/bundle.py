@@ -90,8 +90,7 @@ def inference_config(payload: dict[str, Any], **defaults: Any) -> dict[str, Any]
     largest = [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": _label_values(payload),
                 "is_onehot": False}] if settings.pop("largest_component") else []
     return {
-        "imports": ["$import glob", "$import os", "$import numpy", "$import torch",
-                    "$from medsegdiff.inferer import default_slice_batch_size"],
+        "imports": ["$import glob", "$import os", "$import numpy", "$import torch"],
         "bundle_root": ".",
         "checkpoint": f"$os.path.join(@bundle_root, '{CHECKPOINT.as_posix()}')",
         "dataset_dir": "$os.path.join(@bundle_root, 'data')",
@@ -99,9 +98,8 @@ def inference_config(payload: dict[str, Any], **defaults: Any) -> dict[str, Any]
         "device": "$torch.device('cuda' if torch.cuda.is_available() else 'cpu')",
         **settings,
         **_model_settings(payload),
-        # as the infer task: members in autocast on a GPU, and its slices per pass
+        # as the infer task: members in autocast on a GPU
         "amp": "$torch.cuda.is_available()",
-        "slice_batch_size": "$default_slice_batch_size(@device)",
         "loaded": {"_target_": "medsegdiff.checkpoint.load_checkpoint", "path": "@checkpoint", "device": "@device"},
         "network": "$@loaded[0]",
         "datalist": "$[{'image': f} for f in sorted(glob.glob(os.path.join(@dataset_dir, '*.nii*')))]",
@@ -130,7 +128,6 @@ def inference_config(payload: dict[str, Any], **defaults: Any) -> dict[str, Any]
                 "seed": "@seed",
                 "slice_axis": "@slice_axis",
                 "views": "@views",
-                "slice_batch_size": "@slice_batch_size",
             },
         },
         "postprocessing": {

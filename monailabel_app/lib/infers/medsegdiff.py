@@ -29,7 +29,7 @@ from monai.inferers import Inferer
 from monai.transforms import CopyItemsd, DeleteItemsd, KeepLargestConnectedComponentd
 
 from medsegdiff.device import select_device
-from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer, default_slice_batch_size, output_keys
+from medsegdiff.inferer import RESULT_KEYS, MedSegDiffInferer, output_keys
 from medsegdiff.fusion import probabilities_to_labels
 from medsegdiff.boundary_spread import doubt_like_corrected, spread_along_boundary
 from medsegdiff.partial_resample import paint_model_voxels
@@ -195,7 +195,6 @@ class MedSegDiffInfer(BasicInferTask):
             sampler,
             seed=values["seed"],
             slice_axis=self.model_info.slice_axis,
-            slice_batch_size=default_slice_batch_size(device),
             progress=self.progress,
             views=self.model_info.views,
         )

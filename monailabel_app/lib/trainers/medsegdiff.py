@@ -35,7 +35,7 @@ from torch import nn
 from medsegdiff.checkpoint import from_payload, read_checkpoint
 from medsegdiff.diffusion import SegDiffusionLoss, SegDiffusionPrepareBatch, make_scheduler
 from medsegdiff.guidance import ErrorClicks, ErrorClicksPrepareBatch
-from medsegdiff.inferer import MedSegDiffInferer, default_slice_batch_size
+from medsegdiff.inferer import MedSegDiffInferer
 from medsegdiff.network import MedSegDiffUNet
 from medsegdiff.sampling import EnsembleSampler
 from medsegdiff.transforms import min_volume_size, sample_transforms, volume_transforms
@@ -265,8 +265,7 @@ class MedSegDiffTrain(BasicTrainTask):
             num_inference_steps=context.request["val_num_inference_steps"],
             num_ensemble=context.request["val_num_ensemble"],
         )
-        inferer = MedSegDiffInferer(sampler, seed=0, slice_axis=self.model_info.slice_axis,
-                                    slice_batch_size=default_slice_batch_size(context.device), views=self.model_info.views)
+        inferer = MedSegDiffInferer(sampler, seed=0, slice_axis=self.model_info.slice_axis, views=self.model_info.views)
         return SamplingValidationInferer(inferer)
 
     def val_key_metric(self, context: Context):
