@@ -11,7 +11,11 @@ protocol's training iterations (every model). The protocol and active-learning s
 
 import os
 
-SHELL_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+SHELL_MARK = "BENCH_SHELL_OMP_WAIT_POLICY"
+"""Where the first bench process of a run notes the shell's ``OMP_WAIT_POLICY`` ("" when unset), so that the
+processes it starts (workers, a bench run started by a test) know it although they inherit the bench's default."""
+os.environ.setdefault(SHELL_MARK, os.environ.get("OMP_WAIT_POLICY", ""))
+SHELL_OMP_WAIT_POLICY = os.environ[SHELL_MARK] or None
 """The shell's ``OMP_WAIT_POLICY`` (None: unset), before the bench's default below: what the server would run with."""
 
 AS_SERVED = "BENCH_AS_SERVED"

@@ -69,6 +69,7 @@ def run(ctx: Context) -> Section:
           out["seconds"], " → ".join(f"{d:.3f}" for d in clicked.get("dice") or []),
           " → ".join(f"{d:.3f}" for d in clicked.get("painted_ball_dice") or []), clicked.get("seconds_per_interaction")]],
     )
+    table += f"\n\nTimed in a worker with the server's OpenMP environment (OMP_WAIT_POLICY {out['omp_wait_policy']})."
     return Section("acceptance", finite(results), table)
 
 

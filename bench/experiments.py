@@ -69,8 +69,8 @@ def run(ctx: Context) -> Section:
     workers = worker_count(ctx)
     partial = partial_run()  # summarise, train nothing
     if workers > 1 and not partial:
-        os.environ["BENCH_EXPERIMENTS"] = "1"  # the workers' cell plan must hold the experiments
-        run_workers(ctx, store, workers, only=wanted)
+        # the workers' cell plan must hold the experiments
+        run_workers(ctx, store, workers, only=wanted, extra_env={"BENCH_EXPERIMENTS": "1"})
     cells: dict[str, dict[str, list[dict[str, Any]]]] = {v: {} for v in VARIANTS_COMPARED}
     for head in s.folds:
         data = None

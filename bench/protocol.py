@@ -207,12 +207,14 @@ def work(ctx: Context, cells: Cells) -> None:
         run_cell(ctx, cells, test, model, seed, data[test])
 
 
-def run_workers(ctx: Context, cells: Cells, workers: int, only: str | None = None, module: str = "bench.protocol") -> None:
+def run_workers(ctx: Context, cells: Cells, workers: int, only: str | None = None, module: str = "bench.protocol",
+                extra_env: dict[str, str] | None = None) -> None:
     """``workers`` single-threaded processes share the cells (on 2 CPU cores two 1-thread trainings do ~1.4x
     the iterations per second of one 2-thread training); the main process then only collects. ``only``: the
-    ``BENCH_CELLS`` selection they work on (default: the environment's); ``module``: whose ``--worker`` runs."""
+    ``BENCH_CELLS`` selection they work on (default: the environment's); ``module``: whose ``--worker`` runs;
+    ``extra_env``: more variables for the workers alone."""
     cells.clear_claims()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BENCH_OUT": str(ctx.out_dir)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "BENCH_OUT": str(ctx.out_dir), **(extra_env or {})}
     if only is not None:
         env["BENCH_CELLS"] = only
     procs = [subprocess.Popen([sys.executable, "-m", module, "--worker"], env=env, cwd=REPO) for _ in range(workers)]

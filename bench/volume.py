@@ -166,6 +166,7 @@ def run(ctx: Context) -> Section:
         [[f"{b['slice_batch_size']} slice(s) x {b['member_batch_size']} member(s) per pass, DDIM {b['steps']}",
           b["seconds_per_slice"], b["speedup_vs_task_cpu_setting"]] for b in results["inferer_batching"]],
     )
+    table += f"\n\nEvery timing above ran in a worker with the server's OpenMP environment (OMP_WAIT_POLICY {out['omp_wait_policy']})."
     return Section("volume", finite(results), table)
 
 
